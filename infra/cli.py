@@ -1,0 +1,240 @@
+"""The ``tierflow`` command line: demo, up, send.
+
+Every failure tierflow anticipates is one line on stderr and a non-zero exit —
+no traceback — so scripts and people both see what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from infra.config import Config, load_config, portfolio_names
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tierflow",
+        description="Answer a stream of queries with a portfolio of models; confidence decides who answers.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the pipeline on an embedded broker and local Ray, then report",
+        description="Start an embedded broker and a local Ray, stream held-out items of the "
+        "portfolio's dataset through router, tiers and verifier, and print a report.",
+    )
+    demo.add_argument(
+        "--portfolio",
+        default="headlines",
+        help=f"built-in portfolio ({', '.join(portfolio_names())}); default: headlines",
+    )
+    demo.add_argument("--requests", type=int, default=500, metavar="N", help="requests to stream (default 500)")
+    demo.add_argument(
+        "--rate", type=float, default=0.0, metavar="R", help="requests per second (default 0: as fast as possible)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="which held-out items are sampled (default 0)")
+    demo.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after S seconds")
+    demo.add_argument("--json", default="", metavar="PATH", help="also write the report as JSON")
+    demo.add_argument("--run-dir", default="", metavar="DIR", help="keep broker log and results here")
+
+    up = sub.add_parser(
+        "up",
+        help="run the pipeline of a config file until stopped (Ctrl-C)",
+        description="Start (or join) the configured broker and Ray, deploy every stage pool, "
+        "and run until Ctrl-C or SIGTERM.",
+    )
+    up.add_argument("--config", required=True, metavar="FILE", help="TOML config")
+    up.add_argument("--status-every", type=float, default=10.0, metavar="S", help="print counters every S seconds")
+
+    send = sub.add_parser(
+        "send",
+        help="produce requests from JSONL and optionally wait for their results",
+        description='Each input line is {"input": "...", "id": optional, "deadline_s": optional, '
+        '"allowed_tiers": optional list, "tenant": optional}.',
+    )
+    send.add_argument("--config", required=True, metavar="FILE", help="TOML config (namespace, broker security)")
+    send.add_argument("--bootstrap", default="", help="bootstrap servers (default: the config's)")
+    send.add_argument("--file", default="-", metavar="F", help="JSONL input (default: stdin)")
+    send.add_argument("--wait", action="store_true", help="print each request's result as JSONL")
+    send.add_argument("--timeout", type=float, default=120.0, metavar="S", help="how long --wait waits")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from topics.errors import TierflowError
+
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "up":
+            return _up(args)
+        return _send(args)
+    except TierflowError as exc:
+        print(f"tierflow: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tierflow: interrupted; everything started was stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from topics.errors import ConfigError
+
+    if args.requests < 1:
+        raise ConfigError("--requests must be >= 1")
+    if args.rate < 0:
+        raise ConfigError("--rate must be >= 0")
+    from infra.demo import DemoOptions, run_demo
+
+    report = run_demo(
+        DemoOptions(args.portfolio, args.requests, args.rate, args.seed, args.timeout, args.json, args.run_dir)
+    )
+    return 0 if report["lost"] == 0 and report["duplicates"] == 0 else 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from infra.broker import make_provider
+    from infra.ray_cluster import start_ray, stop_ray
+
+    provider = make_provider(config.broker)
+    ray_started = False
+    try:
+        bootstrap = provider.start()
+        print(
+            f"tierflow: broker {bootstrap}, namespace {config.namespace}; send with: "
+            f"tierflow send --config {args.config} --bootstrap {bootstrap}",
+            file=sys.stderr,
+        )
+        ray_started = start_ray(config.ray)
+        asyncio.run(_serve(config, bootstrap, args.status_every))
+    finally:
+        stop_ray(ray_started)
+        provider.stop()
+    return 0
+
+
+async def _serve(config: Config, bootstrap: str, status_every: float) -> None:
+    from infra.pipeline import Pipeline
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    pipeline = Pipeline(config, bootstrap)
+    try:
+        await pipeline.start()
+        print("tierflow: pipeline ready; Ctrl-C stops it", file=sys.stderr)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=status_every)
+            except TimeoutError:
+                print(_status_line(await pipeline.stats()), file=sys.stderr)
+    finally:
+        await pipeline.stop()
+
+
+def _status_line(stats: dict[str, list[dict[str, Any]]]) -> str:
+    parts = []
+    for pool, replicas in stats.items():
+        consumed = sum(r.get("consumed", 0) for r in replicas)
+        dead = sum(r.get("dead_letters", 0) for r in replicas)
+        parts.append(f"{pool}: {len(replicas)}x in={consumed} dlq={dead}")
+    return time.strftime("%H:%M:%S ") + " | ".join(parts)
+
+
+def _read_requests(source: TextIO, name: str) -> list[Any]:
+    from topics.errors import DataError
+    from topics.messages import Hints, Request
+
+    now = time.time()
+    requests = []
+    for number, line in enumerate(source, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict) or not isinstance(item.get("input"), str):
+                raise ValueError('each line must be an object with a string "input"')
+            deadline = item.get("deadline_s")
+            tiers = item.get("allowed_tiers")
+            requests.append(
+                Request(
+                    id=str(item.get("id") or uuid.uuid4().hex),
+                    input=item["input"],
+                    created_at=now,
+                    deadline=now + float(deadline) if deadline is not None else None,
+                    hints=Hints(allowed_tiers=tuple(tiers) if tiers is not None else None),
+                    tenant=str(item.get("tenant", "")),
+                )
+            )
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{name}:{number}: {exc}") from exc
+    return requests
+
+
+def _send(args: argparse.Namespace) -> int:
+    from topics.errors import ConfigError, DataError
+
+    config = load_config(args.config)
+    bootstrap = args.bootstrap or config.broker.bootstrap_servers
+    if not bootstrap:
+        raise ConfigError("no bootstrap servers: pass --bootstrap (as printed by tierflow up)")
+    if args.file == "-":
+        requests = _read_requests(sys.stdin, "stdin")
+    else:
+        try:
+            with Path(args.file).open(encoding="utf-8") as handle:
+                requests = _read_requests(handle, args.file)
+        except OSError as exc:
+            raise DataError(f"cannot read {args.file}: {exc.strerror}") from exc
+    return asyncio.run(_send_async(config, bootstrap, requests, args.wait, args.timeout))
+
+
+async def _send_async(config: Config, bootstrap: str, requests: list[Any], wait: bool, timeout_s: float) -> int:
+    from infra.broker import kafka_options
+    from infra.client import RequestProducer, ResultCollector
+    from workers.results_sink import result_to_json
+
+    kafka = kafka_options(config.broker, bootstrap)
+    producer = RequestProducer(kafka, config.layout)
+    await producer.start()
+    try:
+        await producer.send_many(requests)
+    finally:
+        await producer.stop()
+    print(f"tierflow: sent {len(requests)} requests", file=sys.stderr)
+    if not wait:
+        return 0
+    collector = ResultCollector(kafka, config.layout)
+    await collector.start()
+    try:
+        missing = await collector.wait_for({r.id for r in requests}, timeout_s)
+    finally:
+        await collector.stop()
+    for request in requests:
+        result = collector.collected.results.get(request.id)
+        if result is not None:
+            print(json.dumps(result_to_json(result)))
+    if missing:
+        print(f"tierflow: {len(missing)} requests have no result after {timeout_s:.0f}s", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Client side of a deployment: submit requests and collect their results.
+
+The collector reads the results and dead-letter topics from the beginning with no
+consumer group and keeps the first result per request id: the same idempotence
+the results sink has, so a repeated hop never shows a client two answers. It
+counts raw duplicates separately so the repeats stay visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from topics.errors import BrokerError, DecodeError
+from topics.messages import Answer, DeadLetter, Request, Result
+from topics.names import TopicLayout
+from workers.telemetry import new_trace_headers
+
+
+class RequestProducer:
+    """Produces Requests keyed by id, each starting its own trace."""
+
+    def __init__(self, kafka: dict[str, Any], layout: TopicLayout) -> None:
+        self.layout = layout
+        self._producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=2)
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            raise BrokerError(f"cannot reach the broker: {exc}") from exc
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send_many(self, requests: Iterable[Request]) -> None:
+        acks = [
+            await self._producer.send(
+                self.layout.requests, request.to_wire(), key=request.id.encode(), headers=new_trace_headers()
+            )
+            for request in requests
+        ]
+        await asyncio.gather(*acks)
+
+    async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
+        """Produce arbitrary bytes to the requests topic (for poison-record tests and tools)."""
+        await (await self._producer.send(self.layout.requests, value, key=key))
+
+
+@dataclass
+class Collected:
+    results: dict[str, Result] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    dead_ids: set[str] = field(default_factory=set)
+    answers: dict[str, Answer] = field(default_factory=dict)
+    """Distinct answers by answer id (only with ``include_answers``)."""
+    raw_duplicates: int = 0
+    undecodable: int = 0
+
+
+class ResultCollector:
+    """Tails ``results`` and ``dlq`` (and optionally ``answers``) from offset 0; first result per id wins."""
+
+    def __init__(
+        self, kafka: dict[str, Any], layout: TopicLayout, *, include_answers: bool = False, fetch_max_wait_ms: int = 10
+    ) -> None:
+        self.layout = layout
+        self.topics = [layout.results, layout.dlq] + ([layout.answers] if include_answers else [])
+        self.collected = Collected()
+        self._consumer = AIOKafkaConsumer(
+            **kafka,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+
+    async def start(self) -> None:
+        try:
+            await self._consumer.start()
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in self.topics
+                for p in self._consumer.partitions_for_topic(topic) or await self._partitions(topic)
+            ]
+            self._consumer.assign(partitions)
+            await self._consumer.seek_to_beginning(*partitions)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot read results: {exc}") from exc
+
+    async def _partitions(self, topic: str) -> set[int]:
+        await self._consumer._client.force_metadata_update()
+        parts = self._consumer.partitions_for_topic(topic)
+        if not parts:
+            raise BrokerError(f"topic {topic} does not exist")
+        return parts
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def poll(self, timeout_ms: int = 200) -> int:
+        """Read what is available; return how many new request ids were settled."""
+        before = len(self.collected.results) + len(self.collected.dead_letters)
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
+        for tp, records in batches.items():
+            for record in records:
+                self._take(tp.topic, record.value or b"")
+        return len(self.collected.results) + len(self.collected.dead_letters) - before
+
+    def _take(self, topic: str, value: bytes) -> None:
+        c = self.collected
+        try:
+            if topic == self.layout.dlq:
+                letter = DeadLetter.from_wire(value)
+                c.dead_letters.append(letter)
+                if letter.request_id:
+                    c.dead_ids.add(letter.request_id)
+                return
+            if topic == self.layout.answers:
+                answer = Answer.from_wire(value)
+                c.answers.setdefault(answer.answer_id, answer)
+                return
+            result = Result.from_wire(value)
+        except DecodeError:
+            c.undecodable += 1
+            return
+        if result.request_id in c.results:
+            c.raw_duplicates += 1
+        else:
+            c.results[result.request_id] = result
+
+    async def wait_for(
+        self,
+        ids: set[str],
+        timeout_s: float,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> set[str]:
+        """Poll until every id has a result or a dead letter, or the timeout; return the missing ids."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            settled = await self.poll()
+            if on_progress and settled:
+                on_progress(settled)
+            missing = ids - self.collected.results.keys() - self.collected.dead_ids
+            if not missing or time.monotonic() > deadline:
+                return missing

@@ -1,0 +1,312 @@
+"""The deployment configuration: one TOML file, validated at start.
+
+Every error is one line naming the bad key (``tiers[1].replicas must be >= 1``),
+so ``tierflow up --config`` fails before it touches a broker. Defaults run on a
+laptop: embedded broker, local Ray, one replica per stage.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from topics.errors import ConfigError
+from topics.names import TopicLayout, check_name
+
+T = TypeVar("T")
+PROVIDERS = ("embedded", "docker", "external")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+class _Section:
+    """Typed reads from one TOML table that remember which keys were used."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path or 'config'} must be a table")
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type[T], default: T) -> T:
+        self.used.add(name)
+        value = self.data.get(name, default)
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(f"{self.key(name)} must be {kind.__name__}, got {value!r}")
+        return value
+
+    def number(self, name: str, kind: type[T], default: T, lo: float, hi: float | None = None) -> T:
+        value = self.get(name, kind, default)
+        if value < lo or (hi is not None and value > hi):  # type: ignore[operator]
+            bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ConfigError(f"{self.key(name)} must be {bound}, got {value}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(name, str, default)
+        if value not in choices:
+            raise ConfigError(f"{self.key(name)} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def table(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.data.get(name, {}), self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"unknown key {self.key(unknown[0])!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    provider: str = "embedded"
+    bootstrap_servers: str = ""
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password_env: str = ""
+    """Name of the environment variable holding the SASL password (never the password)."""
+    ssl_cafile: str = ""
+    session_timeout_ms: int = 3000
+    fetch_max_wait_ms: int = 10
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RayConfig:
+    address: str = ""
+    """Empty: start a local Ray bound to 127.0.0.1. Else ``ray://…`` or ``host:port`` to join."""
+    num_cpus: int = 0
+    """CPUs a local Ray advertises; 0 lets Ray count them."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_payload_bytes: int = 1 << 20
+    max_batch: int = 64
+    """Records one actor takes per poll: the bound on its in-flight work."""
+    max_hops: int = 8
+    default_deadline_s: float = 120.0
+    """Deadline given to requests that carry none."""
+    infer_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    replicas: int = 1
+    num_cpus: float = 0.1
+    partitions: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    name: str
+    backend: str
+    replicas: int = 1
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    resources: Mapping[str, float] = field(default_factory=dict)
+    partitions: int = 4
+    threshold: float = 0.5
+    cost: float = 0.0
+    """Expected cost per call, for routing; the backend reports the actual cost."""
+    batch_size: int = 32
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    pre_call: str = "cheapest_first"
+    pre_call_params: Mapping[str, Any] = field(default_factory=dict)
+    post_hoc: str = "threshold"
+    post_hoc_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    namespace: str
+    tiers: tuple[TierConfig, ...]
+    broker: BrokerConfig = BrokerConfig()
+    ray: RayConfig = RayConfig()
+    limits: LimitsConfig = LimitsConfig()
+    policies: PolicyConfig = PolicyConfig()
+    router: StageConfig = StageConfig()
+    verifier: StageConfig = StageConfig()
+    sink: StageConfig = StageConfig(partitions=4)
+    results_path: str = ""
+    """Where the results sink appends delivered results (JSONL); empty: no file sink."""
+    dataset: str = ""
+    """The labelled data set the demo streams through this portfolio."""
+
+    @property
+    def layout(self) -> TopicLayout:
+        return TopicLayout(self.namespace, tuple(tier.name for tier in self.tiers))
+
+    def tier(self, name: str) -> TierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise ConfigError(f"unknown tier {name!r}; known: {', '.join(t.name for t in self.tiers)}")
+
+    def partitions(self) -> dict[str, int]:
+        """Partition count of every topic of the deployment."""
+        layout = self.layout
+        counts = {
+            layout.requests: self.router.partitions,
+            layout.answers: self.verifier.partitions,
+            layout.results: self.sink.partitions,
+            layout.control: 1,
+            layout.dlq: 1,
+        }
+        for tier in self.tiers:
+            counts[layout.tier(tier.name)] = tier.partitions
+            counts[layout.escalate(tier.name)] = tier.partitions
+        return counts
+
+
+def _stage(section: _Section, name: str) -> StageConfig:
+    s = section.table(name)
+    stage = StageConfig(
+        replicas=s.number("replicas", int, 1, 1, 256),
+        num_cpus=s.number("num_cpus", float, 0.1, 0.0, 1024),
+        partitions=s.number("partitions", int, 4, 1, 10_000),
+    )
+    s.finish()
+    return stage
+
+
+def _tier(data: object, index: int) -> TierConfig:
+    s = _Section(data, f"tiers[{index}]")
+    name = s.get("name", str, "")
+    if not name:
+        raise ConfigError(f"{s.key('name')} is required")
+    check_name(s.key("name"), name)
+    backend = s.get("backend", str, "")
+    if not backend:
+        raise ConfigError(f"{s.key('backend')} is required")
+    resources = s.table("resources")
+    for key, value in resources.data.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{resources.key(key)} must be a number >= 0")
+    tier = TierConfig(
+        name=name,
+        backend=backend,
+        replicas=s.number("replicas", int, 1, 1, 256),
+        num_cpus=s.number("num_cpus", float, 0.5, 0.0, 1024),
+        num_gpus=s.number("num_gpus", float, 0.0, 0.0, 64),
+        resources={key: float(value) for key, value in resources.data.items()},
+        partitions=s.number("partitions", int, 4, 1, 10_000),
+        threshold=s.number("threshold", float, 0.5, 0.0, 1.0),
+        cost=s.number("cost", float, 0.0, 0.0),
+        batch_size=s.number("batch_size", int, 32, 1, 100_000),
+        options=dict(s.table("options").data),
+    )
+    s.finish()
+    return tier
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Build a validated :class:`Config` from a parsed TOML document."""
+    root = _Section(dict(data), "")
+    namespace = check_name("namespace", root.get("namespace", str, "tierflow"))
+    raw_tiers = root.get("tiers", list, [])
+    if not raw_tiers:
+        raise ConfigError("tiers must list at least one tier ([[tiers]] tables)")
+    tiers = tuple(_tier(item, i) for i, item in enumerate(raw_tiers))
+    names = [tier.name for tier in tiers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tiers[].name must be unique, got {names}")
+
+    b = root.table("broker")
+    broker = BrokerConfig(
+        provider=b.choice("provider", PROVIDERS, "embedded"),
+        bootstrap_servers=b.get("bootstrap_servers", str, ""),
+        security_protocol=b.choice("security_protocol", SECURITY_PROTOCOLS, "PLAINTEXT"),
+        sasl_mechanism=b.get("sasl_mechanism", str, ""),
+        sasl_username=b.get("sasl_username", str, ""),
+        sasl_password_env=b.get("sasl_password_env", str, ""),
+        ssl_cafile=b.get("ssl_cafile", str, ""),
+        session_timeout_ms=b.number("session_timeout_ms", int, 3000, 500, 600_000),
+        fetch_max_wait_ms=b.number("fetch_max_wait_ms", int, 10, 0, 60_000),
+        replication_factor=b.number("replication_factor", int, 1, 1, 16),
+    )
+    b.finish()
+    if broker.provider == "external" and not broker.bootstrap_servers:
+        raise ConfigError("broker.bootstrap_servers is required when broker.provider = 'external'")
+
+    r = root.table("ray")
+    ray = RayConfig(address=r.get("address", str, ""), num_cpus=r.number("num_cpus", int, 0, 0, 100_000))
+    r.finish()
+
+    lim = root.table("limits")
+    limits = LimitsConfig(
+        max_payload_bytes=lim.number("max_payload_bytes", int, 1 << 20, 1024, 64 << 20),
+        max_batch=lim.number("max_batch", int, 64, 1, 100_000),
+        max_hops=lim.number("max_hops", int, 8, 1, 1000),
+        default_deadline_s=lim.number("default_deadline_s", float, 120.0, 0.001),
+        infer_timeout_s=lim.number("infer_timeout_s", float, 60.0, 0.001),
+    )
+    lim.finish()
+
+    p = root.table("policies")
+    policies = PolicyConfig(
+        pre_call=p.get("pre_call", str, "cheapest_first"),
+        pre_call_params=dict(p.table("pre_call_params").data),
+        post_hoc=p.get("post_hoc", str, "threshold"),
+        post_hoc_params=dict(p.table("post_hoc_params").data),
+    )
+    p.finish()
+
+    config = Config(
+        namespace=namespace,
+        tiers=tiers,
+        broker=broker,
+        ray=ray,
+        limits=limits,
+        policies=policies,
+        router=_stage(root, "router"),
+        verifier=_stage(root, "verifier"),
+        sink=_stage(root, "sink"),
+        results_path=root.get("results_path", str, ""),
+        dataset=root.get("dataset", str, ""),
+    )
+    root.finish()
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(data)
+
+
+PORTFOLIO_DIR = Path(__file__).with_name("portfolios")
+
+
+def portfolio_names() -> list[str]:
+    return sorted(path.stem for path in PORTFOLIO_DIR.glob("*.toml"))
+
+
+def load_portfolio(name: str) -> Config:
+    """A built-in portfolio config (``infra/portfolios/<name>.toml``)."""
+    path = PORTFOLIO_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown portfolio {name!r}; known: {', '.join(portfolio_names())}")
+    return load_config(path)

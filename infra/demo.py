@@ -1,0 +1,194 @@
+"""``tierflow demo``: a whole pipeline on an embedded broker and local Ray, with a report.
+
+Streams held-out items of the portfolio's dataset through router → tiers →
+verifier (escalating as the policy says) → results, shows progress, and prints
+what happened per tier and overall. Everything it starts — broker, Ray, actors —
+it stops, on success, error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.broker import EmbeddedBroker, kafka_options
+from infra.client import RequestProducer, ResultCollector
+from infra.config import Config, load_portfolio
+from infra.datasets import Item, load_items
+from infra.pipeline import Pipeline
+from infra.ray_cluster import start_ray, stop_ray
+from infra.report import RunFacts, build_report
+from topics.errors import BrokerError
+from topics.messages import Request
+from workers.backends.base import create_backend
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    portfolio: str = "headlines"
+    requests: int = 500
+    rate: float = 0.0
+    """Requests per second; 0 sends as fast as the broker takes them."""
+    seed: int = 0
+    timeout_s: float = 600.0
+    json_path: str = ""
+    run_dir: str = ""
+
+
+def prepare_backends(config: Config, console: Console) -> None:
+    """Train or load every tier's model once here, so actors start from the cache in seconds."""
+    for tier in config.tiers:
+        with console.status(f"preparing tier {tier.name} ({tier.backend})…"):
+            started = time.perf_counter()
+            create_backend(tier.backend, tier.name, tier.options).load()
+        console.print(f"  tier [bold]{tier.name}[/] ready in {time.perf_counter() - started:.1f}s")
+
+
+async def _send_paced(producer: RequestProducer, requests: list[Request], rate: float) -> None:
+    if rate <= 0:
+        for start in range(0, len(requests), 500):
+            await producer.send_many(requests[start : start + 500])
+        return
+    started = time.monotonic()
+    step = max(1, int(rate / 50))  # ~50 sends a second keeps pacing smooth
+    for start in range(0, len(requests), step):
+        due = started + start / rate
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        await producer.send_many(requests[start : start + step])
+
+
+async def stream(
+    config: Config, bootstrap: str, items: list[Item], options: DemoOptions, console: Console
+) -> dict[str, Any]:
+    """Deploy the pipeline, stream ``items``, collect results, and build the report."""
+    kafka = kafka_options(config.broker, bootstrap)
+    pipeline = Pipeline(config, bootstrap)
+    try:
+        with console.status("starting stage actors on Ray…"):
+            await pipeline.start()
+        collector = ResultCollector(kafka, config.layout, include_answers=True)
+        producer = RequestProducer(kafka, config.layout)
+        await collector.start()
+        await producer.start()
+        try:
+            now = time.time()
+            requests = [Request(id=item.id, input=item.text, created_at=now) for item in items]
+            with Progress(
+                TextColumn("streaming"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+            ) as progress:
+                bar = progress.add_task("results", total=len(requests))
+                started = time.monotonic()
+                sender = asyncio.create_task(_send_paced(producer, _stamped(requests), options.rate))
+                missing = await collector.wait_for(
+                    {r.id for r in requests}, options.timeout_s, lambda n: progress.advance(bar, n)
+                )
+                wall = time.monotonic() - started
+                await sender
+            if missing:
+                console.print(f"[red]{len(missing)} requests got no result within {options.timeout_s:.0f}s[/]")
+            await asyncio.sleep(0.5)  # let the sink and late duplicates land
+            await collector.poll(timeout_ms=200)
+        finally:
+            await producer.stop()
+            await collector.stop()
+        c = collector.collected
+        facts = RunFacts(
+            sent=[r.id for r in requests],
+            results=c.results,
+            answers=list(c.answers.values()),
+            labels={item.id: item.label for item in items},
+            dead_letters=len(c.dead_letters),
+            dead_ids=c.dead_ids,
+            raw_duplicates=c.raw_duplicates,
+            delivered_duplicates=_delivered_duplicates(config.results_path),
+            wall_s=wall,
+        )
+        return build_report(facts, config.layout.tiers)
+    finally:
+        with console.status("stopping stage actors…"):
+            await pipeline.stop()
+
+
+def _stamped(requests: list[Request]) -> list[Request]:
+    """Requests carry their real send time, so end-to-end latency starts when they leave."""
+    now = time.time()
+    return [replace(r, created_at=now) for r in requests]
+
+
+def _delivered_duplicates(path: str) -> int:
+    if not path or not Path(path).exists():
+        return 0
+    ids = [json.loads(line)["id"] for line in Path(path).read_text().splitlines() if line]
+    return len(ids) - len(set(ids))
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    table = Table(title="per tier")
+    for column in ("tier", "answered", "accepted", "escalated", "accuracy", "cost"):
+        table.add_column(column, justify="left" if column == "tier" else "right")
+    for name, t in report["tiers"].items():
+        acc = "-" if t["accuracy"] is None else f"{t['accuracy']:.1%}"
+        table.add_row(name, str(t["answered"]), str(t["accepted"]), str(t["escalated"]), acc, f"{t['cost']:.4f}")
+    console.print(table)
+    lat = report["latency_ms"]
+    acc = "-" if report["accuracy"] is None else f"{report['accuracy']:.1%}"
+    overall = Table(title="overall", show_header=False)
+    overall.add_column(justify="left")
+    overall.add_column(justify="right")
+    for key, value in [
+        ("requests / results", f"{report['requests']} / {report['results']}"),
+        ("status", ", ".join(f"{k} {v}" for k, v in sorted(report["status"].items()))),
+        ("accuracy", acc),
+        ("cost total / per request", f"{report['cost_total']:.4f} / {report['cost_per_request']:.6f}"),
+        ("throughput", f"{report['throughput_rps']:.1f} req/s"),
+        ("latency p50 / p95 / p99", f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f} ms"),
+        ("mean tiers per request", f"{report['mean_hops']:.2f}"),
+        ("lost / duplicates / dead letters", f"{report['lost']} / {report['duplicates']} / {report['dead_letters']}"),
+    ]:
+        overall.add_row(key, value)
+    console.print(overall)
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, Any]:
+    """The whole demo, synchronously; returns the report."""
+    console = console or Console()
+    run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="tierflow-demo-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = load_portfolio(options.portfolio)
+    config = replace(config, namespace=f"demo-{uuid.uuid4().hex[:8]}", results_path=str(run_dir / "results.jsonl"))
+    console.print(
+        f"[bold]tierflow demo[/]: portfolio [bold]{options.portfolio}[/], "
+        f"{options.requests} requests, run dir {run_dir}"
+    )
+    items = load_items(config.dataset, options.requests, options.seed)
+    prepare_backends(config, console)
+    broker = EmbeddedBroker(log_dir=run_dir)
+    ray_started = False
+    try:
+        bootstrap = broker.start()
+        console.print(f"  embedded broker on {bootstrap} (pid {broker.pid})")
+        with console.status("starting Ray on 127.0.0.1…"):
+            ray_started = start_ray(config.ray)
+        report = asyncio.run(stream(config, bootstrap, items, options, console))
+    except ConnectionError as exc:
+        raise BrokerError(f"lost the broker: {exc}") from exc
+    finally:
+        stop_ray(ray_started)
+        broker.stop()
+    report["portfolio"] = options.portfolio
+    report["dataset"] = config.dataset
+    print_report(report, console)
+    if options.json_path:
+        Path(options.json_path).write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"report written to {options.json_path}")
+    return report

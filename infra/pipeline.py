@@ -1,0 +1,151 @@
+"""Deploy a configured pipeline as Ray actor pools and take it down again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from infra.broker import kafka_options
+from infra.config import Config
+from topics.admin import ensure_topics
+from topics.errors import BrokerError
+from workers.actors import StageActor, StageSpec
+
+
+@dataclass
+class Pool:
+    """The replicas of one stage (router, verifier, sink or one tier's workers)."""
+
+    name: str
+    specs: list[StageSpec] = field(default_factory=list)
+    actors: list[Any] = field(default_factory=list)
+    runs: list[Any] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    """All stage pools of one config against one broker; ``stop()`` is safe twice."""
+
+    def __init__(self, config: Config, bootstrap: str) -> None:
+        self.config = config
+        self.bootstrap = bootstrap
+        self.pools: dict[str, Pool] = {}
+
+    def _plan(self) -> None:
+        c = self.config
+        stages: list[tuple[str, str, int, dict[str, Any]]] = [
+            ("router", "", c.router.replicas, {"num_cpus": c.router.num_cpus}),
+            ("verifier", "", c.verifier.replicas, {"num_cpus": c.verifier.num_cpus}),
+        ]
+        for tier in c.tiers:
+            options = {"num_cpus": tier.num_cpus, "num_gpus": tier.num_gpus, "resources": dict(tier.resources)}
+            stages.append(("worker", tier.name, tier.replicas, options))
+        if c.results_path:
+            stages.append(("sink", "", c.sink.replicas, {"num_cpus": c.sink.num_cpus}))
+        for kind, tier_name, replicas, options in stages:
+            spec = StageSpec(kind, c, self.bootstrap, tier_name)
+            pool = Pool(spec.pool, options=options)
+            self.pools[pool.name] = pool
+            for replica in range(replicas):
+                pool.specs.append(StageSpec(kind, c, self.bootstrap, tier_name, replica))
+
+    async def start(self, ready_timeout_s: float = 120.0) -> None:
+        """Create topics, start every replica, and wait until each pool owns all its partitions."""
+        await ensure_topics(
+            kafka_options(self.config.broker, self.bootstrap),
+            self.config.partitions(),
+            self.config.broker.replication_factor,
+        )
+        self._plan()
+        for pool in self.pools.values():
+            for spec in pool.specs:
+                self._launch(pool, spec)
+        await self.wait_ready(ready_timeout_s)
+
+    def _launch(self, pool: Pool, spec: StageSpec) -> None:
+        actor = StageActor.options(**pool.options).remote(spec)  # type: ignore[attr-defined]
+        pool.actors.append(actor)
+        pool.runs.append(actor.run.remote())
+
+    def _pool_partitions(self, pool: Pool) -> set[tuple[str, int]]:
+        counts = self.config.partitions()
+        layout = self.config.layout
+        spec = pool.specs[0]
+        topics = {
+            "router": [layout.requests],
+            "verifier": [layout.answers],
+            "sink": [layout.results],
+            "worker": [layout.tier(spec.tier), layout.escalate(spec.tier)] if spec.tier else [],
+        }[spec.kind]
+        return {(topic, p) for topic in topics for p in range(counts[topic])}
+
+    async def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait until every pool's replicas together own all partitions of its topics."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._raise_if_failed()
+            missing = []
+            for pool in self.pools.values():
+                stats = await self.pool_stats(pool)
+                owned = {tuple(tp) for s in stats for tp in s.get("assigned", [])}
+                if not self._pool_partitions(pool) <= owned:
+                    missing.append(pool.name)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(f"pools not ready after {timeout_s:.0f}s: {', '.join(missing)}")
+            await asyncio.sleep(0.25)
+
+    def _raise_if_failed(self) -> None:
+        """Surface a replica whose ``run`` ended with an error (e.g. a backend that cannot load)."""
+        for pool in self.pools.values():
+            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except RayError as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    raise BrokerError(f"{pool.name} failed: {str(cause).strip().splitlines()[-1]}") from exc
+
+    async def pool_stats(self, pool: Pool) -> list[dict[str, Any]]:
+        stats = []
+        for actor in pool.actors:
+            with contextlib.suppress(RayError, asyncio.TimeoutError):
+                stats.append(await asyncio.wait_for(actor.stats.remote(), timeout=5))
+        return stats
+
+    async def stats(self) -> dict[str, list[dict[str, Any]]]:
+        return {name: await self.pool_stats(pool) for name, pool in self.pools.items()}
+
+    async def scale(self, pool_name: str, replicas: int) -> None:
+        """Add or remove replicas of a pool at run time (the group rebalances)."""
+        pool = self.pools[pool_name]
+        while len(pool.actors) < replicas:
+            base = pool.specs[0]
+            spec = StageSpec(base.kind, base.config, base.bootstrap, base.tier, len(pool.actors))
+            pool.specs.append(spec)
+            self._launch(pool, spec)
+        while len(pool.actors) > replicas:
+            actor, run = pool.actors.pop(), pool.runs.pop()
+            pool.specs.pop()
+            await self._stop_actor(actor, run, timeout_s=30)
+
+    async def _stop_actor(self, actor: Any, run: Any, timeout_s: float) -> None:
+        with contextlib.suppress(RayError):
+            await actor.stop.remote()
+        with contextlib.suppress(RayError, asyncio.TimeoutError):
+            await asyncio.wait_for(run, timeout=timeout_s)
+        ray.kill(actor, no_restart=True)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Graceful stop of every replica (finish, commit, leave group), then kill leftovers."""
+        pools, self.pools = list(self.pools.values()), {}
+        await asyncio.gather(
+            *(self._stop_actor(a, r, timeout_s) for pool in pools for a, r in zip(pool.actors, pool.runs, strict=True))
+        )

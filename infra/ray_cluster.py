@@ -1,0 +1,53 @@
+"""Start a local Ray bound to loopback, or join an existing cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import ray
+
+from infra.config import RayConfig
+from topics.errors import TierflowError
+
+PACKAGES = ("topics", "policies", "workers", "infra")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RayError(TierflowError):
+    """Ray could not be started or joined."""
+
+
+def start_ray(config: RayConfig) -> bool:
+    """Connect this process to Ray; return True when it started a local Ray it must shut down.
+
+    Locally, Ray binds to 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    keeps Linux from swapping in the routable address) and the dashboard is off.
+    A remote cluster gets this project's packages shipped as ``py_modules``.
+    """
+    if ray.is_initialized():
+        return False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        if config.address:
+            modules = [str(ROOT / name) for name in PACKAGES]
+            ray.init(address=config.address, runtime_env={"py_modules": modules}, logging_level=logging.WARNING)
+            return False
+        ray.init(
+            num_cpus=config.num_cpus or max(4, os.cpu_count() or 1),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = config.address or "a local Ray"
+        raise RayError(f"could not start or join {where}: {exc}") from exc
+    return True
+
+
+def stop_ray(started: bool) -> None:
+    """Shut down only what ``start_ray`` started (never ``ray stop``)."""
+    if started and ray.is_initialized():
+        ray.shutdown()

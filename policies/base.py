@@ -1,0 +1,98 @@
+"""The two policy interfaces the pipeline runs: pre-call (router) and post-hoc (verifier).
+
+Policies are pure: features in, decision out. No I/O; the clock and randomness are
+passed in, so the same code answers identically in the stream and in offline
+evaluation over a recorded trace.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from topics.messages import Answer, Request
+
+
+@dataclass(frozen=True, slots=True)
+class TierInfo:
+    """What a policy knows about a tier without calling it."""
+
+    name: str
+    cost: float
+    """Expected cost per call (the portfolio's unit), used to order and price tiers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A router's decision: which tiers may answer and which runs first."""
+
+    allowed: tuple[str, ...]
+    """Cheapest first; escalation only ever moves within this set."""
+    start: str | None
+    """``None`` rejects the request (no allowed tier)."""
+    reason: str = ""
+
+
+class Action(StrEnum):
+    ACCEPT = "accept"
+    ESCALATE = "escalate"
+    STOP = "stop"
+    """Deliver the best answer seen so far, status ``exhausted``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    target: str | None = None
+    """The tier to escalate to (only with ``ESCALATE``)."""
+    reason: str = ""
+
+
+class PreCallPolicy(ABC):
+    """Decides, before any model runs, where a request starts."""
+
+    name: str = ""
+
+    @abstractmethod
+    def route(self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random) -> Route:
+        """Choose the allowed tiers and the start tier for ``request``."""
+
+    def params(self) -> dict[str, Any]:
+        """Fitted parameters, for the policy file."""
+        return {}
+
+
+class PostHocPolicy(ABC):
+    """Decides, after a tier answered, whether to accept, escalate or stop."""
+
+    name: str = ""
+
+    @abstractmethod
+    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
+        """Judge ``answer`` (its task carries the request, allowed tiers and history)."""
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+def allowed_tiers(request: Request, tiers: tuple[TierInfo, ...]) -> tuple[str, ...]:
+    """The configured tiers the request's hints allow, in ladder order."""
+    names = tuple(tier.name for tier in tiers)
+    if request.hints.allowed_tiers is None:
+        return names
+    wanted = set(request.hints.allowed_tiers)
+    return tuple(name for name in names if name in wanted)
+
+
+def next_tier(answer: Answer, tiers: tuple[TierInfo, ...]) -> str | None:
+    """The next tier up the ladder from ``answer``'s tier that the task allows and has not run."""
+    allowed = answer.task.allowed or tuple(tier.name for tier in tiers)
+    ran = {entry.tier for entry in answer.task.history} | {answer.tier}
+    order = [tier.name for tier in tiers]
+    if answer.tier not in order:
+        return None
+    above = order[order.index(answer.tier) + 1 :]
+    return next((name for name in above if name in allowed and name not in ran), None)

@@ -1,0 +1,73 @@
+"""The default policies: start at the cheapest allowed tier, escalate below a threshold."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.base import (
+    Action,
+    PostHocPolicy,
+    PreCallPolicy,
+    Route,
+    TierInfo,
+    Verdict,
+    allowed_tiers,
+    next_tier,
+)
+from topics.messages import Answer, Request
+
+
+@dataclass(frozen=True)
+class CheapestFirst(PreCallPolicy):
+    """Allow every tier the request's hints allow; start at the cheapest of them."""
+
+    name = "cheapest_first"
+
+    def route(self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random) -> Route:
+        allowed = allowed_tiers(request, tiers)
+        if not allowed:
+            return Route(allowed=(), start=None, reason="no allowed tier is configured")
+        by_cost = {tier.name: tier.cost for tier in tiers}
+        return Route(allowed=allowed, start=min(allowed, key=lambda name: by_cost[name]))
+
+
+@dataclass(frozen=True)
+class ConfidenceThreshold(PostHocPolicy):
+    """Accept when the tier's confidence reaches its threshold, else escalate up the ladder.
+
+    An answer with an error, or a confidence that is not a finite number in [0, 1],
+    is never accepted (``nan >= t`` is False, but we do not rely on that). After the
+    last allowed tier, or at ``max_hops``, the verdict is STOP: the stage delivers
+    the best answer seen with status ``exhausted``.
+    """
+
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    """Per-tier acceptance threshold; a tier missing here uses ``default_threshold``."""
+    default_threshold: float = 0.5
+    max_hops: int = 16
+
+    name = "threshold"
+
+    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
+        threshold = self.thresholds.get(answer.tier, self.default_threshold)
+        valid = answer.error is None and math.isfinite(answer.confidence) and 0.0 <= answer.confidence <= 1.0
+        if valid and answer.confidence >= threshold:
+            return Verdict(Action.ACCEPT, reason=f"confidence {answer.confidence:.3f} >= {threshold}")
+        why = answer.error or f"confidence {answer.confidence:.3f} < {threshold}"
+        target = next_tier(answer, tiers)
+        if target is None:
+            return Verdict(Action.STOP, reason=f"{why}; no higher tier")
+        if answer.task.hop + 1 >= self.max_hops:
+            return Verdict(Action.STOP, reason=f"{why}; hop limit {self.max_hops}")
+        return Verdict(Action.ESCALATE, target=target, reason=why)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "thresholds": dict(self.thresholds),
+            "default_threshold": self.default_threshold,
+            "max_hops": self.max_hops,
+        }

@@ -1,0 +1,62 @@
+"""Config validation: defaults run on a laptop; every error names the bad key in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.config import load_config, load_portfolio, parse_config, portfolio_names
+from topics import ConfigError
+
+TIER = {"name": "small", "backend": "simulated"}
+
+
+def test_minimal_config_gets_laptop_defaults() -> None:
+    config = parse_config({"tiers": [TIER]})
+    assert config.broker.provider == "embedded"
+    assert config.ray.address == ""
+    assert config.namespace == "tierflow"
+    assert config.partitions()["tierflow.tier.small"] == 4
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({}, "tiers must list at least one tier"),
+        ({"tiers": [{"name": "a"}]}, "tiers[0].backend is required"),
+        ({"tiers": [TIER, TIER]}, "unique"),
+        ({"tiers": [{**TIER, "replicas": 0}]}, "tiers[0].replicas must be in [1, 256]"),
+        ({"tiers": [{**TIER, "threshold": 1.5}]}, "tiers[0].threshold must be in [0.0, 1.0]"),
+        ({"tiers": [{**TIER, "replica": 2}]}, "unknown key 'tiers[0].replica'"),
+        ({"tiers": [TIER], "broker": {"provider": "kafka"}}, "broker.provider must be one of"),
+        ({"tiers": [TIER], "broker": {"provider": "external"}}, "broker.bootstrap_servers is required"),
+        ({"tiers": [TIER], "limits": {"max_batch": "many"}}, "limits.max_batch must be int"),
+        ({"tiers": [TIER], "colour": "blue"}, "unknown key 'colour'"),
+        ({"tiers": [{**TIER, "resources": {"gpu_node": -1}}]}, "tiers[0].resources.gpu_node"),
+        ({"tiers": [TIER], "namespace": "a b"}, "namespace"),
+    ],
+)
+def test_errors_name_the_key(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_load_config_reports_bad_toml_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("tiers = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_every_builtin_portfolio_is_valid() -> None:
+    assert {"headlines", "simulated"} <= set(portfolio_names())
+    for name in portfolio_names():
+        assert load_portfolio(name).tiers
+    with pytest.raises(ConfigError, match="known: "):
+        load_portfolio("nope")

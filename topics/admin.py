@@ -1,0 +1,53 @@
+"""Create and delete a deployment's topics through the Kafka admin API."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from topics.errors import BrokerError
+
+
+async def ensure_topics(
+    client_options: Mapping[str, Any], partitions: Mapping[str, int], replication: int = 1
+) -> list[str]:
+    """Create every topic in ``partitions`` that does not exist yet; return those created.
+
+    Existing topics are left as they are (their partition count is the operator's).
+    """
+    admin = AIOKafkaAdminClient(**client_options)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=count, replication_factor=replication)
+            for name, count in partitions.items()
+            if name not in existing
+        ]
+        if missing:
+            # another process may create them between list and create: fine
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        return [topic.name for topic in missing]
+    except KafkaError as exc:
+        raise BrokerError(f"could not create topics: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def delete_topics(client_options: Mapping[str, Any], names: list[str]) -> None:
+    """Delete ``names`` that exist (the embedded broker keeps everything in memory)."""
+    admin = AIOKafkaAdminClient(**client_options)
+    try:
+        await admin.start()
+        present = [name for name in names if name in set(await admin.list_topics())]
+        if present:
+            await admin.delete_topics(present)
+    except KafkaError as exc:
+        raise BrokerError(f"could not delete topics: {exc}") from exc
+    finally:
+        await admin.close()

@@ -1,0 +1,71 @@
+"""Topic names, built in one place from a namespace and the configured tiers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from topics.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a namespace or tier name (letters, digits, ``_`` and ``-``; Kafka-safe)."""
+    if not _NAME.match(name):
+        raise ConfigError(f"{kind} {name!r} must be 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLayout:
+    """Every topic of one deployment: ``<ns>.requests``, ``<ns>.tier.<T>``, …"""
+
+    namespace: str
+    tiers: tuple[str, ...]
+    """Tier names, cheapest first (the order escalation follows by default)."""
+
+    def __post_init__(self) -> None:
+        check_name("namespace", self.namespace)
+        for tier in self.tiers:
+            check_name("tier", tier)
+        if len(set(self.tiers)) != len(self.tiers):
+            raise ConfigError(f"tier names must be unique: {list(self.tiers)}")
+
+    def _require(self, tier: str) -> str:
+        if tier not in self.tiers:
+            raise ConfigError(f"unknown tier {tier!r}; known: {', '.join(self.tiers)}")
+        return tier
+
+    @property
+    def requests(self) -> str:
+        return f"{self.namespace}.requests"
+
+    def tier(self, name: str) -> str:
+        return f"{self.namespace}.tier.{self._require(name)}"
+
+    def escalate(self, name: str) -> str:
+        return f"{self.namespace}.escalate.{self._require(name)}"
+
+    @property
+    def answers(self) -> str:
+        return f"{self.namespace}.answers"
+
+    @property
+    def results(self) -> str:
+        return f"{self.namespace}.results"
+
+    @property
+    def control(self) -> str:
+        return f"{self.namespace}.control"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.namespace}.dlq"
+
+    def all_topics(self) -> list[str]:
+        """Every topic name of the deployment, for creation and deletion."""
+        names = [self.requests, self.answers, self.results, self.control, self.dlq]
+        for tier in self.tiers:
+            names += [self.tier(tier), self.escalate(tier)]
+        return names

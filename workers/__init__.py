@@ -1,0 +1,1 @@
+"""Stage loop, stage handlers, Ray actor pools and model backends."""

@@ -1,0 +1,117 @@
+"""Stage pools as Ray actors: each replica runs one StageLoop with its own Kafka clients.
+
+Kafka is the data plane; Ray gives placement, resources and restarts. ``run()`` is
+a long-running actor task: with ``max_restarts`` and ``max_task_retries`` set, a
+killed replica is restarted and its ``run`` resubmitted, resuming from the last
+committed offsets. SIGTERM (or ``stop()``) is a graceful stop: the batch in flight
+finishes and commits, the consumer leaves its group, and the replica exits without
+being restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+
+from infra.broker import kafka_options
+from infra.config import Config
+from policies.registry import make_post_hoc, make_pre_call
+from topics.errors import ConfigError
+from workers.context import StageContext
+from workers.model_worker import ModelWorker
+from workers.results_sink import ResultsSink
+from workers.router import Router
+from workers.stage import Handler, StageLoop
+from workers.verifier import Verifier
+
+STAGE_KINDS = ("router", "worker", "verifier", "sink")
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """Everything a replica needs to build its stage; picklable, sent once at creation."""
+
+    kind: str
+    config: Config
+    bootstrap: str
+    tier: str = ""
+    replica: int = 0
+
+    @property
+    def pool(self) -> str:
+        return f"worker.{self.tier}" if self.kind == "worker" else self.kind
+
+
+def build_handler(spec: StageSpec, context: StageContext) -> Handler[Any]:
+    config = spec.config
+    if spec.kind == "router":
+        return Router(context, make_pre_call(config.policies.pre_call, config.policies.pre_call_params))
+    if spec.kind == "verifier":
+        params = {"max_hops": config.limits.max_hops, **config.policies.post_hoc_params}
+        if config.policies.post_hoc == "threshold":
+            params.setdefault("thresholds", {tier.name: tier.threshold for tier in config.tiers})
+        return Verifier(context, make_post_hoc(config.policies.post_hoc, params))
+    if spec.kind == "worker":
+        return ModelWorker(context, spec.tier)
+    if spec.kind == "sink":
+        if not config.results_path:
+            raise ConfigError("the results sink needs results_path in the config")
+        return ResultsSink(context, config.results_path)
+    raise ConfigError(f"unknown stage kind {spec.kind!r}; known: {', '.join(STAGE_KINDS)}")
+
+
+def build_loop(spec: StageSpec) -> StageLoop[Any]:
+    config = spec.config
+    handler = build_handler(spec, StageContext(config))
+    return StageLoop(
+        handler,
+        kafka_options(config.broker, spec.bootstrap),
+        config.layout.dlq,
+        group_id=f"{config.namespace}.{spec.pool}",
+        max_batch=config.limits.max_batch,
+        session_timeout_ms=config.broker.session_timeout_ms,
+        fetch_max_wait_ms=config.broker.fetch_max_wait_ms,
+        max_payload_bytes=config.limits.max_payload_bytes,
+    )
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class StageActor:
+    """One replica of a stage pool."""
+
+    def __init__(self, spec: StageSpec) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        self.spec = spec
+        self.loop: StageLoop[Any] | None = None
+        self.stopped_by_signal = False
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        """Graceful stop from outside Ray (a SIGTERM to the replica's pid)."""
+        self.stopped_by_signal = True
+        if self._event_loop is not None and self.loop is not None:
+            self._event_loop.call_soon_threadsafe(asyncio.ensure_future, self.loop.stop())
+
+    async def run(self) -> dict[str, Any]:
+        """Run the stage until stopped; returns its final counters."""
+        self._event_loop = asyncio.get_running_loop()
+        self.loop = build_loop(self.spec)
+        stats = await self.loop.run()
+        if self.stopped_by_signal:
+            ray.actor.exit_actor()
+        return asdict(stats)
+
+    async def stop(self) -> None:
+        if self.loop is not None:
+            await self.loop.stop()
+
+    async def stats(self) -> dict[str, Any]:
+        stats = asdict(self.loop.stats) if self.loop else {}
+        return {"pool": self.spec.pool, "replica": self.spec.replica, "pid": os.getpid(), **stats}

@@ -1,0 +1,288 @@
+"""The one stage loop every stage runs: consume a batch, decide, produce, await acks, commit.
+
+Delivery is at-least-once: offsets are committed only after everything the batch
+produced is acknowledged, so a crash repeats a hop and never loses one (sinks are
+idempotent on request id). In-flight work is bounded by ``max_batch``: the loop
+does not fetch the next batch before the current one is committed. A record that
+cannot be decoded or validated becomes one dead letter and the offset moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from topics.errors import DecodeError
+from topics.messages import DeadLetter
+from workers.telemetry import Headers, stage_span
+
+log = logging.getLogger("tierflow.stage")
+M = TypeVar("M")
+
+PROCESS_ATTEMPTS = 3
+"""A batch whose processing raises is retried this often, then dead-lettered record by record."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A record a stage produces."""
+
+    topic: str
+    key: str
+    value: bytes
+    headers: Headers = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound(Generic[M]):
+    """A decoded, valid input record and the trace headers its outputs must carry."""
+
+    message: M
+    record: ConsumerRecord[bytes, bytes]
+    headers: Headers
+
+
+class Handler(ABC, Generic[M]):
+    """What a stage does; the loop owns Kafka, batching, DLQ and commits."""
+
+    stage: str = "stage"
+
+    @abstractmethod
+    def topics(self) -> list[str]:
+        """Topics this stage consumes."""
+
+    async def start(self) -> None:
+        """Load what the handler needs (model weights…) before the first batch."""
+
+    async def stop(self) -> None:
+        """Release what ``start`` took."""
+
+    @abstractmethod
+    def decode(self, raw: bytes) -> M:
+        """Decode and validate one record value; raise DecodeError on bad input."""
+
+    @abstractmethod
+    async def process(self, batch: Sequence[Inbound[M]]) -> list[Outbound]:
+        """Decide for a batch of valid records; return everything to produce."""
+
+
+@dataclass
+class StageStats:
+    consumed: int = 0
+    produced: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    commit_failures: int = 0
+    process_failures: int = 0
+    assigned: list[tuple[str, int]] = field(default_factory=list)
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):
+    """Let the batch in flight finish (and commit) before partitions move to another member."""
+
+    def __init__(self, loop: StageLoop[Any]) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.loop.idle.wait(), timeout=self.loop.drain_timeout_s)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.loop.stats.assigned = sorted((tp.topic, tp.partition) for tp in self.loop.assignment())
+
+
+class StageLoop(Generic[M]):
+    """Runs one :class:`Handler` against Kafka until ``stop()``; ``stop()`` is safe twice."""
+
+    def __init__(
+        self,
+        handler: Handler[M],
+        kafka: dict[str, Any],
+        dlq_topic: str,
+        *,
+        group_id: str,
+        max_batch: int = 64,
+        session_timeout_ms: int = 3000,
+        fetch_max_wait_ms: int = 10,
+        max_payload_bytes: int = 1 << 20,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.handler = handler
+        self.kafka = kafka
+        self.dlq_topic = dlq_topic
+        self.group_id = group_id
+        self.max_batch = max_batch
+        self.session_timeout_ms = session_timeout_ms
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.max_payload_bytes = max_payload_bytes
+        self.drain_timeout_s = session_timeout_ms / 1000
+        self.clock = clock
+        self.stats = StageStats()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer else set()
+
+    async def run(self) -> StageStats:
+        """Start clients, loop until stopped, then commit, leave the group and close."""
+        await self.handler.start()
+        self._producer = AIOKafkaProducer(
+            **self.kafka, acks="all", linger_ms=1, max_request_size=self.max_payload_bytes + 65536
+        )
+        self._consumer = AIOKafkaConsumer(
+            **self.kafka,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(100, self.session_timeout_ms // 6),
+            rebalance_timeout_ms=max(self.session_timeout_ms, 5000),
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            max_poll_interval_ms=300_000,
+        )
+        try:
+            await self._producer.start()
+            self._consumer.subscribe(self.handler.topics(), listener=_DrainOnRevoke(self))
+            await self._consumer.start()
+            while not self._stopping.is_set():
+                await self._poll_once()
+        finally:
+            await self._close()
+        return self.stats
+
+    async def stop(self) -> None:
+        """Stop fetching; the batch in flight finishes and commits first."""
+        self._stopping.set()
+
+    async def _close(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        with contextlib.suppress(KafkaError):
+            if consumer is not None:
+                await consumer.stop()  # leaves the group so partitions move at once
+        with contextlib.suppress(KafkaError):
+            if producer is not None:
+                await producer.stop()
+        await self.handler.stop()
+
+    async def _poll_once(self) -> None:
+        assert self._consumer is not None
+        fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=200, max_records=self.max_batch))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            return
+        records = [record for batch in fetch.result().values() for record in batch]
+        if not records:
+            return
+        self.idle.clear()
+        try:
+            await self._handle_batch(records)
+        finally:
+            self.idle.set()
+
+    async def _handle_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        self.stats.consumed += len(records)
+        self.stats.batches += 1
+        good: list[tuple[ConsumerRecord[bytes, bytes], M]] = []
+        out: list[Outbound] = []
+        for record in records:
+            try:
+                good.append((record, self._decode(record)))
+            except DecodeError as exc:
+                out.append(self._dead_letter(record, exc))
+        out += await self._process_with_spans(good)
+        await self._send(out)
+        await self._commit(records)
+
+    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> M:
+        value = record.value or b""
+        if len(value) > self.max_payload_bytes:
+            raise DecodeError("too_large", f"{len(value)} bytes > limit {self.max_payload_bytes}")
+        return self.handler.decode(value)
+
+    async def _process_with_spans(self, good: list[tuple[ConsumerRecord[bytes, bytes], M]]) -> list[Outbound]:
+        if not good:
+            return []
+        with contextlib.ExitStack() as spans:
+            batch = [
+                Inbound(
+                    message,
+                    record,
+                    spans.enter_context(
+                        stage_span(
+                            self.handler.stage,
+                            record.headers,
+                            topic=record.topic,
+                            partition=record.partition,
+                            offset=record.offset,
+                        )
+                    ),
+                )
+                for record, message in good
+            ]
+            for attempt in range(1, PROCESS_ATTEMPTS + 1):
+                try:
+                    return await self.handler.process(batch)
+                except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the loop
+                    self.stats.process_failures += 1
+                    log.warning("stage %s: batch failed (attempt %d): %r", self.handler.stage, attempt, exc)
+                    failure = exc
+                    await asyncio.sleep(0.1 * attempt)
+        return [self._dead_letter(record, failure) for record, _ in good]
+
+    def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: Exception) -> Outbound:
+        self.stats.dead_letters += 1
+        letter = DeadLetter.for_record(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            stage=self.handler.stage,
+            key=record.key,
+            value=record.value,
+            error=error,
+            at=self.clock(),
+        )
+        log.info("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, letter.reason)
+        return Outbound(self.dlq_topic, letter.request_id or "", letter.to_wire())
+
+    async def _send(self, out: list[Outbound]) -> None:
+        """Produce everything and wait for every ack (the commit must not overtake them)."""
+        if not out:
+            return
+        assert self._producer is not None
+        acks = [
+            await self._producer.send(item.topic, item.value, key=item.key.encode(), headers=item.headers)
+            for item in out
+        ]
+        await asyncio.gather(*acks)
+        self.stats.produced += len(out)
+
+    async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # The partitions moved on: the new owner redoes this batch (at-least-once).
+            self.stats.commit_failures += 1
+            log.warning("stage %s: commit failed, batch will be redone: %r", self.handler.stage, exc)
