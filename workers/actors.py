@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from workers.context import StageContext
 from workers.model_worker import ModelWorker
 from workers.results_sink import ResultsSink
 from workers.router import Router
-from workers.stage import Handler, StageLoop
+from workers.stage import Handler, StageLoop, StageStats
 from workers.verifier import Verifier
 
 STAGE_KINDS = ("router", "worker", "verifier", "sink")
@@ -81,9 +82,21 @@ def build_loop(spec: StageSpec) -> StageLoop[Any]:
     )
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1)
+async def _drive(loop: StageLoop[Any], attach: Callable[[asyncio.AbstractEventLoop], None]) -> StageStats:
+    """Kept outside the actor class: one coroutine method would make Ray run it as an async actor."""
+    attach(asyncio.get_running_loop())
+    return await loop.run()
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})
 class StageActor:
-    """One replica of a stage pool."""
+    """One replica of a stage pool.
+
+    A threaded actor on purpose: its constructor runs on the process's main thread,
+    the only one where a SIGTERM handler can be installed (an async actor's cannot),
+    and ``run`` drives its own event loop while ``stop``/``stats`` answer from the
+    ``control`` concurrency group.
+    """
 
     def __init__(self, spec: StageSpec) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -94,24 +107,30 @@ class StageActor:
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
-        """Graceful stop from outside Ray (a SIGTERM to the replica's pid)."""
+        """Graceful stop from outside Ray (a SIGTERM to the replica's pid); no restart follows."""
         self.stopped_by_signal = True
-        if self._event_loop is not None and self.loop is not None:
-            self._event_loop.call_soon_threadsafe(asyncio.ensure_future, self.loop.stop())
+        self._request_stop()
 
-    async def run(self) -> dict[str, Any]:
+    def _request_stop(self) -> None:
+        if self._event_loop is not None and self.loop is not None:
+            self._event_loop.call_soon_threadsafe(self.loop.request_stop)
+
+    def run(self) -> dict[str, Any]:
         """Run the stage until stopped; returns its final counters."""
-        self._event_loop = asyncio.get_running_loop()
         self.loop = build_loop(self.spec)
-        stats = await self.loop.run()
+        stats = asyncio.run(_drive(self.loop, self._attach))
         if self.stopped_by_signal:
             ray.actor.exit_actor()
         return asdict(stats)
 
-    async def stop(self) -> None:
-        if self.loop is not None:
-            await self.loop.stop()
+    def _attach(self, event_loop: asyncio.AbstractEventLoop) -> None:
+        self._event_loop = event_loop
 
-    async def stats(self) -> dict[str, Any]:
+    @ray.method(concurrency_group="control")
+    def stop(self) -> None:
+        self._request_stop()
+
+    @ray.method(concurrency_group="control")
+    def stats(self) -> dict[str, Any]:
         stats = asdict(self.loop.stats) if self.loop else {}
         return {"pool": self.spec.pool, "replica": self.spec.replica, "pid": os.getpid(), **stats}

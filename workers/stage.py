@@ -164,8 +164,8 @@ class StageLoop(Generic[M]):
             await self._close()
         return self.stats
 
-    async def stop(self) -> None:
-        """Stop fetching; the batch in flight finishes and commits first."""
+    def request_stop(self) -> None:
+        """Stop fetching; the batch in flight finishes and commits first. Safe to call twice."""
         self._stopping.set()
 
     async def _close(self) -> None:

@@ -1,0 +1,224 @@
+"""End to end on a real broker and a real local Ray: nothing lost, nothing doubled,
+escalation exactly where the policy says, poison records dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from infra.client import RequestProducer, ResultCollector
+from infra.config import Config
+from policies import Action, ConfidenceThreshold, TierInfo
+from topics import Answer, Request, Status, Task
+from workers.backends.base import Query, create_backend
+
+from .conftest import WAIT_S, running, simulated_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
+
+
+def _requests(n: int, prefix: str = "req") -> list[Request]:
+    now = time.time()
+    return [Request(id=f"{prefix}-{i}", input=f"query {i}", created_at=now) for i in range(n)]
+
+
+async def _send_and_collect(
+    config: Config, kafka: dict[str, Any], requests: list[Request], also: Collection[str] = ()
+) -> ResultCollector:
+    """Send ``requests`` and wait until they (and the ids in ``also``) have a result or a dead letter."""
+    producer = RequestProducer(kafka, config.layout)
+    collector = ResultCollector(kafka, config.layout)
+    await producer.start()
+    await collector.start()
+    try:
+        await producer.send_many(requests)
+        missing = await collector.wait_for({r.id for r in requests} | set(also), WAIT_S)
+        assert not missing, f"{len(missing)} requests got no result"
+    finally:
+        await producer.stop()
+        await collector.stop()
+    return collector
+
+
+def _delivered_ids(config: Config) -> list[str]:
+    """Request ids in the results sink's file, in delivery order."""
+    return [json.loads(line)["id"] for line in Path(config.results_path).read_text().splitlines()]
+
+
+async def _offline_outcomes(config: Config, requests: list[Request]) -> dict[str, tuple[tuple[str, ...], Status]]:
+    """Path and status each request must get, from the same backends and policy, without Kafka."""
+    tiers = tuple(TierInfo(t.name, t.cost) for t in config.tiers)
+    policy = ConfidenceThreshold(
+        thresholds={t.name: t.threshold for t in config.tiers}, max_hops=config.limits.max_hops
+    )
+    backends = {t.name: create_backend(t.backend, t.name, t.options) for t in config.tiers}
+    paths = {}
+    for request in requests:
+        task, path = Task(request, tiers[0].name), []
+        while True:
+            completion = (await backends[task.tier].infer([Query(request.id, request.input)]))[0]
+            answer = Answer(task, "m", completion.output, completion.confidence)
+            path.append(task.tier)
+            verdict = policy.decide(answer, tiers, 0.0, random.Random(0))
+            if verdict.action is not Action.ESCALATE:
+                break
+            assert verdict.target is not None
+            task = Task(request, verdict.target, hop=task.hop + 1, history=(*task.history, answer.as_history()))
+        paths[request.id] = (tuple(path), Status.OK if verdict.action is Action.ACCEPT else Status.EXHAUSTED)
+    return paths
+
+
+async def test_every_request_gets_exactly_one_result_on_the_path_the_policy_chose(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    config = simulated_config(tmp_path)
+    requests = _requests(300)
+    async with running(config, bootstrap, kafka):
+        collector = await _send_and_collect(config, kafka, requests)
+        await asyncio.sleep(1.0)  # let the sink deliver its last batch
+    results = collector.collected.results
+    assert set(results) == {r.id for r in requests}
+    assert collector.collected.dead_letters == []
+
+    expected = await _offline_outcomes(config, requests)
+    assert {rid: (r.path, r.status) for rid, r in results.items()} == expected
+    hops = {len(r.path) for r in results.values()}
+    assert hops == {1, 2, 3}, "at these accuracies some requests stop at each tier"
+    assert {r.status for r in results.values()} == {Status.OK, Status.EXHAUSTED}
+
+    delivered = _delivered_ids(config)
+    assert sorted(delivered) == sorted(r.id for r in requests), "the sink delivers each id exactly once"
+
+
+async def test_poison_records_go_to_the_dlq_and_processing_continues(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    config = simulated_config(tmp_path, limits={"max_payload_bytes": 4096})
+    good = _requests(50, "good")
+    poison = {
+        "p-not-msgpack": (b"\xc1 definitely not msgpack", "not_msgpack"),
+        "p-wrong-type": (msgpack.packb({"k": "request", "v": 1, "id": 5, "in": "x", "ca": 1.0}), "wrong_type"),
+        "p-missing": (msgpack.packb({"k": "request", "v": 1, "in": "x"}), "missing_field"),
+        "p-oversized": (Request(id="p-oversized", input="x" * 10_000, created_at=1.0).to_wire(), "too_large"),
+        "p-nan": (
+            msgpack.packb({"k": "request", "v": 1, "id": "p-nan", "in": "x", "ca": float("nan")}),
+            "out_of_range",
+        ),
+    }
+    async with running(config, bootstrap, kafka):
+        producer = RequestProducer(kafka, config.layout)
+        await producer.start()
+        try:
+            for key, (value, _) in poison.items():
+                await producer.send_raw(value, key=key.encode())
+        finally:
+            await producer.stop()
+        collector = await _send_and_collect(config, kafka, good, also=set(poison))
+    reasons = {d.request_id: d.reason for d in collector.collected.dead_letters}
+    assert reasons == {key: reason for key, (_, reason) in poison.items()}
+    for letter in collector.collected.dead_letters:
+        assert letter.source_topic == config.layout.requests
+        assert letter.stage == "router"
+        assert letter.offset >= 0 and len(letter.payload_sha256) == 64
+    assert set(collector.collected.results) == {r.id for r in good}
+
+
+async def test_unknown_tier_answers_are_dead_lettered(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> None:
+    config = simulated_config(tmp_path)
+    bogus = Answer(Task(Request("ghost-1", "q", time.time()), "huge"), "m", "x", 0.9)
+    async with running(config, bootstrap, kafka):
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(**kafka)
+        await producer.start()
+        try:
+            await producer.send_and_wait(config.layout.answers, bogus.to_wire(), key=b"ghost-1")
+        finally:
+            await producer.stop()
+        collector = await _send_and_collect(config, kafka, _requests(5, "after"))
+        collector2 = ResultCollector(kafka, config.layout)
+        await collector2.start()
+        try:
+            missing = await collector2.wait_for({"ghost-1"}, WAIT_S)
+        finally:
+            await collector2.stop()
+    assert not missing
+    (letter,) = collector2.collected.dead_letters
+    assert (letter.reason, letter.stage, letter.source_topic) == ("unknown_tier", "verifier", config.layout.answers)
+    assert len(collector.collected.results) == 5
+
+
+async def test_expired_requests_end_expired(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> None:
+    config = simulated_config(tmp_path)
+    now = time.time()
+    stale = [Request(id=f"old-{i}", input="q", created_at=now - 10, deadline=now - 5) for i in range(5)]
+    async with running(config, bootstrap, kafka):
+        collector = await _send_and_collect(config, kafka, stale)
+    assert {r.status for r in collector.collected.results.values()} == {Status.EXPIRED}
+
+
+async def test_graceful_stop_mid_stream_loses_nothing(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> None:
+    slow_tiers = [
+        {
+            "name": "small",
+            "backend": "simulated",
+            "cost": 0.001,
+            "threshold": 0.8,
+            "partitions": 2,
+            "num_cpus": 0.1,
+            "batch_size": 8,
+            "options": {"accuracy": 0.6, "latency_ms": 20.0, "seed": 1},
+        },
+        {
+            "name": "large",
+            "backend": "simulated",
+            "cost": 0.1,
+            "threshold": 0.8,
+            "partitions": 2,
+            "num_cpus": 0.1,
+            "batch_size": 8,
+            "options": {"accuracy": 0.95, "latency_ms": 20.0, "seed": 3},
+        },
+    ]
+    config = simulated_config(tmp_path, tiers=slow_tiers, limits={"max_batch": 8})
+    requests = _requests(400, "gs")
+    ids = {r.id for r in requests}
+    collector = ResultCollector(kafka, config.layout)
+    async with running(config, bootstrap, kafka) as first:
+        producer = RequestProducer(kafka, config.layout)
+        await producer.start()
+        await producer.send_many(requests)
+        await producer.stop()
+        await collector.start()
+        deadline = time.monotonic() + WAIT_S
+        while len(collector.collected.results) < 40 and time.monotonic() < deadline:
+            await collector.poll()
+        await asyncio.wait_for(first.stop(), timeout=WAIT_S)  # graceful stop while work is in flight
+        done_before_restart = len(collector.collected.results)
+        assert done_before_restart < len(requests), "the stop must happen mid-stream"
+        second = await _restart(config, first)
+        try:
+            missing = await collector.wait_for(ids, WAIT_S)
+        finally:
+            await asyncio.wait_for(second.stop(), timeout=WAIT_S)
+            await collector.stop()
+    assert not missing
+    assert set(collector.collected.results) == ids
+    delivered = _delivered_ids(config)
+    assert len(delivered) == len(set(delivered)) == len(ids)
+
+
+async def _restart(config: Config, stopped: Any) -> Any:
+    from infra.pipeline import Pipeline
+
+    pipeline = Pipeline(config, stopped.bootstrap)
+    await asyncio.wait_for(pipeline.start(ready_timeout_s=WAIT_S), timeout=WAIT_S + 10)
+    return pipeline
