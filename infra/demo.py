@@ -138,7 +138,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_column(column, justify="left" if column == "tier" else "right")
     for name, t in report["tiers"].items():
         acc = "-" if t["accuracy"] is None else f"{t['accuracy']:.1%}"
-        table.add_row(name, str(t["answered"]), str(t["accepted"]), str(t["escalated"]), acc, f"{t['cost']:.4f}")
+        table.add_row(name, str(t["answered"]), str(t["accepted"]), str(t["escalated"]), acc, f"{t['cost']:.3g}")
     console.print(table)
     lat = report["latency_ms"]
     acc = "-" if report["accuracy"] is None else f"{report['accuracy']:.1%}"
@@ -149,7 +149,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         ("requests / results", f"{report['requests']} / {report['results']}"),
         ("status", ", ".join(f"{k} {v}" for k, v in sorted(report["status"].items()))),
         ("accuracy", acc),
-        ("cost total / per request", f"{report['cost_total']:.4f} / {report['cost_per_request']:.6f}"),
+        ("cost total / per request", f"{report['cost_total']:.3g} / {report['cost_per_request']:.3g}"),
         ("throughput", f"{report['throughput_rps']:.1f} req/s"),
         ("latency p50 / p95 / p99", f"{lat['p50']:.0f} / {lat['p95']:.0f} / {lat['p99']:.0f} ms"),
         ("mean tiers per request", f"{report['mean_hops']:.2f}"),

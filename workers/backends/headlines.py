@@ -1,7 +1,9 @@
 """The ``headlines`` backend: a ladder of sarcasm classifiers, the default real portfolio.
 
-One backend kind, three tiers chosen by the ``stage`` option, each cheaper and weaker
-than the next (held-out accuracy measured on the 30% test split, see ``prepare_headlines``):
+One backend kind, three tiers chosen by the ``stage`` option, each costlier than the
+last. Measured on the 30% test split (``prepare_headlines``): hashing 78.5%, tfidf 87.0%,
+embed 87.0% (1000 headlines; tfidf scores 86.8% on the same ones). The embed tier is
+not reliably better than tfidf at 80x the cost: routers must learn that, not assume it.
 
 * ``hashing``: HashingVectorizer (2**12 features, word 1-2 grams) + logistic regression.
 * ``tfidf``: TF-IDF word 1-2 grams + char 2-5 grams + logistic regression.
@@ -18,8 +20,9 @@ regression is wrapped in ``CalibratedClassifierCV(method="sigmoid", cv=3)``: Pla
 scaling is a 2-parameter monotone map, so it is stable on the 2.5k rows of the embed
 stage (isotonic needs more and overfits), keeps confidences continuous (isotonic's
 step function creates ties, which makes fitted escalation thresholds coarse), and the
-cross-fitting uses all training data instead of holding a calibration set out. It cut
-the expected calibration error of the hashing and TF-IDF tiers from 3-7% to ~1.5%.
+cross-fitting uses all training data instead of holding a calibration set out. Measured
+expected calibration error (10 bins, test split): hashing 2.6%, tfidf 1.7%, embed 2.4%
+(uncalibrated TF-IDF + LR at C=1 was 6.8%).
 
 Cost: the ``price`` option (per call) if given, else the measured compute seconds of
 the call times ``price_per_cpu_second`` (default ``1e-4`` abstract "USD" per second,
