@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 import time
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tierflow",
         description="Answer a stream of queries with a portfolio of models; confidence decides who answers.",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the Kafka client and Ray say")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -77,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from topics.errors import TierflowError
 
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="tierflow: %(message)s")
+    if not args.verbose:
+        # The client logs every failed connection attempt; our one-line error says it once.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.command == "demo":
             return _demo(args)

@@ -34,6 +34,7 @@ class RequestProducer:
         try:
             await self._producer.start()
         except KafkaError as exc:
+            await self._producer.stop()
             raise BrokerError(f"cannot reach the broker: {exc}") from exc
 
     async def stop(self) -> None:
@@ -91,7 +92,8 @@ class ResultCollector:
             ]
             self._consumer.assign(partitions)
             await self._consumer.seek_to_beginning(*partitions)
-        except KafkaError as exc:
+        except (KafkaError, BrokerError) as exc:
+            await self._consumer.stop()
             raise BrokerError(f"cannot read results: {exc}") from exc
 
     async def _partitions(self, topic: str) -> set[int]:

@@ -88,7 +88,7 @@ async def _drive(loop: StageLoop[Any], attach: Callable[[asyncio.AbstractEventLo
     return await loop.run()
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})
+@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})  # type: ignore[call-overload]  # stubs lack concurrency_groups
 class StageActor:
     """One replica of a stage pool.
 

@@ -22,7 +22,6 @@ from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
 from topics.admin import delete_topics
 
-
 WAIT_S = 90.0
 """Upper bound on any single wait in these tests."""
 

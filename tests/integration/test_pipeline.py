@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import msgpack
 import pytest
+import ray
 
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config
@@ -166,29 +169,7 @@ async def test_expired_requests_end_expired(tmp_path: Path, bootstrap: str, kafk
 
 
 async def test_graceful_stop_mid_stream_loses_nothing(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> None:
-    slow_tiers = [
-        {
-            "name": "small",
-            "backend": "simulated",
-            "cost": 0.001,
-            "threshold": 0.8,
-            "partitions": 2,
-            "num_cpus": 0.1,
-            "batch_size": 8,
-            "options": {"accuracy": 0.6, "latency_ms": 20.0, "seed": 1},
-        },
-        {
-            "name": "large",
-            "backend": "simulated",
-            "cost": 0.1,
-            "threshold": 0.8,
-            "partitions": 2,
-            "num_cpus": 0.1,
-            "batch_size": 8,
-            "options": {"accuracy": 0.95, "latency_ms": 20.0, "seed": 3},
-        },
-    ]
-    config = simulated_config(tmp_path, tiers=slow_tiers, limits={"max_batch": 8})
+    config = _slow_config(tmp_path)
     requests = _requests(400, "gs")
     ids = {r.id for r in requests}
     collector = ResultCollector(kafka, config.layout)
@@ -222,3 +203,82 @@ async def _restart(config: Config, stopped: Any) -> Any:
     pipeline = Pipeline(config, stopped.bootstrap)
     await asyncio.wait_for(pipeline.start(ready_timeout_s=WAIT_S), timeout=WAIT_S + 10)
     return pipeline
+
+
+def _slow_config(tmp_path: Path, latency_ms: float = 20.0) -> Config:
+    tiers = [
+        {
+            "name": "small",
+            "backend": "simulated",
+            "cost": 0.001,
+            "threshold": 0.8,
+            "partitions": 2,
+            "num_cpus": 0.1,
+            "batch_size": 8,
+            "options": {"accuracy": 0.6, "latency_ms": latency_ms, "seed": 1},
+        },
+        {
+            "name": "large",
+            "backend": "simulated",
+            "cost": 0.1,
+            "threshold": 0.8,
+            "partitions": 2,
+            "num_cpus": 0.1,
+            "batch_size": 8,
+            "options": {"accuracy": 0.95, "latency_ms": latency_ms, "seed": 3},
+        },
+    ]
+    return simulated_config(tmp_path, tiers=tiers, limits={"max_batch": 8})
+
+
+async def _signal_mid_stream(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any], pool_name: str, signum: signal.Signals
+) -> tuple[ResultCollector, Config, Any]:
+    """Stream 300 requests, send ``signum`` to one replica of ``pool_name`` mid-stream, collect everything."""
+    config = _slow_config(tmp_path)
+    requests = _requests(300, f"sig{signum.value}")
+    collector = ResultCollector(kafka, config.layout)
+    async with running(config, bootstrap, kafka) as pipeline:
+        pool = pipeline.pools[pool_name]
+        (stats,) = await pipeline.pool_stats(pool)
+        producer = RequestProducer(kafka, config.layout)
+        await producer.start()
+        await producer.send_many(requests)
+        await producer.stop()
+        await collector.start()
+        deadline = time.monotonic() + WAIT_S
+        while len(collector.collected.results) < 30 and time.monotonic() < deadline:
+            await collector.poll()
+        os.kill(stats["pid"], signum)
+        if signum is signal.SIGTERM:
+            # a graceful stop is final (no restart): bring up a replacement replica
+            done, _ = ray.wait(pool.runs, timeout=WAIT_S)
+            assert done, "the replica did not stop after SIGTERM"
+            with pytest.raises(ray.exceptions.ActorDiedError, match="INTENDED"):
+                ray.get(done[0])
+            await pipeline.scale(pool_name, 2)
+        try:
+            missing = await collector.wait_for({r.id for r in requests}, WAIT_S)
+        finally:
+            await collector.stop()
+        assert len(collector.collected.results) < len(requests) + 1
+        final_stats = await pipeline.pool_stats(pool)
+    assert not missing
+    assert set(collector.collected.results) == {r.id for r in requests}
+    delivered = _delivered_ids(config)
+    assert len(delivered) == len(set(delivered)) == len(requests), "the sink delivers each id once"
+    return collector, config, final_stats
+
+
+async def test_sigterm_to_a_verifier_is_a_graceful_stop_and_loses_nothing(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    await _signal_mid_stream(tmp_path, bootstrap, kafka, "verifier", signal.SIGTERM)
+
+
+async def test_sigkilled_model_worker_restarts_and_redoes_its_batch(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    _, _, stats = await _signal_mid_stream(tmp_path, bootstrap, kafka, "worker.small", signal.SIGKILL)
+    (restarted,) = stats
+    assert restarted["consumed"] > 0, "the restarted replica resumed from the last commit"

@@ -1,0 +1,553 @@
+"""How close does tierflow get to the broker's own ceiling on this machine?
+
+One run, one embedded broker (started here, stopped in ``finally`` by its pid),
+three measurements:
+
+(a) **raw chain** — the ceiling. A producer writes N keyed ~200-byte records to
+    topic A; three hops consume A→B, B→C, C→D and a final consumer reads D.
+    Each hop keeps tierflow's delivery discipline (``workers/stage.py``): a
+    consumer group, ``getmany`` batches of ``max_batch``, produce the batch with
+    ``acks=all``, await every ack, then commit manually; the same
+    ``session_timeout_ms``, ``fetch_max_wait_ms``, partitions and ``linger_ms``
+    as the pipeline. ``raw_chain_rps`` = N / (first send → last record at D).
+(b) **pipeline** — the full tierflow pipeline (router, three ``simulated`` tiers
+    at zero model time, verifier, results sink, each a Ray actor process) at
+    maximum rate: ``pipeline_rps`` = N / (first send → last result).
+(c) **half-load latency** — the pipeline paced at half of (b)'s rate for a
+    bounded time; p50/p99 of ``Result.latency_ms`` (``created_at`` is stamped
+    when a request is sent).
+
+Why every raw hop is its own OS process (``multiprocessing`` spawn), not three
+asyncio tasks in one process: in (b) every stage is a separate Ray actor
+process, so stages run in parallel on separate cores and each pays its own
+event loop, client and kernel round trips. Three tasks in one process would
+share one GIL and one event loop — a *lower*, CPU-bound ceiling on a small
+machine, flattering the ratio. Plain processes rather than Ray actors keep the
+ceiling free of Ray's own machinery (core-worker threads, raylet), which is
+part of what tierflow costs. For the same reason (a) runs before Ray starts,
+and the driver does in both cases the same thing: send in chunks of 500,
+awaiting the acks of each chunk (``RequestProducer.send_many``), while one
+group-less consumer reads the last topic (``ResultCollector``).
+
+Hop counts differ: a raw record makes 3 consume→produce hops; a tierflow request
+makes ``1 + 2 * tiers visited`` (router → tier, tier → answers, verifier →
+results or escalate), so the JSON also gives records moved per second
+(``*_hop_rps``) for a per-hop comparison. The goal in the issue is
+``ratio = pipeline_rps / raw_chain_rps >= 0.5``; this script reports what it
+measures, whatever it is.
+
+Usage::
+
+    .venv/bin/python load_tests/pipeline_throughput.py --json pipeline_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import random
+import string
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.table import Table
+
+from infra.broker import EmbeddedBroker, kafka_options
+from infra.client import RequestProducer, ResultCollector
+from infra.config import BrokerConfig, Config, RayConfig, parse_config
+from topics.admin import delete_topics, ensure_topics
+from topics.errors import BrokerError, TierflowError
+from topics.messages import Request
+
+VALUE_BYTES = 200
+"""Payload size of a raw record and of a request's input text."""
+PARTITIONS = 2
+"""Partitions of every topic, raw and pipeline alike."""
+MAX_BATCH = 500
+"""Records per poll per stage (``limits.max_batch``) and per raw hop."""
+SESSION_TIMEOUT_MS = 3000
+FETCH_MAX_WAIT_MS = 10
+SEND_CHUNK = 500
+"""Records per ``send_many`` at maximum rate (as ``tierflow demo`` sends)."""
+WARMUP = 300
+"""Records sent through each system and awaited before measuring (group joins, JIT-free but cold caches)."""
+HALF_LOAD_S = 15.0
+"""How long (c) sends at half rate."""
+PACE_HZ = 50
+"""Send ticks per second when pacing (c)."""
+READY_S = 120.0
+"""Bound on starting the pipeline or the raw hops (first group joins take ~session timeout each)."""
+DEFAULT_REQUESTS = 10_000
+
+
+class BenchmarkError(TierflowError):
+    """A phase of the benchmark did not finish within its bound."""
+
+
+# --------------------------------------------------------------------------- (a) raw chain
+
+
+@dataclass(frozen=True)
+class HopSpec:
+    """What one raw hop process needs; picklable so ``spawn`` can hand it over."""
+
+    bootstrap: str
+    source: str
+    target: str
+    group: str
+    lifetime_s: float
+    """The hop exits by itself after this long, so a crashed driver can never leave it spinning."""
+
+
+def run_hop(spec: HopSpec) -> None:
+    """Entry point of a raw hop process."""
+    asyncio.run(_hop(spec))
+
+
+async def _hop(spec: HopSpec) -> None:
+    """Consume → produce → await acks → commit, as ``StageLoop`` does, minus decode/policy/tracing."""
+    kafka = kafka_options(BrokerConfig(), spec.bootstrap)
+    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+    consumer = AIOKafkaConsumer(
+        spec.source,
+        **kafka,
+        group_id=spec.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=max(100, SESSION_TIMEOUT_MS // 6),
+        rebalance_timeout_ms=max(SESSION_TIMEOUT_MS, 5000),
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        max_poll_interval_ms=300_000,
+    )
+    deadline = time.monotonic() + spec.lifetime_s
+    await producer.start()
+    await consumer.start()
+    try:
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH)
+            records = [record for batch in batches.values() for record in batch]
+            if not records:
+                continue
+            acks = [await producer.send(spec.target, record.value, key=record.key) for record in records]
+            await asyncio.gather(*acks)
+            offsets: dict[TopicPartition, int] = {}
+            for record in records:
+                tp = TopicPartition(record.topic, record.partition)
+                offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+            await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+@dataclass
+class ChainTail:
+    """The final consumer of the raw chain: counts distinct keys per prefix as they reach topic D."""
+
+    consumer: AIOKafkaConsumer
+    seen: dict[str, set[bytes]] = field(default_factory=dict)
+
+    async def poll(self) -> None:
+        batches = await self.consumer.getmany(timeout_ms=200, max_records=1000)
+        for records in batches.values():
+            for record in records:
+                key = record.key or b""
+                self.seen.setdefault(key.split(b"-", 1)[0].decode(), set()).add(key)
+
+    async def wait(self, prefix: str, count: int, timeout_s: float) -> float:
+        """Poll until ``count`` distinct keys of ``prefix`` arrived; return when (monotonic)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.seen.get(prefix, ())) < count:
+            if time.monotonic() > deadline:
+                got = len(self.seen.get(prefix, ()))
+                raise BenchmarkError(f"raw chain: {got}/{count} '{prefix}' records reached the end in {timeout_s:.0f}s")
+            await self.poll()
+        return time.monotonic()
+
+
+async def _send_chunks(send: Callable[[int, int], Awaitable[None]], count: int) -> None:
+    """Send ``count`` items in chunks of ``SEND_CHUNK``, each chunk fully acked before the next."""
+    for start in range(0, count, SEND_CHUNK):
+        await send(start, min(count, start + SEND_CHUNK))
+
+
+def _text(rng: random.Random, size: int = VALUE_BYTES) -> str:
+    return "".join(rng.choices(string.ascii_lowercase + " ", k=size))
+
+
+def _wait_bound(count: int) -> float:
+    """A generous bound on how long ``count`` records may take end to end (at >= ~100 records/s)."""
+    return 60.0 + count / 100.0
+
+
+async def measure_raw_chain(bootstrap: str, n: int, seed: int, console: Console) -> dict[str, Any]:
+    """Measure (a): three hop processes A→B→C→D on fresh topics, deleted afterwards."""
+    kafka = kafka_options(BrokerConfig(), bootstrap)
+    ns = f"raw-{uuid.uuid4().hex[:10]}"
+    topics = [f"{ns}.{name}" for name in "ABCD"]
+    await ensure_topics(kafka, dict.fromkeys(topics, PARTITIONS))
+    lifetime = READY_S + 2 * _wait_bound(WARMUP + n)
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+    hops = [
+        context.Process(
+            target=run_hop,
+            args=(HopSpec(bootstrap, src, dst, f"{ns}.hop{i}", lifetime),),
+            name=f"raw-hop-{i}",
+            daemon=True,
+        )
+        for i, (src, dst) in enumerate(itertools.pairwise(topics))
+    ]
+    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=2)
+    tail = ChainTail(AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10))
+    rng = random.Random(seed)
+    value = _text(rng).encode()
+    try:
+        for hop in hops:
+            hop.start()
+        await producer.start()
+        await tail.consumer.start()
+        partitions = [TopicPartition(topics[-1], p) for p in range(PARTITIONS)]
+        tail.consumer.assign(partitions)
+        await tail.consumer.seek_to_beginning(*partitions)
+
+        async def send(prefix: str, lo: int, hi: int) -> None:
+            acks = [await producer.send(topics[0], value, key=f"{prefix}-{i}".encode()) for i in range(lo, hi)]
+            await asyncio.gather(*acks)
+
+        with console.status("raw chain: warming up (three group joins)…"):
+            await send("warm", 0, WARMUP)
+            await tail.wait("warm", WARMUP, READY_S)
+        with console.status(f"raw chain: {n} records through 3 hops…"):
+            started = time.monotonic()
+            sender = asyncio.create_task(_send_chunks(lambda lo, hi: send("run", lo, hi), n))
+            try:
+                ended = await tail.wait("run", n, _wait_bound(n))
+            finally:
+                await sender
+    except KafkaError as exc:
+        raise BrokerError(f"raw chain lost the broker: {exc}") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await tail.consumer.stop()
+        with contextlib.suppress(KafkaError):
+            await producer.stop()
+        _stop_processes(hops)
+        with contextlib.suppress(BrokerError):
+            await delete_topics(kafka, topics)
+    seconds = ended - started
+    return {
+        "records": n,
+        "seconds": round(seconds, 3),
+        "rps": round(n / seconds, 1),
+        "hops": 3,
+        "hop_rps": round(3 * n / seconds, 1),
+        "value_bytes": VALUE_BYTES,
+        "processes": "one OS process per hop (multiprocessing spawn)",
+    }
+
+
+def _stop_processes(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
+    """SIGTERM each hop process we started (by its pid), then SIGKILL what is still alive."""
+    for process in processes:
+        if process.pid is not None and process.is_alive():
+            process.terminate()
+    for process in processes:
+        if process.pid is None:
+            continue
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- (b) and (c) pipeline
+
+
+def pipeline_document(namespace: str, results_path: str, seed: int) -> dict[str, Any]:
+    """The config of (b): the shipped ``simulated`` portfolio's ladder, at zero model time.
+
+    Accuracies 0.70 / 0.82 / 0.93 with threshold 0.8 escalate about half of the
+    requests past the first tier (about 1.7 tiers per request), a realistic share;
+    ``latency_ms = 0`` so what is measured is tierflow and Kafka, not a model.
+    """
+    ladder = [("small", 0.70, 0.0001), ("medium", 0.82, 0.001), ("large", 0.93, 0.01)]
+    tiers = [
+        {
+            "name": name,
+            "backend": "simulated",
+            "threshold": 0.8,
+            "cost": cost,
+            "batch_size": MAX_BATCH,
+            "partitions": PARTITIONS,
+            "num_cpus": 0.1,
+            "options": {"accuracy": accuracy, "cost": cost, "latency_ms": 0.0, "seed": seed + i},
+        }
+        for i, (name, accuracy, cost) in enumerate(ladder)
+    ]
+    stage = {"replicas": 1, "partitions": PARTITIONS}
+    return {
+        "namespace": namespace,
+        "dataset": "synthetic",
+        "results_path": results_path,
+        "broker": {"session_timeout_ms": SESSION_TIMEOUT_MS, "fetch_max_wait_ms": FETCH_MAX_WAIT_MS},
+        "limits": {"max_batch": MAX_BATCH},
+        "router": stage,
+        "verifier": stage,
+        "sink": stage,
+        "tiers": tiers,
+    }
+
+
+@dataclass
+class Driver:
+    """The client side of (b) and (c): one producer, one collector, deterministic request ids."""
+
+    producer: RequestProducer
+    collector: ResultCollector
+    seed: int
+    text: str
+
+    def requests(self, phase: str, lo: int, hi: int) -> list[Request]:
+        """Requests stamped now: ``created_at`` is their send time, so latency starts when they leave."""
+        now = time.time()
+        return [Request(id=f"{phase}-{self.seed}-{i}", input=self.text, created_at=now) for i in range(lo, hi)]
+
+    async def send(self, phase: str, lo: int, hi: int) -> None:
+        await self.producer.send_many(self.requests(phase, lo, hi))
+
+    async def settle(self, phase: str, count: int, timeout_s: float) -> tuple[set[str], float]:
+        """Wait for a result (or dead letter) of every id of ``phase``; return the ids and when (monotonic)."""
+        ids = {f"{phase}-{self.seed}-{i}" for i in range(count)}
+        missing = await self.collector.wait_for(ids, timeout_s)
+        if missing:
+            unsettled = f"{len(missing)}/{count} '{phase}' requests"
+            raise BenchmarkError(f"pipeline: {unsettled} unsettled after {timeout_s:.0f}s")
+        return ids, time.monotonic()
+
+
+async def _send_paced(driver: Driver, count: int, rate: float) -> float:
+    """Send ``count`` requests at ``rate`` per second in ``PACE_HZ`` ticks; return the sending time."""
+    step = max(1, round(rate / PACE_HZ))
+    started = time.monotonic()
+    for lo in range(0, count, step):
+        await asyncio.sleep(max(0.0, started + lo / rate - time.monotonic()))
+        await driver.send("half", lo, min(count, lo + step))
+    return time.monotonic() - started
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
+
+
+async def measure_pipeline(config: Config, bootstrap: str, n: int, seed: int, console: Console) -> dict[str, Any]:
+    """Measure (b) and (c) on one deployed pipeline; the pipeline is stopped whatever happens."""
+    from infra.pipeline import Pipeline  # imports ray: only after the caller set Ray's environment
+
+    kafka = kafka_options(config.broker, bootstrap)
+    pipeline = Pipeline(config, bootstrap)
+    try:
+        with console.status("pipeline: starting stage actors on Ray…"):
+            await asyncio.wait_for(pipeline.start(ready_timeout_s=READY_S), timeout=READY_S + 10)
+        producer, collector = RequestProducer(kafka, config.layout), ResultCollector(kafka, config.layout)
+        driver = Driver(producer, collector, seed, _text(random.Random(seed)))
+        await driver.collector.start()
+        await driver.producer.start()
+        try:
+            with console.status("pipeline: warming up…"):
+                await driver.send("warm", 0, WARMUP)
+                await driver.settle("warm", WARMUP, READY_S)
+            with console.status(f"pipeline: {n} requests at maximum rate…"):
+                started = time.monotonic()
+                sender = asyncio.create_task(_send_chunks(lambda lo, hi: driver.send("max", lo, hi), n))
+                try:
+                    ids, ended = await driver.settle("max", n, _wait_bound(n))
+                finally:
+                    await sender
+            seconds = ended - started
+            results = driver.collector.collected.results
+            paths = [len(results[i].path) for i in ids if i in results]
+            mean_tiers = sum(paths) / len(paths) if paths else 0.0
+            rps = n / seconds
+            rate = rps / 2
+            count = max(1, int(rate * HALF_LOAD_S))
+            with console.status(f"pipeline: {count} requests at {rate:.0f}/s (half load)…"):
+                sending = await _send_paced(driver, count, rate)
+                half_ids, _ = await driver.settle("half", count, _wait_bound(count))
+            latencies = [results[i].latency_ms for i in half_ids if i in results]
+            stages = await pipeline.stats()
+            c = driver.collector.collected
+        finally:
+            await driver.producer.stop()
+            await driver.collector.stop()
+    finally:
+        with console.status("pipeline: stopping stage actors…"):
+            await pipeline.stop()
+        with contextlib.suppress(BrokerError):
+            await delete_topics(kafka, config.layout.all_topics())
+    mean_hops = 1 + 2 * mean_tiers
+    return {
+        "max_rate": {
+            "requests": n,
+            "seconds": round(seconds, 3),
+            "rps": round(rps, 1),
+            "mean_tiers": round(mean_tiers, 3),
+            "mean_hops": round(mean_hops, 3),
+            "hop_rps": round(rps * mean_hops, 1),
+        },
+        "half_load": {
+            "target_rps": round(rate, 1),
+            "sent_rps": round(count / sending, 1) if sending > 0 else 0.0,
+            "requests": count,
+            "latency_ms": _percentiles(latencies),
+        },
+        "dead_letters": len(c.dead_letters),
+        "raw_duplicates": c.raw_duplicates,
+        "stages": {
+            pool: [
+                {
+                    "consumed": s.get("consumed", 0),
+                    "batches": s.get("batches", 0),
+                    "mean_batch": round(s.get("consumed", 0) / max(1, s.get("batches", 0)), 1),
+                    "commit_failures": s.get("commit_failures", 0),
+                }
+                for s in replicas
+            ]
+            for pool, replicas in stages.items()
+        },
+    }
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def summarize(report: dict[str, Any], console: Console) -> None:
+    """Print the figures that answer the issue's question (is ratio >= 0.5?)."""
+    raw, pipe = report["raw_chain"], report["pipeline"]
+    half = pipe["half_load"]
+    lat = half["latency_ms"]
+    table = Table(title=f"tierflow vs raw aiokafka chain ({report['machine']['cores']} cores)", show_header=False)
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rows = [
+        ("raw 3-hop chain", f"{report['raw_chain_rps']:.0f} rec/s ({raw['hop_rps']:.0f} hops/s)"),
+        (
+            "pipeline, max rate",
+            f"{report['pipeline_rps']:.0f} req/s ({pipe['max_rate']['hop_rps']:.0f} hops/s, "
+            f"{pipe['max_rate']['mean_hops']:.2f} hops, {pipe['max_rate']['mean_tiers']:.2f} tiers per request)",
+        ),
+        ("ratio (goal >= 0.5)", f"{report['ratio']:.2f}"),
+        (
+            f"latency at half load ({half['sent_rps']:.0f} req/s)",
+            f"p50 {lat['p50']:.0f} ms / p95 {lat['p95']:.0f} ms / p99 {lat['p99']:.0f} ms",
+        ),
+        ("dead letters / raw duplicates", f"{pipe['dead_letters']} / {pipe['raw_duplicates']}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--json", default="", metavar="PATH", help="write the report as JSON here")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=DEFAULT_REQUESTS,
+        metavar="N",
+        help=f"records for (a) and requests for (b) (default {DEFAULT_REQUESTS})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="payload text, request ids and tier draws (default 0)")
+    return parser
+
+
+def run(n: int, seed: int, console: Console) -> dict[str, Any]:
+    """All three measurements; everything started here is stopped here, on success or error."""
+    run_dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-"))
+    broker = EmbeddedBroker(log_dir=run_dir)
+    ray_started = False
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is first imported (below)
+    from infra.ray_cluster import start_ray, stop_ray
+
+    doc = pipeline_document(f"bench-{uuid.uuid4().hex[:10]}", str(run_dir / "results.jsonl"), seed)
+    config = parse_config(doc)
+    try:
+        bootstrap = broker.start()
+        console.print(f"embedded broker on {bootstrap} (pid {broker.pid}), run dir {run_dir}")
+        raw = asyncio.run(measure_raw_chain(bootstrap, n, seed, console))
+        with console.status("starting Ray on 127.0.0.1…"):
+            ray_started = start_ray(RayConfig())
+        pipe = asyncio.run(measure_pipeline(config, bootstrap, n, seed, console))
+    finally:
+        stop_ray(ray_started)
+        broker.stop()  # terminates the broker subprocess by its pid (never by name)
+    return {
+        "raw_chain_rps": raw["rps"],
+        "pipeline_rps": pipe["max_rate"]["rps"],
+        "ratio": round(pipe["max_rate"]["rps"] / raw["rps"], 3),
+        "half_load_latency_ms": {k: pipe["half_load"]["latency_ms"][k] for k in ("p50", "p99")},
+        "requests": n,
+        "seed": seed,
+        "raw_chain": raw,
+        "pipeline": pipe,
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "config": doc,
+        "constants": {
+            "partitions": PARTITIONS,
+            "max_batch": MAX_BATCH,
+            "session_timeout_ms": SESSION_TIMEOUT_MS,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+            "send_chunk": SEND_CHUNK,
+            "warmup": WARMUP,
+            "half_load_s": HALF_LOAD_S,
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.requests < 1:
+        print("--requests must be >= 1", file=sys.stderr)
+        return 2
+    console = Console()
+    try:
+        report = run(args.requests, args.seed, console)
+    except TierflowError as exc:
+        print(f"pipeline_throughput: {exc}", file=sys.stderr)
+        return 2
+    summarize(report, console)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"report written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

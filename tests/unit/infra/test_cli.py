@@ -1,0 +1,85 @@
+"""The CLI says what is wrong in one line, with no traceback, and exits non-zero."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.broker import free_port
+
+CONFIG = '[[tiers]]\nname = "a"\nbackend = "simulated"\n'
+
+
+def _tierflow(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> str:
+    path = tmp_path / "tierflow.toml"
+    path.write_text(CONFIG)
+    return str(path)
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("tierflow: error: ") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    proc = _tierflow("--help")
+    assert proc.returncode == 0
+    for command in ("demo", "up", "send"):
+        assert command in proc.stdout
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    _assert_one_line_error(_tierflow("up", "--config", str(tmp_path / "nope.toml")), "cannot read config")
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(CONFIG + "replicas = 0\n")
+    _assert_one_line_error(_tierflow("up", "--config", str(path)), "tiers[0].replicas")
+
+
+def test_unknown_portfolio_lists_the_known_ones() -> None:
+    _assert_one_line_error(_tierflow("demo", "--portfolio", "nope"), "known: headlines")
+
+
+def test_bad_request_count() -> None:
+    _assert_one_line_error(_tierflow("demo", "--requests", "0"), "--requests")
+
+
+def test_bad_input_line_is_named(config_file: str) -> None:
+    proc = _tierflow("send", "--config", config_file, "--bootstrap", "127.0.0.1:1", stdin='{"input": "ok"}\n{oops\n')
+    _assert_one_line_error(proc, "stdin:2")
+
+
+def test_missing_input_file(config_file: str, tmp_path: Path) -> None:
+    proc = _tierflow("send", "--config", config_file, "--bootstrap", "127.0.0.1:1", "--file", str(tmp_path / "x"))
+    _assert_one_line_error(proc, "cannot read")
+
+
+def test_unreachable_broker(config_file: str) -> None:
+    proc = _tierflow(
+        "send", "--config", config_file, "--bootstrap", f"127.0.0.1:{free_port()}", stdin='{"input": "x"}\n'
+    )
+    _assert_one_line_error(proc, "cannot reach the broker")
+
+
+def test_send_needs_a_bootstrap(config_file: str) -> None:
+    _assert_one_line_error(_tierflow("send", "--config", config_file, stdin=""), "--bootstrap")

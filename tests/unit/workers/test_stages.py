@@ -1,0 +1,151 @@
+"""Router, verifier and model-worker decisions, driven without Kafka or Ray."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from policies import CheapestFirst, ConfidenceThreshold
+from topics import Answer, DecodeError, Hints, HistoryEntry, Request, Result, Status, Task
+from workers.backends.base import Backend, Completion, Query
+from workers.context import StageContext
+from workers.model_worker import ModelWorker
+from workers.router import Router
+from workers.verifier import Verifier
+
+from .helpers import TRACE, config, inbound
+
+NOW = 1000.0
+
+
+def _ctx(**overrides: Any) -> StageContext:
+    return StageContext(config(**overrides), clock=lambda: NOW)
+
+
+def _request(rid: str = "r1", deadline: float | None = None, hints: Hints | None = None) -> Request:
+    return Request(rid, "text", created_at=NOW - 1, deadline=deadline, hints=hints or Hints())
+
+
+async def test_router_sends_to_the_cheapest_tier_with_a_default_deadline() -> None:
+    ctx = _ctx()
+    (out,) = await Router(ctx, CheapestFirst()).process([inbound(_request())])
+    assert out.topic == "unit.tier.small" and out.key == "r1" and out.headers == TRACE
+    task = Task.from_wire(out.value)
+    assert (task.tier, task.hop, task.allowed) == ("small", 0, ("small", "large"))
+    assert task.request.deadline == pytest.approx(NOW - 1 + ctx.config.limits.default_deadline_s)
+
+
+async def test_router_rejects_requests_with_no_known_allowed_tier() -> None:
+    request = _request(hints=Hints(allowed_tiers=("huge",)))
+    (out,) = await Router(_ctx(), CheapestFirst()).process([inbound(request)])
+    result = Result.from_wire(out.value)
+    assert out.topic == "unit.results" and result.status is Status.REJECTED and result.reason
+
+
+async def test_router_expires_stale_requests() -> None:
+    (out,) = await Router(_ctx(), CheapestFirst()).process([inbound(_request(deadline=NOW - 0.5))])
+    assert Result.from_wire(out.value).status is Status.EXPIRED
+
+
+def _answer(
+    tier: str, confidence: float, hop: int = 0, history: tuple[HistoryEntry, ...] = (), deadline: float | None = None
+) -> Answer:
+    task = Task(_request(deadline=deadline), tier, hop=hop, history=history, policy_version=3)
+    return Answer(task, f"m-{tier}", f"out-{tier}", confidence, cost=0.5 if tier == "large" else 0.01)
+
+
+def _verifier(ctx: StageContext | None = None) -> Verifier:
+    return Verifier(ctx or _ctx(), ConfidenceThreshold(thresholds={"small": 0.8, "large": 0.8}))
+
+
+async def test_verifier_accepts_confident_answers() -> None:
+    (out,) = await _verifier().process([inbound(_answer("small", 0.9))])
+    result = Result.from_wire(out.value)
+    assert (result.status, result.tier, result.output, result.path) == (Status.OK, "small", "out-small", ("small",))
+    assert result.policy_version == 3 and result.latency_ms == pytest.approx(1000.0)
+
+
+async def test_verifier_escalates_with_history_and_names_the_source_answer() -> None:
+    answer = _answer("small", 0.3)
+    (out,) = await _verifier().process([inbound(answer)])
+    assert out.topic == "unit.escalate.large"
+    task = Task.from_wire(out.value)
+    assert (task.tier, task.hop, task.source_answer) == ("large", 1, answer.answer_id)
+    assert task.history == (answer.as_history(),)
+
+
+async def test_verifier_delivers_the_best_answer_seen_when_exhausted() -> None:
+    first = _answer("small", 0.7).as_history()
+    (out,) = await _verifier().process([inbound(_answer("large", 0.4, hop=1, history=(first,)))])
+    result = Result.from_wire(out.value)
+    assert (result.status, result.tier, result.confidence) == (Status.EXHAUSTED, "small", 0.7)
+    assert result.path == ("small", "large") and result.total_cost == pytest.approx(0.51)
+
+
+async def test_verifier_caps_escalation_at_max_hops() -> None:
+    ctx = _ctx(limits={"max_hops": 1})
+    (out,) = await _verifier(ctx).process([inbound(_answer("small", 0.1))])
+    result = Result.from_wire(out.value)
+    assert result.status is Status.EXHAUSTED and "hop limit" in (result.reason or "")
+
+
+async def test_verifier_expires_instead_of_escalating_past_the_deadline() -> None:
+    (out,) = await _verifier().process([inbound(_answer("small", 0.1, deadline=NOW - 1))])
+    assert Result.from_wire(out.value).status is Status.EXPIRED
+
+
+def test_verifier_dead_letters_unknown_tiers() -> None:
+    with pytest.raises(DecodeError) as err:
+        _verifier().decode(_answer("huge", 0.9).to_wire())
+    assert err.value.reason == "unknown_tier"
+
+
+class ScriptedBackend(Backend):
+    """Returns fixed confidences, or fails, to drive the worker's guards."""
+
+    def __init__(self, confidences: Sequence[float] = (), error: Exception | None = None) -> None:
+        super().__init__("small", {})
+        self.confidences, self.error = list(confidences), error
+
+    async def infer(self, batch: Sequence[Query]) -> list[Completion]:
+        if self.error:
+            raise self.error
+        return [
+            Completion(f"o{i}", c, {"max_prob": c, "bad": math.nan}, cost=0.01) for i, c in enumerate(self.confidences)
+        ]
+
+
+def _tasks(n: int, deadline: float | None = None) -> list[Any]:
+    return [inbound(Task(_request(f"r{i}", deadline=deadline), "small")) for i in range(n)]
+
+
+async def test_worker_turns_invalid_confidences_into_errors_that_escalate() -> None:
+    worker = ModelWorker(_ctx(), "small", ScriptedBackend([0.9, math.nan, math.inf, -0.1, 1.5]))
+    answers = [Answer.from_wire(o.value) for o in await worker.process(_tasks(5))]
+    assert [a.error is None for a in answers] == [True, False, False, False, False]
+    assert all(0.0 <= a.confidence <= 1.0 for a in answers)
+    assert all("bad" not in a.features for a in answers)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"), [(RuntimeError("boom"), "backend error: RuntimeError"), (TimeoutError(), "timeout")]
+)
+async def test_worker_answers_every_task_when_the_backend_fails(error: Exception, reason: str) -> None:
+    worker = ModelWorker(_ctx(), "small", ScriptedBackend(error=error))
+    answers = [Answer.from_wire(o.value) for o in await worker.process(_tasks(3))]
+    assert [a.error for a in answers] == [reason] * 3
+
+
+async def test_worker_ends_expired_tasks_without_calling_the_backend() -> None:
+    worker = ModelWorker(_ctx(), "small", ScriptedBackend(error=AssertionError("must not be called")))
+    outs = await worker.process(_tasks(2, deadline=NOW - 1))
+    assert {Result.from_wire(o.value).status for o in outs} == {Status.EXPIRED}
+
+
+def test_worker_rejects_tasks_for_another_tier() -> None:
+    worker = ModelWorker(_ctx(), "small", ScriptedBackend())
+    with pytest.raises(DecodeError):
+        worker.decode(Task(_request(), "large").to_wire())
