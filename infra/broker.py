@@ -105,6 +105,9 @@ class EmbeddedBroker(BrokerProvider):
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
+                    # Own session: a Ctrl-C in the terminal reaches the owner, which stops the
+                    # broker after the stages drained, instead of the broker dying mid-run.
+                    start_new_session=True,
                     preexec_fn=_die_with_parent,
                 )
             except OSError as exc:

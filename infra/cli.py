@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from topics.errors import TierflowError
+    from topics.errors import Interrupted, TierflowError
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="tierflow: %(message)s")
@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             return _up(args)
         return _send(args)
+    except Interrupted as exc:
+        print(f"tierflow: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except TierflowError as exc:
         print(f"tierflow: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

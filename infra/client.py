@@ -23,6 +23,16 @@ from topics.names import TopicLayout
 from workers.telemetry import new_trace_headers
 
 
+async def _stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a client; aiokafka can leak the CancelledError of its own background fetch task."""
+    try:
+        await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves: let it through
+
+
 class RequestProducer:
     """Produces Requests keyed by id, each starting its own trace."""
 
@@ -38,7 +48,7 @@ class RequestProducer:
             raise BrokerError(f"cannot reach the broker: {exc}") from exc
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        await _stop_quietly(self._producer)
 
     async def send_many(self, requests: Iterable[Request]) -> None:
         acks = [
@@ -104,7 +114,7 @@ class ResultCollector:
         return parts
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        await _stop_quietly(self._consumer)
 
     async def poll(self, timeout_ms: int = 200) -> int:
         """Read what is available; return how many new request ids were settled."""
@@ -142,13 +152,14 @@ class ResultCollector:
         ids: set[str],
         timeout_s: float,
         on_progress: Callable[[int], None] | None = None,
+        stop: asyncio.Event | None = None,
     ) -> set[str]:
-        """Poll until every id has a result or a dead letter, or the timeout; return the missing ids."""
+        """Poll until every id has a result or a dead letter, the timeout, or ``stop``; return the missing ids."""
         deadline = time.monotonic() + timeout_s
         while True:
             settled = await self.poll()
             if on_progress and settled:
                 on_progress(settled)
             missing = ids - self.collected.results.keys() - self.collected.dead_ids
-            if not missing or time.monotonic() > deadline:
+            if not missing or time.monotonic() > deadline or (stop is not None and stop.is_set()):
                 return missing

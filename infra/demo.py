@@ -9,7 +9,9 @@ it stops, on success, error or Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import tempfile
 import time
 import uuid
@@ -28,7 +30,7 @@ from infra.datasets import Item, load_items
 from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
 from infra.report import RunFacts, build_report
-from topics.errors import BrokerError
+from topics.errors import BrokerError, Interrupted
 from topics.messages import Request
 from workers.backends.base import create_backend
 
@@ -55,16 +57,14 @@ def prepare_backends(config: Config, console: Console) -> None:
 
 
 async def _send_paced(producer: RequestProducer, requests: list[Request], rate: float) -> None:
-    if rate <= 0:
-        for start in range(0, len(requests), 500):
-            await producer.send_many(requests[start : start + 500])
-        return
+    """Send at ``rate`` per second (0: as fast as possible), each stamped with its real send time."""
+    step = max(1, int(rate / 50)) if rate > 0 else 500  # ~50 sends a second keeps pacing smooth
     started = time.monotonic()
-    step = max(1, int(rate / 50))  # ~50 sends a second keeps pacing smooth
     for start in range(0, len(requests), step):
-        due = started + start / rate
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        await producer.send_many(requests[start : start + step])
+        if rate > 0:
+            await asyncio.sleep(max(0.0, started + start / rate - time.monotonic()))
+        now = time.time()
+        await producer.send_many([replace(r, created_at=now) for r in requests[start : start + step]])
 
 
 async def stream(
@@ -73,6 +73,15 @@ async def stream(
     """Deploy the pipeline, stream ``items``, collect results, and build the report."""
     kafka = kafka_options(config.broker, bootstrap)
     pipeline = Pipeline(config, bootstrap)
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_ctrl_c() -> None:
+        """First Ctrl-C: stop streaming and take everything down in order; a second one aborts."""
+        interrupted.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    loop.add_signal_handler(signal.SIGINT, on_ctrl_c)
     try:
         with console.status("starting stage actors on Ray…"):
             await pipeline.start()
@@ -80,18 +89,20 @@ async def stream(
         producer = RequestProducer(kafka, config.layout)
         await collector.start()
         await producer.start()
+        sender: asyncio.Task[None] | None = None
         try:
-            now = time.time()
-            requests = [Request(id=item.id, input=item.text, created_at=now) for item in items]
+            requests = [Request(id=item.id, input=item.text, created_at=0.0) for item in items]
             with Progress(
                 TextColumn("streaming"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
             ) as progress:
                 bar = progress.add_task("results", total=len(requests))
                 started = time.monotonic()
-                sender = asyncio.create_task(_send_paced(producer, _stamped(requests), options.rate))
+                sender = asyncio.create_task(_send_paced(producer, requests, options.rate))
                 missing = await collector.wait_for(
-                    {r.id for r in requests}, options.timeout_s, lambda n: progress.advance(bar, n)
+                    {r.id for r in requests}, options.timeout_s, lambda n: progress.advance(bar, n), interrupted
                 )
+                if interrupted.is_set():
+                    raise Interrupted("interrupted; everything started was stopped")
                 wall = time.monotonic() - started
                 await sender
             if missing:
@@ -99,6 +110,10 @@ async def stream(
             await asyncio.sleep(0.5)  # let the sink and late duplicates land
             await collector.poll(timeout_ms=200)
         finally:
+            if sender is not None and not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
             await producer.stop()
             await collector.stop()
         c = collector.collected
@@ -117,12 +132,6 @@ async def stream(
     finally:
         with console.status("stopping stage actors…"):
             await pipeline.stop()
-
-
-def _stamped(requests: list[Request]) -> list[Request]:
-    """Requests carry their real send time, so end-to-end latency starts when they leave."""
-    now = time.time()
-    return [replace(r, created_at=now) for r in requests]
 
 
 def _delivered_duplicates(path: str) -> int:

@@ -105,6 +105,9 @@ class StageActor:
         self.stopped_by_signal = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Ctrl-C in a terminal reaches the whole process group; the driver owns it and stops
+        # the replicas in order, so a replica must not die of it mid-batch.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         """Graceful stop from outside Ray (a SIGTERM to the replica's pid); no restart follows."""
