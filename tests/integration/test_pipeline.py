@@ -282,3 +282,42 @@ async def test_sigkilled_model_worker_restarts_and_redoes_its_batch(
     _, _, stats = await _signal_mid_stream(tmp_path, bootstrap, kafka, "worker.small", signal.SIGKILL)
     (restarted,) = stats
     assert restarted["consumed"] > 0, "the restarted replica resumed from the last commit"
+
+
+async def test_one_trace_per_request_across_every_hop(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from workers.telemetry import new_trace_headers, trace_id
+
+    config = simulated_config(tmp_path)
+    requests = _requests(40, "tr")
+    sent_traces = {}
+    async with running(config, bootstrap, kafka):
+        producer = AIOKafkaProducer(**kafka)
+        await producer.start()
+        try:
+            for request in requests:
+                headers = new_trace_headers()
+                sent_traces[request.id] = trace_id(headers)
+                await producer.send_and_wait(
+                    config.layout.requests, request.to_wire(), key=request.id.encode(), headers=headers
+                )
+        finally:
+            await producer.stop()
+        layout = config.layout
+        topics = [layout.answers, layout.results] + [layout.escalate(t) for t in layout.tiers]
+        consumer = AIOKafkaConsumer(*topics, **kafka, group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        seen: dict[str, set[str | None]] = {}
+        results = 0
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while results < len(requests) and time.monotonic() < deadline:
+                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                    for record in records:
+                        seen.setdefault(record.key.decode(), set()).add(trace_id(record.headers))
+                        results += tp.topic == layout.results
+        finally:
+            await consumer.stop()
+    assert results == len(requests)
+    assert seen == {rid: {trace} for rid, trace in sent_traces.items()}
