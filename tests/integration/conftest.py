@@ -59,37 +59,18 @@ def ray_session() -> Iterator[None]:
     stop_ray(started)
 
 
+def sim_tier(name: str, accuracy: float, seed: int, cost: float, **extra: Any) -> dict[str, Any]:
+    """One simulated tier's config table; ``latency_ms`` and other backend options go in ``extra``."""
+    options = {"accuracy": accuracy, "cost": cost, "seed": seed}
+    if "latency_ms" in extra:
+        options["latency_ms"] = extra.pop("latency_ms")
+    table = {"name": name, "backend": "simulated", "cost": cost, "threshold": 0.8, "partitions": 2, "num_cpus": 0.1}
+    return table | extra | {"options": options}
+
+
 def simulated_config(tmp_path: Any, **overrides: Any) -> Config:
     """Three simulated tiers at zero latency, a fresh namespace, fast group joins."""
-    tiers = [
-        {
-            "name": "small",
-            "backend": "simulated",
-            "cost": 0.001,
-            "threshold": 0.8,
-            "partitions": 2,
-            "num_cpus": 0.1,
-            "options": {"accuracy": 0.6, "cost": 0.001, "seed": 1},
-        },
-        {
-            "name": "medium",
-            "backend": "simulated",
-            "cost": 0.01,
-            "threshold": 0.8,
-            "partitions": 2,
-            "num_cpus": 0.1,
-            "options": {"accuracy": 0.8, "cost": 0.01, "seed": 2},
-        },
-        {
-            "name": "large",
-            "backend": "simulated",
-            "cost": 0.1,
-            "threshold": 0.8,
-            "partitions": 2,
-            "num_cpus": 0.1,
-            "options": {"accuracy": 0.95, "cost": 0.1, "seed": 3},
-        },
-    ]
+    tiers = [sim_tier("small", 0.6, 1, 0.001), sim_tier("medium", 0.8, 2, 0.01), sim_tier("large", 0.95, 3, 0.1)]
     doc: dict[str, Any] = {
         "namespace": f"t-{uuid.uuid4().hex[:10]}",
         "dataset": "synthetic",

@@ -23,7 +23,7 @@ from policies import Action, ConfidenceThreshold, TierInfo
 from topics import Answer, Request, Status, Task
 from workers.backends.base import Query, create_backend
 
-from .conftest import WAIT_S, running, simulated_config
+from .conftest import WAIT_S, running, sim_tier, simulated_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
@@ -49,6 +49,20 @@ async def _send_and_collect(
         await producer.stop()
         await collector.stop()
     return collector
+
+
+async def _send_and_await_some(
+    config: Config, kafka: dict[str, Any], requests: list[Request], collector: ResultCollector, some: int
+) -> None:
+    """Send ``requests``, start ``collector`` and return once ``some`` results are in: mid-stream."""
+    producer = RequestProducer(kafka, config.layout)
+    await producer.start()
+    await producer.send_many(requests)
+    await producer.stop()
+    await collector.start()
+    deadline = time.monotonic() + WAIT_S
+    while len(collector.collected.results) < some and time.monotonic() < deadline:
+        await collector.poll()
 
 
 def _delivered_ids(config: Config) -> list[str]:
@@ -174,14 +188,7 @@ async def test_graceful_stop_mid_stream_loses_nothing(tmp_path: Path, bootstrap:
     ids = {r.id for r in requests}
     collector = ResultCollector(kafka, config.layout)
     async with running(config, bootstrap, kafka) as first:
-        producer = RequestProducer(kafka, config.layout)
-        await producer.start()
-        await producer.send_many(requests)
-        await producer.stop()
-        await collector.start()
-        deadline = time.monotonic() + WAIT_S
-        while len(collector.collected.results) < 40 and time.monotonic() < deadline:
-            await collector.poll()
+        await _send_and_await_some(config, kafka, requests, collector, 30)
         await asyncio.wait_for(first.stop(), timeout=WAIT_S)  # graceful stop while work is in flight
         done_before_restart = len(collector.collected.results)
         assert done_before_restart < len(requests), "the stop must happen mid-stream"
@@ -206,27 +213,10 @@ async def _restart(config: Config, stopped: Any) -> Any:
 
 
 def _slow_config(tmp_path: Path, latency_ms: float = 20.0) -> Config:
+    """Two tiers that take ``latency_ms`` per batch of 8, so a stream is still in flight when we interfere."""
     tiers = [
-        {
-            "name": "small",
-            "backend": "simulated",
-            "cost": 0.001,
-            "threshold": 0.8,
-            "partitions": 2,
-            "num_cpus": 0.1,
-            "batch_size": 8,
-            "options": {"accuracy": 0.6, "latency_ms": latency_ms, "seed": 1},
-        },
-        {
-            "name": "large",
-            "backend": "simulated",
-            "cost": 0.1,
-            "threshold": 0.8,
-            "partitions": 2,
-            "num_cpus": 0.1,
-            "batch_size": 8,
-            "options": {"accuracy": 0.95, "latency_ms": latency_ms, "seed": 3},
-        },
+        sim_tier("small", 0.6, 1, 0.001, latency_ms=latency_ms, batch_size=8),
+        sim_tier("large", 0.95, 3, 0.1, latency_ms=latency_ms, batch_size=8),
     ]
     return simulated_config(tmp_path, tiers=tiers, limits={"max_batch": 8})
 
@@ -241,14 +231,7 @@ async def _signal_mid_stream(
     async with running(config, bootstrap, kafka) as pipeline:
         pool = pipeline.pools[pool_name]
         (stats,) = await pipeline.pool_stats(pool)
-        producer = RequestProducer(kafka, config.layout)
-        await producer.start()
-        await producer.send_many(requests)
-        await producer.stop()
-        await collector.start()
-        deadline = time.monotonic() + WAIT_S
-        while len(collector.collected.results) < 30 and time.monotonic() < deadline:
-            await collector.poll()
+        await _send_and_await_some(config, kafka, requests, collector, 30)
         os.kill(stats["pid"], signum)
         if signum is signal.SIGTERM:
             # a graceful stop is final (no restart): bring up a replacement replica
