@@ -67,7 +67,18 @@ async def _send_and_await_some(
 
 def _delivered_ids(config: Config) -> list[str]:
     """Request ids in the results sink's file, in delivery order."""
-    return [json.loads(line)["id"] for line in Path(config.results_path).read_text().splitlines()]
+    path = Path(config.results_path)
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def _await_delivered(config: Config, count: int) -> list[str]:
+    """The sink's delivered ids once it holds ``count`` distinct ones (or the wait bound passed)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        delivered = _delivered_ids(config)
+        if len(set(delivered)) >= count or time.monotonic() > deadline:
+            return delivered
+        await asyncio.sleep(0.2)
 
 
 async def _offline_outcomes(config: Config, requests: list[Request]) -> dict[str, tuple[tuple[str, ...], Status]]:
@@ -100,7 +111,7 @@ async def test_every_request_gets_exactly_one_result_on_the_path_the_policy_chos
     requests = _requests(300)
     async with running(config, bootstrap, kafka):
         collector = await _send_and_collect(config, kafka, requests)
-        await asyncio.sleep(1.0)  # let the sink deliver its last batch
+        delivered = await _await_delivered(config, len(requests))
     results = collector.collected.results
     assert set(results) == {r.id for r in requests}
     assert collector.collected.dead_letters == []
@@ -111,7 +122,6 @@ async def test_every_request_gets_exactly_one_result_on_the_path_the_policy_chos
     assert hops == {1, 2, 3}, "at these accuracies some requests stop at each tier"
     assert {r.status for r in results.values()} == {Status.OK, Status.EXHAUSTED}
 
-    delivered = _delivered_ids(config)
     assert sorted(delivered) == sorted(r.id for r in requests), "the sink delivers each id exactly once"
 
 
@@ -195,12 +205,12 @@ async def test_graceful_stop_mid_stream_loses_nothing(tmp_path: Path, bootstrap:
         second = await _restart(config, first)
         try:
             missing = await collector.wait_for(ids, WAIT_S)
+            delivered = await _await_delivered(config, len(ids))
         finally:
             await asyncio.wait_for(second.stop(), timeout=WAIT_S)
             await collector.stop()
     assert not missing
     assert set(collector.collected.results) == ids
-    delivered = _delivered_ids(config)
     assert len(delivered) == len(set(delivered)) == len(ids)
 
 
@@ -242,13 +252,13 @@ async def _signal_mid_stream(
             await pipeline.scale(pool_name, 2)
         try:
             missing = await collector.wait_for({r.id for r in requests}, WAIT_S)
+            delivered = await _await_delivered(config, len(requests))
         finally:
             await collector.stop()
         assert len(collector.collected.results) < len(requests) + 1
         final_stats = await pipeline.pool_stats(pool)
     assert not missing
     assert set(collector.collected.results) == {r.id for r in requests}
-    delivered = _delivered_ids(config)
     assert len(delivered) == len(set(delivered)) == len(requests), "the sink delivers each id once"
     return collector, config, final_stats
 
