@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from infra.config import Config
@@ -18,14 +19,16 @@ from workers.stage import Inbound, Outbound
 
 @dataclass(frozen=True)
 class StageContext:
+    """Read-only, computed once per replica: the hot path asks for the layout on every record."""
+
     config: Config
     clock: Callable[[], float] = field(default=time.time)
 
-    @property
+    @cached_property
     def layout(self) -> TopicLayout:
         return self.config.layout
 
-    @property
+    @cached_property
     def tiers(self) -> tuple[TierInfo, ...]:
         return tuple(TierInfo(tier.name, tier.cost) for tier in self.config.tiers)
 
