@@ -134,6 +134,11 @@ class StageActor:
         self._request_stop()
 
     @ray.method(concurrency_group="control")
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (placement checks, ``tierflow status``)."""
+        return str(ray.get_runtime_context().get_node_id())
+
+    @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
         stats = asdict(self.loop.stats) if self.loop else {}
         return {"pool": self.spec.pool, "replica": self.spec.replica, "pid": os.getpid(), **stats}
