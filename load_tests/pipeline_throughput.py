@@ -61,6 +61,7 @@ import multiprocessing
 import os
 import platform
 import random
+import shutil
 import string
 import sys
 import tempfile
@@ -666,6 +667,7 @@ def run(n: int, seed: int, console: Console) -> dict[str, Any]:
     finally:
         stop_ray(ray_started)
         broker.stop()  # terminates the broker subprocess by its pid (never by name)
+    shutil.rmtree(run_dir, ignore_errors=True)  # kept only when a phase failed: the broker log is there
     return {
         "raw_chain_rps": raw["rps"],
         "pipeline_rps": pipe["max_rate"]["rps"],
