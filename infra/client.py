@@ -20,6 +20,8 @@ from aiokafka.errors import KafkaError
 from topics.errors import BrokerError, DecodeError
 from topics.messages import Answer, DeadLetter, Request, Result
 from topics.names import TopicLayout
+from workers.produce import produce_all
+from workers.stage import PRODUCER_BATCH_BYTES
 from workers.telemetry import new_trace_headers
 
 
@@ -38,7 +40,7 @@ class RequestProducer:
 
     def __init__(self, kafka: dict[str, Any], layout: TopicLayout) -> None:
         self.layout = layout
-        self._producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=2)
+        self._producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=2, max_batch_size=PRODUCER_BATCH_BYTES)
 
     async def start(self) -> None:
         try:
@@ -51,13 +53,9 @@ class RequestProducer:
         await _stop_quietly(self._producer)
 
     async def send_many(self, requests: Iterable[Request]) -> None:
-        acks = [
-            await self._producer.send(
-                self.layout.requests, request.to_wire(), key=request.id.encode(), headers=new_trace_headers()
-            )
-            for request in requests
-        ]
-        await asyncio.gather(*acks)
+        """Produce ``requests`` and wait until the broker acknowledged every one."""
+        topic = self.layout.requests
+        await produce_all(self._producer, ((topic, r.id.encode(), r.to_wire(), new_trace_headers()) for r in requests))
 
     async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
         """Produce arbitrary bytes to the requests topic (for poison-record tests and tools)."""
@@ -116,36 +114,36 @@ class ResultCollector:
     async def stop(self) -> None:
         await _stop_quietly(self._consumer)
 
-    async def poll(self, timeout_ms: int = 200) -> int:
-        """Read what is available; return how many new request ids were settled."""
-        before = len(self.collected.results) + len(self.collected.dead_letters)
+    async def poll(self, timeout_ms: int = 200) -> list[str]:
+        """Read what is available; return the request ids that got their first result or dead letter."""
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
-        for tp, records in batches.items():
-            for record in records:
-                self._take(tp.topic, record.value or b"")
-        return len(self.collected.results) + len(self.collected.dead_letters) - before
+        settled = (self._take(tp.topic, record.value or b"") for tp, records in batches.items() for record in records)
+        return [request_id for request_id in settled if request_id is not None]
 
-    def _take(self, topic: str, value: bytes) -> None:
+    def _take(self, topic: str, value: bytes) -> str | None:
         c = self.collected
         try:
             if topic == self.layout.dlq:
                 letter = DeadLetter.from_wire(value)
                 c.dead_letters.append(letter)
-                if letter.request_id:
-                    c.dead_ids.add(letter.request_id)
-                return
+                rid = letter.request_id
+                if rid is None or rid in c.dead_ids or rid in c.results:
+                    return None
+                c.dead_ids.add(rid)
+                return rid
             if topic == self.layout.answers:
                 answer = Answer.from_wire(value)
                 c.answers.setdefault(answer.answer_id, answer)
-                return
+                return None
             result = Result.from_wire(value)
         except DecodeError:
             c.undecodable += 1
-            return
+            return None
         if result.request_id in c.results:
             c.raw_duplicates += 1
-        else:
-            c.results[result.request_id] = result
+            return None
+        c.results[result.request_id] = result
+        return None if result.request_id in c.dead_ids else result.request_id
 
     async def wait_for(
         self,
@@ -156,10 +154,11 @@ class ResultCollector:
     ) -> set[str]:
         """Poll until every id has a result or a dead letter, the timeout, or ``stop``; return the missing ids."""
         deadline = time.monotonic() + timeout_s
+        missing = set(ids) - self.collected.results.keys() - self.collected.dead_ids
         while True:
             settled = await self.poll()
             if on_progress and settled:
-                on_progress(settled)
-            missing = ids - self.collected.results.keys() - self.collected.dead_ids
+                on_progress(len(settled))
+            missing.difference_update(settled)
             if not missing or time.monotonic() > deadline or (stop is not None and stop.is_set()):
                 return missing

@@ -5,7 +5,8 @@ three measurements:
 
 (a) **raw chain** — the ceiling. A producer writes N keyed ~200-byte records to
     topic A; three hops consume A→B, B→C, C→D and a final consumer reads D.
-    Each hop keeps tierflow's delivery discipline (``workers/stage.py``): a
+    Each hop keeps tierflow's delivery discipline (``workers/stage.py``) and its
+    batched produce (``workers/produce.py``): a
     consumer group, ``getmany`` batches of ``max_batch``, produce the batch with
     ``acks=all``, await every ack, then commit manually; the same
     ``session_timeout_ms``, ``fetch_max_wait_ms``, partitions and ``linger_ms``
@@ -83,6 +84,8 @@ from infra.config import BrokerConfig, Config, RayConfig, parse_config
 from topics.admin import delete_topics, ensure_topics
 from topics.errors import BrokerError, TierflowError
 from topics.messages import Request, Result
+from workers.produce import produce_all
+from workers.stage import PRODUCER_BATCH_BYTES
 
 VALUE_BYTES = 200
 """Payload size of a raw record and of a request's input text."""
@@ -201,7 +204,7 @@ def run_hop(spec: HopSpec) -> None:
 async def _hop(spec: HopSpec) -> None:
     """Consume → produce → await acks → commit, as ``StageLoop`` does, minus decode/policy/tracing."""
     kafka = kafka_options(BrokerConfig(), spec.bootstrap)
-    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1)
+    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1, max_batch_size=PRODUCER_BATCH_BYTES)
     consumer = AIOKafkaConsumer(
         spec.source,
         **kafka,
@@ -223,8 +226,7 @@ async def _hop(spec: HopSpec) -> None:
             records = [record for batch in batches.values() for record in batch]
             if not records:
                 continue
-            acks = [await producer.send(spec.target, record.value, key=record.key) for record in records]
-            await asyncio.gather(*acks)
+            await produce_all(producer, ((spec.target, record.key, record.value or b"", ()) for record in records))
             offsets: dict[TopicPartition, int] = {}
             for record in records:
                 tp = TopicPartition(record.topic, record.partition)
@@ -292,7 +294,7 @@ async def measure_raw_chain(broker: EmbeddedBroker, n: int, seed: int, console: 
         )
         for i, (src, dst) in enumerate(itertools.pairwise(topics))
     ]
-    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=2)
+    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=2, max_batch_size=PRODUCER_BATCH_BYTES)
     tail = ChainTail(AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10))
     value = _text(random.Random(seed)).encode()
     try:
@@ -305,8 +307,7 @@ async def measure_raw_chain(broker: EmbeddedBroker, n: int, seed: int, console: 
         await tail.consumer.seek_to_beginning(*partitions)
 
         async def send(prefix: str, lo: int, hi: int) -> None:
-            acks = [await producer.send(topics[0], value, key=f"{prefix}-{i}".encode()) for i in range(lo, hi)]
-            await asyncio.gather(*acks)
+            await produce_all(producer, ((topics[0], f"{prefix}-{i}".encode(), value, ()) for i in range(lo, hi)))
 
         with console.status("raw chain: warming up (three group joins)…"):
             await send("warm", 0, WARMUP)

@@ -24,11 +24,14 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from topics.errors import DecodeError
 from topics.messages import DeadLetter
-from workers.telemetry import Headers, stage_span
+from workers.produce import produce_all
+from workers.telemetry import Headers, passthrough, stage_span, tracing_enabled
 
 log = logging.getLogger("tierflow.stage")
 M = TypeVar("M")
 
+PRODUCER_BATCH_BYTES = 512 * 1024
+"""One produce batch per partition per stage batch: big enough for ``max_batch`` typical records."""
 PROCESS_ATTEMPTS = 3
 """A batch whose processing raises is retried this often, then dead-lettered record by record."""
 
@@ -141,7 +144,11 @@ class StageLoop(Generic[M]):
         """Start clients, loop until stopped, then commit, leave the group and close."""
         await self.handler.start()
         self._producer = AIOKafkaProducer(
-            **self.kafka, acks="all", linger_ms=1, max_request_size=self.max_payload_bytes + 65536
+            **self.kafka,
+            acks="all",
+            linger_ms=1,
+            max_batch_size=PRODUCER_BATCH_BYTES,
+            max_request_size=max(self.max_payload_bytes, PRODUCER_BATCH_BYTES) + 65536,
         )
         self._consumer = AIOKafkaConsumer(
             **self.kafka,
@@ -218,34 +225,30 @@ class StageLoop(Generic[M]):
         return self.handler.decode(value)
 
     async def _process_with_spans(self, good: list[tuple[ConsumerRecord[bytes, bytes], M]]) -> list[Outbound]:
+        """Run the handler with one span per record open (when a tracer records spans)."""
         if not good:
             return []
+        if not tracing_enabled():
+            # Nothing records spans: pass each record's trace context on unchanged (the trace id survives).
+            return await self._process_retrying([Inbound(m, r, passthrough(r.headers)) for r, m in good])
         with contextlib.ExitStack() as spans:
             batch = [
-                Inbound(
-                    message,
-                    record,
-                    spans.enter_context(
-                        stage_span(
-                            self.handler.stage,
-                            record.headers,
-                            topic=record.topic,
-                            partition=record.partition,
-                            offset=record.offset,
-                        )
-                    ),
-                )
+                Inbound(message, record, spans.enter_context(stage_span(self.handler.stage, record)))
                 for record, message in good
             ]
-            for attempt in range(1, PROCESS_ATTEMPTS + 1):
-                try:
-                    return await self.handler.process(batch)
-                except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the loop
-                    self.stats.process_failures += 1
-                    log.warning("stage %s: batch failed (attempt %d): %r", self.handler.stage, attempt, exc)
-                    failure = exc
-                    await asyncio.sleep(0.1 * attempt)
-        return [self._dead_letter(record, failure) for record, _ in good]
+            return await self._process_retrying(batch)
+
+    async def _process_retrying(self, batch: list[Inbound[M]]) -> list[Outbound]:
+        """Retry a failing batch a few times, then dead-letter its records one by one."""
+        for attempt in range(1, PROCESS_ATTEMPTS + 1):
+            try:
+                return await self.handler.process(batch)
+            except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the loop
+                self.stats.process_failures += 1
+                log.warning("stage %s: batch failed (attempt %d): %r", self.handler.stage, attempt, exc)
+                failure = exc
+                await asyncio.sleep(0.1 * attempt)
+        return [self._dead_letter(inbound.record, failure) for inbound in batch]
 
     def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: Exception) -> Outbound:
         self.stats.dead_letters += 1
@@ -267,12 +270,8 @@ class StageLoop(Generic[M]):
         if not out:
             return
         assert self._producer is not None
-        acks = [
-            await self._producer.send(item.topic, item.value, key=item.key.encode(), headers=item.headers)
-            for item in out
-        ]
-        await asyncio.gather(*acks)
-        self.stats.produced += len(out)
+        records = ((item.topic, item.key.encode(), item.value, item.headers) for item in out)
+        self.stats.produced += await produce_all(self._producer, records)
 
     async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         assert self._consumer is not None

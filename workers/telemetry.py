@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from aiokafka import ConsumerRecord
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
@@ -36,15 +37,24 @@ def trace_id(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
     return None
 
 
+def tracing_enabled() -> bool:
+    """True once an SDK tracer provider is installed (only then do spans record anything)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def passthrough(headers: Sequence[tuple[str, bytes]] | None) -> Headers:
+    """The trace context of a record, to put unchanged on what it causes."""
+    return [(key, value) for key, value in headers or () if key == TRACEPARENT]
+
+
 @contextmanager
-def stage_span(
-    stage: str, headers: Sequence[tuple[str, bytes]] | None, **attributes: str | int | float
-) -> Iterator[Headers]:
-    """Open ``tierflow.<stage>`` under the record's context; yield headers to pass on."""
-    carrier = {key: value.decode("ascii", "replace") for key, value in headers or () if key == TRACEPARENT}
+def stage_span(stage: str, record: ConsumerRecord[bytes, bytes]) -> Iterator[Headers]:
+    """Open ``tierflow.<stage>`` under the record's trace context; yield the headers to pass on."""
+    carrier = {key: value.decode("ascii", "replace") for key, value in record.headers or () if key == TRACEPARENT}
     context = propagate.extract(carrier)
+    attributes = {"messaging.destination": record.topic, "partition": record.partition, "offset": record.offset}
     with _tracer.start_as_current_span(f"tierflow.{stage}", context=context, attributes=attributes) as span:
-        yield _inject(span) or [(k, v) for k, v in headers or () if k == TRACEPARENT]
+        yield _inject(span) or passthrough(record.headers)
 
 
 def _inject(span: Span) -> Headers:
