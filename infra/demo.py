@@ -175,10 +175,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = load_portfolio(options.portfolio)
     config = replace(config, namespace=f"demo-{uuid.uuid4().hex[:8]}", results_path=str(run_dir / "results.jsonl"))
-    console.print(
-        f"[bold]tierflow demo[/]: portfolio [bold]{options.portfolio}[/], "
-        f"{options.requests} requests, run dir {run_dir}"
-    )
+    console.print(f"[bold]tierflow demo[/]: portfolio [bold]{options.portfolio}[/], {options.requests} requests")
+    console.print(f"  run dir (broker log, delivered results): {run_dir}")
     items = load_items(config.dataset, options.requests, options.seed)
     prepare_backends(config, console)
     broker = EmbeddedBroker(log_dir=run_dir)

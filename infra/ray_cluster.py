@@ -38,7 +38,7 @@ def start_ray(config: RayConfig) -> bool:
             num_cpus=config.num_cpus or max(4, os.cpu_count() or 1),
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,  # start-up notices go to Ray's own logs, not the user's terminal
             log_to_driver=False,
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
