@@ -118,8 +118,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     from infra.broker import make_provider
+    from infra.pipeline import check_backends
     from infra.ray_cluster import start_ray, stop_ray
 
+    check_backends(config)
     provider = make_provider(config.broker)
     ray_started = False
     try:

@@ -14,8 +14,19 @@ from ray.exceptions import RayError
 from infra.broker import kafka_options
 from infra.config import Config
 from topics.admin import ensure_topics
-from topics.errors import BrokerError
+from topics.errors import TierflowError
 from workers.actors import StageActor, StageSpec
+from workers.backends.base import create_backend
+
+
+class PipelineError(TierflowError):
+    """A stage pool could not start or failed."""
+
+
+def check_backends(config: Config) -> None:
+    """Build every tier's backend (cheap: no weights) so bad options fail before anything starts."""
+    for tier in config.tiers:
+        create_backend(tier.backend, tier.name, tier.options)
 
 
 @dataclass
@@ -99,7 +110,7 @@ class Pipeline:
             if not missing:
                 return
             if time.monotonic() > deadline:
-                raise BrokerError(f"pools not ready after {timeout_s:.0f}s: {', '.join(missing)}")
+                raise PipelineError(f"pools not ready after {timeout_s:.0f}s: {', '.join(missing)}")
             await asyncio.sleep(0.25)
 
     def _raise_if_failed(self) -> None:
@@ -111,7 +122,7 @@ class Pipeline:
                     ray.get(ref)
                 except RayError as exc:
                     cause = getattr(exc, "cause", None) or exc
-                    raise BrokerError(f"{pool.name} failed: {str(cause).strip().splitlines()[-1]}") from exc
+                    raise PipelineError(f"{pool.name} failed: {str(cause).strip().splitlines()[-1]}") from exc
 
     async def pool_stats(self, pool: Pool) -> list[dict[str, Any]]:
         stats = []

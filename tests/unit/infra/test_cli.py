@@ -83,3 +83,17 @@ def test_unreachable_broker(config_file: str) -> None:
 
 def test_send_needs_a_bootstrap(config_file: str) -> None:
     _assert_one_line_error(_tierflow("send", "--config", config_file, stdin=""), "--bootstrap")
+
+
+def test_bad_backend_options_fail_before_anything_starts(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[tiers]]\nname = "a"\nbackend = "headlines"\noptions = { stage = "nope" }\n')
+    proc = _tierflow("up", "--config", str(path))
+    _assert_one_line_error(proc, "stage")
+    assert "broker" not in proc.stderr, "no broker was started for a config that cannot run"
+
+
+def test_unknown_backend_lists_the_known_ones(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[tiers]]\nname = "a"\nbackend = "gpt9"\n')
+    _assert_one_line_error(_tierflow("up", "--config", str(path)), "known: headlines, simulated")
