@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -285,7 +285,11 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file; a relative ``results_path`` is taken from the file's folder.
+
+    Stage replicas do not share the caller's working directory, so every path they
+    see must be absolute.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -294,7 +298,10 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    return parse_config(data)
+    config = parse_config(data)
+    if config.results_path and not Path(config.results_path).is_absolute():
+        config = replace(config, results_path=str(Path(path).resolve().parent / config.results_path))
+    return config
 
 
 PORTFOLIO_DIR = Path(__file__).with_name("portfolios")

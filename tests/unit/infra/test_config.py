@@ -60,3 +60,10 @@ def test_every_builtin_portfolio_is_valid() -> None:
         assert load_portfolio(name).tiers
     with pytest.raises(ConfigError, match="known: "):
         load_portfolio("nope")
+
+
+def test_relative_results_path_is_taken_from_the_config_folder(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "tierflow.toml"
+    path.parent.mkdir()
+    path.write_text('results_path = "out/results.jsonl"\n[[tiers]]\nname = "a"\nbackend = "simulated"\n')
+    assert load_config(path).results_path == str(tmp_path / "conf" / "out" / "results.jsonl")
