@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -64,7 +65,7 @@ async def _send_paced(producer: RequestProducer, requests: list[Request], rate: 
         if rate > 0:
             await asyncio.sleep(max(0.0, started + start / rate - time.monotonic()))
         now = time.time()
-        await producer.send_many([replace(r, created_at=now) for r in requests[start : start + step]])
+        await producer.send_many([msgspec.structs.replace(r, created_at=now) for r in requests[start : start + step]])
 
 
 async def stream(

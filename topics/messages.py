@@ -1,6 +1,6 @@
-"""The messages that travel between stages, one frozen dataclass each.
+"""The messages that travel between stages, one frozen struct each.
 
-Wire keys are short and stable; ``from_wire`` validates every field (see
+Wire keys are short and stable (``rename``); decoding validates every field (see
 :mod:`topics.wire`). A Task carries the whole Request and the history of earlier
 answers, and an Answer carries its Task, so no stage ever needs a lookup: any
 replica can escalate or finish a request from the record alone.
@@ -9,12 +9,24 @@ replica can escalate or finish a request from the record alone.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+
+import msgspec
 
 from topics.errors import DecodeError
-from topics.wire import DEFAULT_MAX_PAYLOAD_BYTES, MAX_ID_CHARS, Fields, drop_none, pack, unpack
+from topics.wire import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Confidence,
+    Count,
+    Finite,
+    Id,
+    Message,
+    Name,
+    NonNegative,
+    Part,
+    decode,
+    tag,
+)
 
 
 class Status(StrEnum):
@@ -30,170 +42,122 @@ class Status(StrEnum):
     """The request could not be served (e.g. none of its allowed tiers exist)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Hints:
+class Hints(Part, frozen=True, rename={"allowed_tiers": "at", "max_cost": "mc", "priority": "pr"}):
     """What a client may say about where its request may run."""
 
     allowed_tiers: tuple[str, ...] | None = None
     """Restrict the request to these tiers; ``None`` allows all."""
-    max_cost: float | None = None
+    max_cost: NonNegative | None = None
     priority: int = 0
 
-    def to_map(self) -> dict[str, Any]:
-        tiers = list(self.allowed_tiers) if self.allowed_tiers is not None else None
-        return drop_none({"at": tiers, "mc": self.max_cost, "pr": self.priority})
 
-    @classmethod
-    def from_fields(cls, f: Fields) -> Hints:
-        return cls(
-            allowed_tiers=f.str_list("at") if f.has("at") else None,
-            max_cost=f.opt_float("mc", lo=0.0),
-            priority=f.int_("pr", lo=-1000, hi=1000) if f.has("pr") else 0,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(
+    Message,
+    frozen=True,
+    tag=tag("request"),
+    rename={"input": "in", "created_at": "ca", "deadline": "dl", "hints": "h", "tenant": "tn"},
+):
     """A query as a client submits it to ``<ns>.requests``."""
 
-    id: str
+    id: Id
     input: str
-    created_at: float
-    """Epoch seconds when the client created it; end-to-end latency counts from here."""
-    deadline: float | None = None
+    created_at: NonNegative
+    """Epoch seconds when the client sent it; end-to-end latency counts from here."""
+    deadline: NonNegative | None = None
     """Epoch seconds after which the request ends ``expired``."""
-    hints: Hints = field(default_factory=Hints)
-    tenant: str = ""
-
-    def to_map(self) -> dict[str, Any]:
-        return drop_none(
-            {
-                "id": self.id,
-                "in": self.input,
-                "ca": self.created_at,
-                "dl": self.deadline,
-                "h": self.hints.to_map(),
-                "tn": self.tenant,
-            }
-        )
-
-    @classmethod
-    def from_fields(cls, f: Fields) -> Request:
-        return cls(
-            id=f.str_("id", max_len=MAX_ID_CHARS, non_empty=True),
-            input=f.str_("in"),
-            created_at=f.float_("ca", lo=0.0),
-            deadline=f.opt_float("dl", lo=0.0),
-            hints=Hints.from_fields(f.nested("h")) if f.has("h") else Hints(),
-            tenant=f.str_("tn", max_len=MAX_ID_CHARS) if f.has("tn") else "",
-        )
-
-    def to_wire(self) -> bytes:
-        return pack("request", self.to_map())
+    hints: Hints = msgspec.field(default_factory=Hints)
+    tenant: Name = ""
 
     @classmethod
     def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Request:
-        return cls.from_fields(unpack(raw, "request", max_bytes))
+        return decode(cls, raw, max_bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
+class HistoryEntry(
+    Part,
+    frozen=True,
+    rename={
+        "answer_id": "aid",
+        "tier": "t",
+        "model": "m",
+        "output": "o",
+        "confidence": "c",
+        "cost": "co",
+        "latency_ms": "l",
+    },
+):
     """One earlier answer of a request, as later hops and the verifier see it."""
 
     answer_id: str
-    tier: str
+    tier: Id
     model: str
     output: str
-    confidence: float
-    cost: float
-    latency_ms: float
-
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "aid": self.answer_id,
-            "t": self.tier,
-            "m": self.model,
-            "o": self.output,
-            "c": self.confidence,
-            "co": self.cost,
-            "l": self.latency_ms,
-        }
-
-    @classmethod
-    def from_fields(cls, f: Fields) -> HistoryEntry:
-        return cls(
-            answer_id=f.str_("aid", max_len=2 * MAX_ID_CHARS),
-            tier=f.str_("t", non_empty=True),
-            model=f.str_("m"),
-            output=f.str_("o"),
-            confidence=f.confidence("c"),
-            cost=f.float_("co", lo=0.0),
-            latency_ms=f.float_("l", lo=0.0),
-        )
+    confidence: Confidence
+    cost: NonNegative
+    latency_ms: NonNegative
 
 
-@dataclass(frozen=True, slots=True)
-class Task:
+class Task(
+    Message,
+    frozen=True,
+    tag=tag("task"),
+    rename={
+        "request": "r",
+        "tier": "t",
+        "hop": "hp",
+        "history": "hs",
+        "policy_version": "pv",
+        "source_answer": "sa",
+        "allowed": "al",
+    },
+):
     """A request sent to one tier, on ``<ns>.tier.<T>`` or ``<ns>.escalate.<T>``."""
 
     request: Request
-    tier: str
-    hop: int = 0
+    tier: Name
+    hop: Count = 0
     """0 for the router's first choice; +1 on every escalation."""
     history: tuple[HistoryEntry, ...] = ()
-    policy_version: int = 0
+    policy_version: Count = 0
     source_answer: str | None = None
     """The answer whose low confidence caused this escalation (``None`` on hop 0)."""
     allowed: tuple[str, ...] = ()
     """Tiers the router left for this request, cheapest first; empty means all."""
 
-    def to_map(self) -> dict[str, Any]:
-        return drop_none(
-            {
-                "r": self.request.to_map(),
-                "t": self.tier,
-                "hp": self.hop,
-                "hs": [entry.to_map() for entry in self.history],
-                "pv": self.policy_version,
-                "sa": self.source_answer,
-                "al": list(self.allowed),
-            }
-        )
-
-    @classmethod
-    def from_fields(cls, f: Fields) -> Task:
-        return cls(
-            request=Request.from_fields(f.nested("r")),
-            tier=f.str_("t", non_empty=True, max_len=MAX_ID_CHARS),
-            hop=f.int_("hp", lo=0, hi=1000),
-            history=tuple(HistoryEntry.from_fields(e) for e in f.nested_list("hs")),
-            policy_version=f.int_("pv", lo=0),
-            source_answer=f.opt_str("sa"),
-            allowed=f.str_list("al") if f.has("al") else (),
-        )
-
-    def to_wire(self) -> bytes:
-        return pack("task", self.to_map())
-
     @classmethod
     def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Task:
-        return cls.from_fields(unpack(raw, "task", max_bytes))
+        return decode(cls, raw, max_bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(
+    Message,
+    frozen=True,
+    tag=tag("answer"),
+    rename={
+        "task": "tk",
+        "model": "m",
+        "output": "o",
+        "confidence": "c",
+        "features": "f",
+        "tokens_in": "ti",
+        "tokens_out": "to",
+        "cost": "co",
+        "latency_ms": "l",
+        "error": "e",
+    },
+):
     """A tier's answer to a Task, on ``<ns>.answers``."""
 
     task: Task
     model: str
     output: str
-    confidence: float
-    """Finite and in [0, 1]; a backend's invalid value is replaced by 0 and ``error`` set."""
-    features: dict[str, float] = field(default_factory=dict)
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost: float = 0.0
-    latency_ms: float = 0.0
+    confidence: Confidence
+    """A backend's invalid value is replaced by 0 and ``error`` set (see the model worker)."""
+    features: dict[str, Finite] = {}
+    tokens_in: Count = 0
+    tokens_out: Count = 0
+    cost: NonNegative = 0.0
+    latency_ms: NonNegative = 0.0
     error: str | None = None
     """Why this answer must not be accepted (backend failure, invalid confidence)."""
 
@@ -221,110 +185,75 @@ class Answer:
             latency_ms=self.latency_ms,
         )
 
-    def to_wire(self) -> bytes:
-        return pack(
-            "answer",
-            drop_none(
-                {
-                    "tk": self.task.to_map(),
-                    "m": self.model,
-                    "o": self.output,
-                    "c": self.confidence,
-                    "f": self.features,
-                    "ti": self.tokens_in,
-                    "to": self.tokens_out,
-                    "co": self.cost,
-                    "l": self.latency_ms,
-                    "e": self.error,
-                }
-            ),
-        )
-
     @classmethod
     def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Answer:
-        f = unpack(raw, "answer", max_bytes)
-        return cls(
-            task=Task.from_fields(f.nested("tk")),
-            model=f.str_("m"),
-            output=f.str_("o"),
-            confidence=f.confidence("c"),
-            features=f.float_map("f"),
-            tokens_in=f.int_("ti", lo=0),
-            tokens_out=f.int_("to", lo=0),
-            cost=f.float_("co", lo=0.0),
-            latency_ms=f.float_("l", lo=0.0),
-            error=f.opt_str("e"),
-        )
+        return decode(cls, raw, max_bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(
+    Message,
+    frozen=True,
+    tag=tag("result"),
+    rename={
+        "request_id": "id",
+        "status": "s",
+        "output": "o",
+        "tier": "t",
+        "model": "m",
+        "confidence": "c",
+        "total_cost": "co",
+        "latency_ms": "l",
+        "path": "p",
+        "policy_version": "pv",
+        "reason": "rs",
+        "completed_at": "at",
+    },
+):
     """The final outcome of a request, on ``<ns>.results`` (one delivered per id)."""
 
-    request_id: str
+    request_id: Id
     status: Status
     output: str = ""
     tier: str = ""
     model: str = ""
-    confidence: float = 0.0
-    total_cost: float = 0.0
-    latency_ms: float = 0.0
+    confidence: Confidence = 0.0
+    total_cost: NonNegative = 0.0
+    latency_ms: NonNegative = 0.0
     """End to end: from the request's ``created_at`` to the decision."""
     path: tuple[str, ...] = ()
     """Tiers that answered, in order."""
-    policy_version: int = 0
+    policy_version: Count = 0
     reason: str | None = None
-    completed_at: float = 0.0
-
-    def to_wire(self) -> bytes:
-        return pack(
-            "result",
-            drop_none(
-                {
-                    "id": self.request_id,
-                    "s": self.status.value,
-                    "o": self.output,
-                    "t": self.tier,
-                    "m": self.model,
-                    "c": self.confidence,
-                    "co": self.total_cost,
-                    "l": self.latency_ms,
-                    "p": list(self.path),
-                    "pv": self.policy_version,
-                    "rs": self.reason,
-                    "at": self.completed_at,
-                }
-            ),
-        )
+    completed_at: NonNegative = 0.0
 
     @classmethod
     def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Result:
-        f = unpack(raw, "result", max_bytes)
-        status = f.str_("s")
-        if status not in Status.__members__.values():
-            raise DecodeError("out_of_range", f"result.s={status!r} is not a known status")
-        return cls(
-            request_id=f.str_("id", max_len=MAX_ID_CHARS, non_empty=True),
-            status=Status(status),
-            output=f.str_("o"),
-            tier=f.str_("t"),
-            model=f.str_("m"),
-            confidence=f.confidence("c"),
-            total_cost=f.float_("co", lo=0.0),
-            latency_ms=f.float_("l", lo=0.0),
-            path=f.str_list("p"),
-            policy_version=f.int_("pv", lo=0),
-            reason=f.opt_str("rs"),
-            completed_at=f.float_("at", lo=0.0),
-        )
+        return decode(cls, raw, max_bytes)
 
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024
 """How much of a bad record a dead letter keeps (enough to debug, never a whole blob)."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(
+    Message,
+    frozen=True,
+    tag=tag("dead_letter"),
+    rename={
+        "source_topic": "st",
+        "partition": "pa",
+        "offset": "of",
+        "stage": "sg",
+        "error_class": "ec",
+        "reason": "rs",
+        "detail": "dt",
+        "payload_size": "ps",
+        "payload_sha256": "ph",
+        "payload_head": "pl",
+        "request_id": "id",
+        "at": "at",
+    },
+):
     """A record no stage could process, on ``<ns>.dlq``, with where it came from and why."""
 
     source_topic: str
@@ -334,12 +263,12 @@ class DeadLetter:
     error_class: str
     reason: str
     detail: str
-    payload_size: int
+    payload_size: Count
     payload_sha256: str
     payload_head: bytes
     request_id: str | None = None
     """The record's key when it had one, so a checker can account for the request."""
-    at: float = 0.0
+    at: NonNegative = 0.0
 
     @classmethod
     def for_record(
@@ -371,41 +300,6 @@ class DeadLetter:
             at=at,
         )
 
-    def to_wire(self) -> bytes:
-        return pack(
-            "dead_letter",
-            drop_none(
-                {
-                    "st": self.source_topic,
-                    "pa": self.partition,
-                    "of": self.offset,
-                    "sg": self.stage,
-                    "ec": self.error_class,
-                    "rs": self.reason,
-                    "dt": self.detail,
-                    "ps": self.payload_size,
-                    "ph": self.payload_sha256,
-                    "pl": self.payload_head,
-                    "id": self.request_id,
-                    "at": self.at,
-                }
-            ),
-        )
-
     @classmethod
     def from_wire(cls, raw: bytes) -> DeadLetter:
-        f = unpack(raw, "dead_letter")
-        return cls(
-            source_topic=f.str_("st"),
-            partition=f.int_("pa"),
-            offset=f.int_("of"),
-            stage=f.str_("sg"),
-            error_class=f.str_("ec"),
-            reason=f.str_("rs"),
-            detail=f.str_("dt"),
-            payload_size=f.int_("ps", lo=0),
-            payload_sha256=f.str_("ph"),
-            payload_head=f.bytes_("pl"),
-            request_id=f.opt_str("id"),
-            at=f.float_("at", lo=0.0),
-        )
+        return decode(cls, raw)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+import msgspec
 
 from infra.config import Config
 from policies.base import TierInfo
@@ -43,7 +45,7 @@ class StageContext:
     def with_deadline(self, request: Request) -> Request:
         if request.deadline is not None:
             return request
-        return replace(request, deadline=request.created_at + self.config.limits.default_deadline_s)
+        return msgspec.structs.replace(request, deadline=request.created_at + self.config.limits.default_deadline_s)
 
     def expired(self, request: Request) -> bool:
         return request.deadline is not None and self.clock() > request.deadline

@@ -132,11 +132,11 @@ async def test_poison_records_go_to_the_dlq_and_processing_continues(
     good = _requests(50, "good")
     poison = {
         "p-not-msgpack": (b"\xc1 definitely not msgpack", "not_msgpack"),
-        "p-wrong-type": (msgpack.packb({"k": "request", "v": 1, "id": 5, "in": "x", "ca": 1.0}), "wrong_type"),
-        "p-missing": (msgpack.packb({"k": "request", "v": 1, "in": "x"}), "missing_field"),
+        "p-wrong-type": (msgpack.packb({"k": "request@1", "id": 5, "in": "x", "ca": 1.0}), "wrong_type"),
+        "p-missing": (msgpack.packb({"k": "request@1", "in": "x"}), "missing_field"),
         "p-oversized": (Request(id="p-oversized", input="x" * 10_000, created_at=1.0).to_wire(), "too_large"),
         "p-nan": (
-            msgpack.packb({"k": "request", "v": 1, "id": "p-nan", "in": "x", "ca": float("nan")}),
+            msgpack.packb({"k": "request@1", "id": "p-nan", "in": "x", "ca": float("nan")}),
             "out_of_range",
         ),
     }

@@ -10,6 +10,8 @@ import pytest
 from topics import Answer, DeadLetter, DecodeError, Hints, HistoryEntry, Request, Result, Status, Task
 from topics.wire import SCHEMA_VERSION
 
+REQUEST_TAG = f"request@{SCHEMA_VERSION}"
+
 REQUEST = Request(
     id="r-1",
     input="is this sarcastic?",
@@ -67,12 +69,17 @@ def test_answer_id_names_request_hop_and_tier() -> None:
     [
         (b"\xc1\xff not msgpack", "not_msgpack"),
         (msgpack.packb([1, 2, 3]), "wrong_type"),
-        (msgpack.packb({"k": "request", "v": SCHEMA_VERSION, "in": "x", "ca": 1.0}), "missing_field"),
-        (msgpack.packb({"k": "request", "v": SCHEMA_VERSION, "id": 5, "in": "x", "ca": 1.0}), "wrong_type"),
-        (msgpack.packb({"k": "request", "v": 99, "id": "a", "in": "x", "ca": 1.0}), "bad_schema"),
-        (msgpack.packb({"k": "task", "v": SCHEMA_VERSION}), "wrong_kind"),
-        (msgpack.packb({"k": "request", "v": SCHEMA_VERSION, "id": "", "in": "x", "ca": 1.0}), "out_of_range"),
-        (msgpack.packb({"k": "request", "v": SCHEMA_VERSION, "id": "a", "in": "x", "ca": math.inf}), "out_of_range"),
+        (msgpack.packb({"k": REQUEST_TAG, "in": "x", "ca": 1.0}), "missing_field"),
+        (msgpack.packb({"k": REQUEST_TAG, "id": 5, "in": "x", "ca": 1.0}), "wrong_type"),
+        (msgpack.packb({"k": REQUEST_TAG, "id": "a", "in": "x", "ca": True}), "wrong_type"),
+        (msgpack.packb({"k": "request@99", "id": "a", "in": "x", "ca": 1.0}), "bad_schema"),
+        (msgpack.packb({"k": "task@1", "r": {}}), "wrong_kind"),
+        (msgpack.packb({"id": "a", "in": "x", "ca": 1.0}), "missing_field"),
+        (msgpack.packb({"k": REQUEST_TAG, "id": "", "in": "x", "ca": 1.0}), "out_of_range"),
+        (msgpack.packb({"k": REQUEST_TAG, "id": "a" * 201, "in": "x", "ca": 1.0}), "out_of_range"),
+        (msgpack.packb({"k": REQUEST_TAG, "id": "a", "in": "x", "ca": math.inf}), "out_of_range"),
+        (msgpack.packb({"k": REQUEST_TAG, "id": "a", "in": "x", "ca": math.nan}), "out_of_range"),
+        (msgpack.packb({"k": REQUEST_TAG, "id": "a", "in": "x", "ca": -1.0}), "out_of_range"),
     ],
 )
 def test_bad_requests_are_rejected_with_a_reason(raw: bytes, reason: str) -> None:
@@ -88,9 +95,31 @@ def test_answer_confidence_must_be_finite_in_unit_interval(confidence: float) ->
     assert err.value.reason == "out_of_range"
 
 
-def test_nan_feature_is_rejected() -> None:
-    with pytest.raises(DecodeError):
-        Answer.from_wire(_patch(ANSWER.to_wire(), f={"max_prob": math.nan}))
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_features_are_rejected(value: float) -> None:
+    with pytest.raises(DecodeError) as err:
+        Answer.from_wire(_patch(ANSWER.to_wire(), f={"max_prob": value}))
+    assert err.value.reason == "out_of_range"
+
+
+def test_the_wire_is_plain_msgpack_with_short_keys() -> None:
+    obj = msgpack.unpackb(REQUEST.to_wire())
+    assert obj == {
+        "k": REQUEST_TAG,
+        "id": "r-1",
+        "in": "is this sarcastic?",
+        "ca": 1700000000.5,
+        "dl": 1700000060.0,
+        "h": {"at": ["small", "large"], "mc": 0.5, "pr": 2},
+        "tn": "acme",
+    }
+    assert "e" not in msgpack.unpackb(ANSWER.to_wire()), "absent optional fields are not sent"
+
+
+def test_decoding_refuses_what_is_not_bytes() -> None:
+    with pytest.raises(DecodeError) as err:
+        Request.from_wire("a string")  # type: ignore[arg-type]
+    assert err.value.reason == "wrong_type"
 
 
 def test_payload_size_limit() -> None:
