@@ -169,7 +169,7 @@ class DockerKafka(BrokerProvider):
     def start(self) -> str:
         if not docker_available():
             raise BrokerError("broker provider 'docker' needs a running Docker engine; none answered")
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
         self.container = KafkaContainer(self.image).start()
         return str(self.container.get_bootstrap_server())
