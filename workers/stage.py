@@ -105,7 +105,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
 
 
 class StageLoop(Generic[M]):
-    """Runs one :class:`Handler` against Kafka until ``stop()``; ``stop()`` is safe twice."""
+    """Runs one :class:`Handler` against Kafka until ``request_stop()`` (safe to call twice)."""
 
     def __init__(
         self,
