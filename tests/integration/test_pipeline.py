@@ -65,10 +65,14 @@ async def _send_and_await_some(
         await collector.poll()
 
 
-def _delivered_ids(config: Config) -> list[str]:
-    """Request ids in the results sink's file, in delivery order."""
+def _delivered_rows(config: Config) -> list[dict[str, Any]]:
+    """What the results sink delivered, in order."""
     path = Path(config.results_path)
-    return [json.loads(line)["id"] for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _delivered_ids(config: Config) -> list[str]:
+    return [row["id"] for row in _delivered_rows(config)]
 
 
 async def _await_delivered(config: Config, count: int) -> list[str]:
@@ -314,3 +318,21 @@ async def test_one_trace_per_request_across_every_hop(tmp_path: Path, bootstrap:
             await consumer.stop()
     assert results == len(requests)
     assert seen == {rid: {trace} for rid, trace in sent_traces.items()}
+
+
+async def test_duplicate_request_ids_get_one_delivered_result(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    config = simulated_config(tmp_path)
+    requests = _requests(30, "dup")
+    async with running(config, bootstrap, kafka):
+        first = await _send_and_collect(config, kafka, requests + requests)  # the same ids twice, together
+        later = await _send_and_collect(config, kafka, requests)  # and once more after they were answered
+        await _await_delivered(config, len(requests))
+        await asyncio.sleep(1.0)  # a late second delivery would show up here
+        rows = _delivered_rows(config)
+    assert sorted(row["id"] for row in rows) == sorted(r.id for r in requests), "each id is delivered exactly once"
+    assert later.collected.raw_duplicates >= len(requests), "the topic does hold the repeats"
+    assert first.collected.results.keys() == later.collected.results.keys()
+    costs = {row["id"]: row["cost"] for row in rows}
+    assert all(costs[r.id] == first.collected.results[r.id].total_cost for r in requests), "cost counted once"
