@@ -4,12 +4,10 @@ escalation exactly where the policy says, poison records dead-lettered."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
 import time
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -24,65 +22,15 @@ from topics import Answer, Request, Status, Task
 from workers.backends.base import Query, create_backend
 
 from .conftest import WAIT_S, running, sim_tier, simulated_config
+from .helpers import (
+    await_delivered,
+    delivered_rows,
+    make_requests,
+    send_and_await_some,
+    send_and_collect,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
-
-
-def _requests(n: int, prefix: str = "req") -> list[Request]:
-    now = time.time()
-    return [Request(id=f"{prefix}-{i}", input=f"query {i}", created_at=now) for i in range(n)]
-
-
-async def _send_and_collect(
-    config: Config, kafka: dict[str, Any], requests: list[Request], also: Collection[str] = ()
-) -> ResultCollector:
-    """Send ``requests`` and wait until they (and the ids in ``also``) have a result or a dead letter."""
-    producer = RequestProducer(kafka, config.layout)
-    collector = ResultCollector(kafka, config.layout)
-    await producer.start()
-    await collector.start()
-    try:
-        await producer.send_many(requests)
-        missing = await collector.wait_for({r.id for r in requests} | set(also), WAIT_S)
-        assert not missing, f"{len(missing)} requests got no result"
-    finally:
-        await producer.stop()
-        await collector.stop()
-    return collector
-
-
-async def _send_and_await_some(
-    config: Config, kafka: dict[str, Any], requests: list[Request], collector: ResultCollector, some: int
-) -> None:
-    """Send ``requests``, start ``collector`` and return once ``some`` results are in: mid-stream."""
-    producer = RequestProducer(kafka, config.layout)
-    await producer.start()
-    await producer.send_many(requests)
-    await producer.stop()
-    await collector.start()
-    deadline = time.monotonic() + WAIT_S
-    while len(collector.collected.results) < some and time.monotonic() < deadline:
-        await collector.poll()
-
-
-def _delivered_rows(config: Config) -> list[dict[str, Any]]:
-    """What the results sink delivered, in order."""
-    path = Path(config.results_path)
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _delivered_ids(config: Config) -> list[str]:
-    return [row["id"] for row in _delivered_rows(config)]
-
-
-async def _await_delivered(config: Config, count: int) -> list[str]:
-    """The sink's delivered ids once it holds ``count`` distinct ones (or the wait bound passed)."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        delivered = _delivered_ids(config)
-        if len(set(delivered)) >= count or time.monotonic() > deadline:
-            return delivered
-        await asyncio.sleep(0.2)
 
 
 async def _offline_outcomes(config: Config, requests: list[Request]) -> dict[str, tuple[tuple[str, ...], Status]]:
@@ -112,10 +60,10 @@ async def test_every_request_gets_exactly_one_result_on_the_path_the_policy_chos
     tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
 ) -> None:
     config = simulated_config(tmp_path)
-    requests = _requests(300)
+    requests = make_requests(300)
     async with running(config, bootstrap, kafka):
-        collector = await _send_and_collect(config, kafka, requests)
-        delivered = await _await_delivered(config, len(requests))
+        collector = await send_and_collect(config, kafka, requests)
+        delivered = await await_delivered(config, len(requests))
     results = collector.collected.results
     assert set(results) == {r.id for r in requests}
     assert collector.collected.dead_letters == []
@@ -133,7 +81,7 @@ async def test_poison_records_go_to_the_dlq_and_processing_continues(
     tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
 ) -> None:
     config = simulated_config(tmp_path, limits={"max_payload_bytes": 4096})
-    good = _requests(50, "good")
+    good = make_requests(50, "good")
     poison = {
         "p-not-msgpack": (b"\xc1 definitely not msgpack", "not_msgpack"),
         "p-wrong-type": (msgpack.packb({"k": "request@1", "id": 5, "in": "x", "ca": 1.0}), "wrong_type"),
@@ -152,7 +100,7 @@ async def test_poison_records_go_to_the_dlq_and_processing_continues(
                 await producer.send_raw(value, key=key.encode())
         finally:
             await producer.stop()
-        collector = await _send_and_collect(config, kafka, good, also=set(poison))
+        collector = await send_and_collect(config, kafka, good, also=set(poison))
     reasons = {d.request_id: d.reason for d in collector.collected.dead_letters}
     assert reasons == {key: reason for key, (_, reason) in poison.items()}
     for letter in collector.collected.dead_letters:
@@ -174,7 +122,7 @@ async def test_unknown_tier_answers_are_dead_lettered(tmp_path: Path, bootstrap:
             await producer.send_and_wait(config.layout.answers, bogus.to_wire(), key=b"ghost-1")
         finally:
             await producer.stop()
-        collector = await _send_and_collect(config, kafka, _requests(5, "after"))
+        collector = await send_and_collect(config, kafka, make_requests(5, "after"))
         collector2 = ResultCollector(kafka, config.layout)
         await collector2.start()
         try:
@@ -192,24 +140,24 @@ async def test_expired_requests_end_expired(tmp_path: Path, bootstrap: str, kafk
     now = time.time()
     stale = [Request(id=f"old-{i}", input="q", created_at=now - 10, deadline=now - 5) for i in range(5)]
     async with running(config, bootstrap, kafka):
-        collector = await _send_and_collect(config, kafka, stale)
+        collector = await send_and_collect(config, kafka, stale)
     assert {r.status for r in collector.collected.results.values()} == {Status.EXPIRED}
 
 
 async def test_graceful_stop_mid_stream_loses_nothing(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> None:
     config = _slow_config(tmp_path)
-    requests = _requests(400, "gs")
+    requests = make_requests(400, "gs")
     ids = {r.id for r in requests}
     collector = ResultCollector(kafka, config.layout)
     async with running(config, bootstrap, kafka) as first:
-        await _send_and_await_some(config, kafka, requests, collector, 30)
+        await send_and_await_some(config, kafka, requests, collector, 30)
         await asyncio.wait_for(first.stop(), timeout=WAIT_S)  # graceful stop while work is in flight
         done_before_restart = len(collector.collected.results)
         assert done_before_restart < len(requests), "the stop must happen mid-stream"
         second = await _restart(config, first)
         try:
             missing = await collector.wait_for(ids, WAIT_S)
-            delivered = await _await_delivered(config, len(ids))
+            delivered = await await_delivered(config, len(ids))
         finally:
             await asyncio.wait_for(second.stop(), timeout=WAIT_S)
             await collector.stop()
@@ -240,12 +188,12 @@ async def _signal_mid_stream(
 ) -> tuple[ResultCollector, Config, Any]:
     """Stream 300 requests, send ``signum`` to one replica of ``pool_name`` mid-stream, collect everything."""
     config = _slow_config(tmp_path)
-    requests = _requests(300, f"sig{signum.value}")
+    requests = make_requests(300, f"sig{signum.value}")
     collector = ResultCollector(kafka, config.layout)
     async with running(config, bootstrap, kafka) as pipeline:
         pool = pipeline.pools[pool_name]
         (stats,) = await pipeline.pool_stats(pool)
-        await _send_and_await_some(config, kafka, requests, collector, 30)
+        await send_and_await_some(config, kafka, requests, collector, 30)
         os.kill(stats["pid"], signum)
         if signum is signal.SIGTERM:
             # a graceful stop is final (no restart): bring up a replacement replica
@@ -256,7 +204,7 @@ async def _signal_mid_stream(
             await pipeline.scale(pool_name, 2)
         try:
             missing = await collector.wait_for({r.id for r in requests}, WAIT_S)
-            delivered = await _await_delivered(config, len(requests))
+            delivered = await await_delivered(config, len(requests))
         finally:
             await collector.stop()
         assert len(collector.collected.results) < len(requests) + 1
@@ -287,7 +235,7 @@ async def test_one_trace_per_request_across_every_hop(tmp_path: Path, bootstrap:
     from workers.telemetry import new_trace_headers, trace_id
 
     config = simulated_config(tmp_path)
-    requests = _requests(40, "tr")
+    requests = make_requests(40, "tr")
     sent_traces = {}
     async with running(config, bootstrap, kafka):
         producer = AIOKafkaProducer(**kafka)
@@ -324,13 +272,13 @@ async def test_duplicate_request_ids_get_one_delivered_result(
     tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
 ) -> None:
     config = simulated_config(tmp_path)
-    requests = _requests(30, "dup")
+    requests = make_requests(30, "dup")
     async with running(config, bootstrap, kafka):
-        first = await _send_and_collect(config, kafka, requests + requests)  # the same ids twice, together
-        later = await _send_and_collect(config, kafka, requests)  # and once more after they were answered
-        await _await_delivered(config, len(requests))
+        first = await send_and_collect(config, kafka, requests + requests)  # the same ids twice, together
+        later = await send_and_collect(config, kafka, requests)  # and once more after they were answered
+        await await_delivered(config, len(requests))
         await asyncio.sleep(1.0)  # a late second delivery would show up here
-        rows = _delivered_rows(config)
+        rows = delivered_rows(config)
     assert sorted(row["id"] for row in rows) == sorted(r.id for r in requests), "each id is delivered exactly once"
     assert later.collected.raw_duplicates >= len(requests), "the topic does hold the repeats"
     assert first.collected.results.keys() == later.collected.results.keys()
