@@ -82,6 +82,8 @@ class Handler(ABC, Generic[M]):
 @dataclass
 class StageStats:
     consumed: int = 0
+    committed: int = 0
+    """Records whose batch was committed (or given up to a rebalance); ``consumed - committed`` is in flight."""
     produced: int = 0
     dead_letters: int = 0
     batches: int = 0
@@ -279,6 +281,7 @@ class StageLoop(Generic[M]):
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+        self.stats.committed += len(records)  # done either way: committed, or redone by the new owner
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:

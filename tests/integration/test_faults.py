@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ import pytest
 from infra.client import ResultCollector
 from topics import Status
 
-from ..history import check_history
-from .conftest import running, sim_tier, simulated_config
+from ..history import check_history, total_lag
+from .conftest import WAIT_S, running, sim_tier, simulated_config
 from .helpers import make_requests, send_and_await_some, send_and_collect
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
@@ -112,3 +113,44 @@ async def test_the_history_checker_catches_loss_and_phantoms(
     assert report.phantom == [requests[0].id]
     with pytest.raises(AssertionError, match="seed 7"):
         report.assert_ok()
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def test_sustained_overload_keeps_work_and_memory_bounded_then_drains(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    # One slow tier: batches of 8 every 20 ms, about 400 requests/s at best. Send 3,000 at once (~8 s of work).
+    tiers = [sim_tier("small", 0.8, 1, 0.001, latency_ms=20.0, batch_size=8, threshold=0.0)]
+    config = simulated_config(tmp_path, tiers=tiers, limits={"max_batch": 8})
+    requests = make_requests(3000, "ov")
+    collector = ResultCollector(kafka, config.layout)
+    async with running(config, bootstrap, kafka) as pipeline:
+        pids = [s["pid"] for pool in pipeline.pools.values() for s in await pipeline.pool_stats(pool)]
+        rss_before = {pid: _rss_mb(pid) for pid in pids}
+        await send_and_await_some(config, kafka, requests, collector, 1)
+        peak_lag, peak_rss, peak_in_flight = 0, dict(rss_before), 0
+        deadline = time.monotonic() + WAIT_S
+        while len(collector.collected.results) < len(requests) and time.monotonic() < deadline:
+            await collector.poll(timeout_ms=500)
+            peak_lag = max(peak_lag, await total_lag(kafka, config))
+            for pid in pids:
+                peak_rss[pid] = max(peak_rss[pid], _rss_mb(pid))
+            for pool in pipeline.pools.values():
+                for stats in await pipeline.pool_stats(pool):
+                    # consumed but not yet committed: at most one batch per replica
+                    peak_in_flight = max(peak_in_flight, stats["consumed"] - stats["committed"])
+        await collector.stop()
+        report = await check_history(kafka, config, [r.id for r in requests])
+    report.assert_ok()
+    assert report.results == len(requests)
+    assert peak_lag > 500, "the backlog waited in Kafka, not in the stages"
+    assert peak_in_flight <= config.limits.max_batch
+    growth = {pid: peak_rss[pid] - rss_before[pid] for pid in pids}
+    assert max(growth.values()) < 100, f"a stage's memory grew with the backlog: {growth} MB"
