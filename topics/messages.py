@@ -15,7 +15,6 @@ import msgspec
 
 from topics.errors import DecodeError
 from topics.wire import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
     Confidence,
     Count,
     Finite,
@@ -24,7 +23,6 @@ from topics.wire import (
     Name,
     NonNegative,
     Part,
-    decode,
     tag,
 )
 
@@ -67,10 +65,6 @@ class Request(
     """Epoch seconds after which the request ends ``expired``."""
     hints: Hints = msgspec.field(default_factory=Hints)
     tenant: Name = ""
-
-    @classmethod
-    def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Request:
-        return decode(cls, raw, max_bytes)
 
 
 class HistoryEntry(
@@ -123,10 +117,6 @@ class Task(
     """The answer whose low confidence caused this escalation (``None`` on hop 0)."""
     allowed: tuple[str, ...] = ()
     """Tiers the router left for this request, cheapest first; empty means all."""
-
-    @classmethod
-    def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Task:
-        return decode(cls, raw, max_bytes)
 
 
 class Answer(
@@ -185,10 +175,6 @@ class Answer(
             latency_ms=self.latency_ms,
         )
 
-    @classmethod
-    def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Answer:
-        return decode(cls, raw, max_bytes)
-
 
 class Result(
     Message,
@@ -225,10 +211,6 @@ class Result(
     policy_version: Count = 0
     reason: str | None = None
     completed_at: NonNegative = 0.0
-
-    @classmethod
-    def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Result:
-        return decode(cls, raw, max_bytes)
 
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024
@@ -299,7 +281,3 @@ class DeadLetter(
             request_id=key.decode("utf-8", "replace") if key else None,
             at=at,
         )
-
-    @classmethod
-    def from_wire(cls, raw: bytes) -> DeadLetter:
-        return decode(cls, raw)

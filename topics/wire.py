@@ -12,7 +12,7 @@ turns into a dead letter. Never pickle from Kafka.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 import msgspec
 
@@ -50,6 +50,11 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="k"):
 
     def to_wire(self) -> bytes:
         return _encoder.encode(self)
+
+    @classmethod
+    def from_wire(cls, raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Self:
+        """Decode and validate one record; raise :class:`DecodeError` with a reason code otherwise."""
+        return decode(cls, raw, max_bytes)
 
 
 class _NoKind(Message, frozen=True, tag="-"):
