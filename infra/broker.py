@@ -86,7 +86,7 @@ class EmbeddedBroker(BrokerProvider):
         if self.process is not None:
             return self.bootstrap
         binary = tansu_binary()
-        self.port = free_port()
+        self.port = self.port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -132,6 +132,17 @@ class EmbeddedBroker(BrokerProvider):
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    def restart(self) -> str:
+        """Kill the broker (SIGKILL: its memory engine loses every topic) and start it on the same port.
+
+        For fault tests: clients reconnect to the same address and must notice the data is gone.
+        """
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+            self.process = None
+        return self.start()
 
     def stop(self) -> None:
         process, self.process = self.process, None

@@ -218,23 +218,42 @@ def _send(args: argparse.Namespace) -> int:
 
 async def _send_async(config: Config, bootstrap: str, requests: list[Any], wait: bool, timeout_s: float) -> int:
     from infra.broker import kafka_options
-    from infra.client import RequestProducer, ResultCollector
-    from workers.results_sink import result_to_json
+    from infra.client import RequestProducer
 
     kafka = kafka_options(config.broker, bootstrap)
     producer = RequestProducer(kafka, config.layout)
     await producer.start()
     try:
         await producer.send_many(requests)
+        print(f"tierflow: sent {len(requests)} requests", file=sys.stderr)
+        if not wait:
+            return 0
+        return await _wait_and_print(config, kafka, producer, requests, timeout_s)
     finally:
         await producer.stop()
-    print(f"tierflow: sent {len(requests)} requests", file=sys.stderr)
-    if not wait:
-        return 0
+
+
+async def _wait_and_print(
+    config: Config, kafka: dict[str, Any], producer: Any, requests: list[Any], timeout_s: float
+) -> int:
+    """Print each request's result as JSONL; resubmit what a broker that lost its data dropped."""
+    from infra.client import ResultCollector
+    from topics.admin import ensure_topics
+    from workers.results_sink import result_to_json
+
+    async def resend(lost: list[Any]) -> None:
+        """The broker lost its data: rebuild the topics (whoever is first), then send the unanswered again."""
+        await ensure_topics(kafka, config.partitions(), config.broker.replication_factor)
+        await producer.send_many(lost)
+
     collector = ResultCollector(kafka, config.layout)
     await collector.start()
     try:
-        missing = await collector.wait_for({r.id for r in requests}, timeout_s)
+        missing = await collector.wait_for(
+            {r.id for r in requests},
+            timeout_s,
+            resubmit=lambda ids: resend([r for r in requests if r.id in ids]),
+        )
     finally:
         await collector.stop()
     for request in requests:

@@ -9,8 +9,9 @@ counts raw duplicates separately so the repeats stay visible.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ from topics.names import TopicLayout
 from workers.produce import produce_all
 from workers.stage import PRODUCER_BATCH_BYTES
 from workers.telemetry import new_trace_headers
+
+log = logging.getLogger("tierflow.client")
 
 
 async def _stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
@@ -81,6 +84,10 @@ class ResultCollector:
     ) -> None:
         self.layout = layout
         self.topics = [layout.results, layout.dlq] + ([layout.answers] if include_answers else [])
+        self.broker_resets = 0
+        """How often the topics were found emptied under us (a memory broker that restarted)."""
+        self._read_upto: dict[TopicPartition, int] = {}
+        self._next_reset_check = 0.0
         self.collected = Collected()
         self._consumer = AIOKafkaConsumer(
             **kafka,
@@ -117,8 +124,25 @@ class ResultCollector:
     async def poll(self, timeout_ms: int = 200) -> list[str]:
         """Read what is available; return the request ids that got their first result or dead letter."""
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
+        for tp, records in batches.items():
+            self._read_upto[tp] = max(self._read_upto.get(tp, 0), records[-1].offset + 1)
         settled = (self._take(tp.topic, record.value or b"") for tp, records in batches.items() for record in records)
         return [request_id for request_id in settled if request_id is not None]
+
+    async def lost_broker_data(self) -> bool:
+        """True (once per event) when a partition now ends before what we already read: the data is gone."""
+        if time.monotonic() < self._next_reset_check:
+            return False
+        self._next_reset_check = time.monotonic() + 1.0
+        try:
+            ends = await self._consumer.end_offsets(list(self._consumer.assignment()))
+        except KafkaError:
+            return False  # topics missing or broker away right now; look again later
+        if any(ends.get(tp, 0) < upto for tp, upto in self._read_upto.items()):
+            self.broker_resets += 1
+            self._read_upto.clear()
+            return True
+        return False
 
     def _take(self, topic: str, value: bytes) -> str | None:
         c = self.collected
@@ -151,8 +175,13 @@ class ResultCollector:
         timeout_s: float,
         on_progress: Callable[[int], None] | None = None,
         stop: asyncio.Event | None = None,
+        resubmit: Callable[[set[str]], Awaitable[None]] | None = None,
     ) -> set[str]:
-        """Poll until every id has a result or a dead letter, the timeout, or ``stop``; return the missing ids."""
+        """Poll until every id has a result or a dead letter, the timeout, or ``stop``; return the missing ids.
+
+        With ``resubmit``, a broker that lost its data is noticed and the ids still missing are handed to
+        it, so no request the client holds is silently dropped.
+        """
         deadline = time.monotonic() + timeout_s
         missing = set(ids) - self.collected.results.keys() - self.collected.dead_ids
         while True:
@@ -160,5 +189,8 @@ class ResultCollector:
             if on_progress and settled:
                 on_progress(len(settled))
             missing.difference_update(settled)
+            if resubmit is not None and missing and await self.lost_broker_data():
+                log.warning("the broker lost its data: resubmitting %d unanswered requests", len(missing))
+                await resubmit(set(missing))
             if not missing or time.monotonic() > deadline or (stop is not None and stop.is_set()):
                 return missing

@@ -31,6 +31,7 @@ from infra.datasets import Item, load_items
 from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
 from infra.report import RunFacts, build_report
+from topics.admin import ensure_topics
 from topics.errors import BrokerError, Interrupted
 from topics.messages import Request
 from workers.backends.base import create_backend
@@ -68,6 +69,12 @@ async def _send_paced(producer: RequestProducer, requests: list[Request], rate: 
         await producer.send_many([msgspec.structs.replace(r, created_at=now) for r in requests[start : start + step]])
 
 
+async def _resubmit(config: Config, kafka: dict[str, Any], producer: RequestProducer, lost: list[Request]) -> None:
+    """The broker lost its data: rebuild the topics (whoever is first), then send the unanswered requests again."""
+    await ensure_topics(kafka, config.partitions(), config.broker.replication_factor)
+    await _send_paced(producer, lost, 0.0)
+
+
 async def stream(
     config: Config, bootstrap: str, items: list[Item], options: DemoOptions, console: Console
 ) -> dict[str, Any]:
@@ -100,7 +107,11 @@ async def stream(
                 started = time.monotonic()
                 sender = asyncio.create_task(_send_paced(producer, requests, options.rate))
                 missing = await collector.wait_for(
-                    {r.id for r in requests}, options.timeout_s, lambda n: progress.advance(bar, n), interrupted
+                    {r.id for r in requests},
+                    options.timeout_s,
+                    lambda n: progress.advance(bar, n),
+                    interrupted,
+                    resubmit=lambda ids: _resubmit(config, kafka, producer, [r for r in requests if r.id in ids]),
                 )
                 if interrupted.is_set():
                     raise Interrupted("interrupted; everything started was stopped")

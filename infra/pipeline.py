@@ -13,6 +13,7 @@ from ray.exceptions import RayError
 
 from infra.broker import kafka_options
 from infra.config import Config
+from infra.watchdog import BrokerWatchdog
 from topics.admin import ensure_topics
 from topics.errors import TierflowError
 from workers.actors import StageActor, StageSpec
@@ -47,6 +48,10 @@ class Pipeline:
         self.config = config
         self.bootstrap = bootstrap
         self.pools: dict[str, Pool] = {}
+        self.watchdog = BrokerWatchdog(
+            kafka_options(config.broker, bootstrap), config.partitions(), config.broker.replication_factor
+        )
+        self._watching: asyncio.Task[None] | None = None
 
     def _plan(self) -> None:
         c = self.config
@@ -78,6 +83,16 @@ class Pipeline:
             for spec in pool.specs:
                 self._launch(pool, spec)
         await self.wait_ready(ready_timeout_s)
+        self._watching = asyncio.create_task(self._watch())
+
+    async def _watch(self, interval_s: float = 1.0) -> None:
+        """Rebuild the topics whenever the broker turns out to have lost them."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if await self.watchdog.check():
+                for pool in self.pools.values():
+                    for actor in pool.actors:
+                        actor.rewind.remote()
 
     def _launch(self, pool: Pool, spec: StageSpec) -> None:
         actor = StageActor.options(**pool.options).remote(spec)  # type: ignore[attr-defined]
@@ -156,6 +171,11 @@ class Pipeline:
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Graceful stop of every replica (finish, commit, leave group), then kill leftovers."""
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+            self._watching = None
         pools, self.pools = list(self.pools.values()), {}
         await asyncio.gather(
             *(self._stop_actor(a, r, timeout_s) for pool in pools for a, r in zip(pool.actors, pool.runs, strict=True))

@@ -134,6 +134,12 @@ class StageActor:
         self._request_stop()
 
     @ray.method(concurrency_group="control")
+    def rewind(self) -> None:
+        """The broker lost its data: read the rebuilt topics from their beginning."""
+        if self._event_loop is not None and self.loop is not None:
+            self._event_loop.call_soon_threadsafe(self.loop.request_rewind)
+
+    @ray.method(concurrency_group="control")
     def node_id(self) -> str:
         """The Ray node this replica runs on (placement checks, ``tierflow status``)."""
         return str(ray.get_runtime_context().get_node_id())

@@ -88,6 +88,7 @@ class StageStats:
     dead_letters: int = 0
     batches: int = 0
     commit_failures: int = 0
+    send_failures: int = 0
     process_failures: int = 0
     assigned: list[tuple[str, int]] = field(default_factory=list)
 
@@ -136,6 +137,7 @@ class StageLoop(Generic[M]):
         self.idle = asyncio.Event()
         self.idle.set()
         self._stopping = asyncio.Event()
+        self._rewind = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -173,6 +175,11 @@ class StageLoop(Generic[M]):
             await self._close()
         return self.stats
 
+    def request_rewind(self) -> None:
+        """Read every assigned partition from its beginning again: the broker lost its data and the
+        topics were rebuilt empty, so the old positions point past their ends."""
+        self._rewind = True
+
     def request_stop(self) -> None:
         """Stop fetching; the batch in flight finishes and commits first. Safe to call twice."""
         self._stopping.set()
@@ -190,6 +197,10 @@ class StageLoop(Generic[M]):
 
     async def _poll_once(self) -> None:
         assert self._consumer is not None
+        if self._rewind:
+            self._rewind = False
+            if self._consumer.assignment():
+                await self._consumer.seek_to_beginning(*self._consumer.assignment())
         fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=200, max_records=self.max_batch))
         stop = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -217,8 +228,26 @@ class StageLoop(Generic[M]):
             except DecodeError as exc:
                 out.append(self._dead_letter(record, exc))
         out += await self._process_with_spans(good)
-        await self._send(out)
+        try:
+            await self._send(out)
+        except KafkaError as exc:
+            # Not acknowledged (broker away, topic gone): never commit; read the batch again and redo it.
+            self.stats.send_failures += 1
+            log.warning("stage %s: produce failed, batch will be redone: %r", self.handler.stage, exc)
+            self._seek_back(records)
+            await asyncio.sleep(0.5)
+            return
         await self._commit(records)
+
+    def _seek_back(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._consumer is not None
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        for tp, offset in first.items():
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, offset)
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> M:
         value = record.value or b""
