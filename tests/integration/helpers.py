@@ -71,3 +71,13 @@ async def await_delivered(config: Config, count: int) -> list[str]:
         if len(set(delivered)) >= count or time.monotonic() > deadline:
             return delivered
         await asyncio.sleep(0.2)
+
+
+async def await_delivered_ids(config: Config, ids: set[str]) -> list[str]:
+    """The sink's delivered ids once they include ``ids`` (or the wait bound passed)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        delivered = delivered_ids(config)
+        if ids <= set(delivered) or time.monotonic() > deadline:
+            return delivered
+        await asyncio.sleep(0.2)
