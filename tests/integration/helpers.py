@@ -63,17 +63,7 @@ def delivered_ids(config: Config) -> list[str]:
     return [row["id"] for row in delivered_rows(config)]
 
 
-async def await_delivered(config: Config, count: int) -> list[str]:
-    """The sink's delivered ids once it holds ``count`` distinct ones (or the wait bound passed)."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        delivered = delivered_ids(config)
-        if len(set(delivered)) >= count or time.monotonic() > deadline:
-            return delivered
-        await asyncio.sleep(0.2)
-
-
-async def await_delivered_ids(config: Config, ids: set[str]) -> list[str]:
+async def await_delivered(config: Config, ids: set[str]) -> list[str]:
     """The sink's delivered ids once they include ``ids`` (or the wait bound passed)."""
     deadline = time.monotonic() + WAIT_S
     while True:

@@ -16,7 +16,7 @@ from topics import Status
 
 from ..history import check_history, total_lag
 from .conftest import WAIT_S, running, sim_tier, simulated_config
-from .helpers import await_delivered_ids, make_requests, send_and_await_some, send_and_collect
+from .helpers import await_delivered, make_requests, send_and_await_some, send_and_collect
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
@@ -188,7 +188,7 @@ async def test_a_restarted_broker_is_detected_topics_rebuilt_and_held_requests_r
                     await producer.send_many([by_id[i] for i in sorted(ids)])
 
                 missing = await collector.wait_for(set(by_id), WAIT_S, resubmit=resubmit)
-                delivered = await await_delivered_ids(config, set(by_id) - answered_before)
+                delivered = await await_delivered(config, set(by_id) - answered_before)
             finally:
                 await producer.stop()
                 await collector.stop()

@@ -64,7 +64,7 @@ async def test_every_request_gets_exactly_one_result_on_the_path_the_policy_chos
     requests = make_requests(300)
     async with running(config, bootstrap, kafka):
         collector = await send_and_collect(config, kafka, requests)
-        delivered = await await_delivered(config, len(requests))
+        delivered = await await_delivered(config, {r.id for r in requests})
     results = collector.collected.results
     assert set(results) == {r.id for r in requests}
     assert collector.collected.dead_letters == []
@@ -158,7 +158,7 @@ async def test_graceful_stop_mid_stream_loses_nothing(tmp_path: Path, bootstrap:
         second = await _restart(config, first)
         try:
             missing = await collector.wait_for(ids, WAIT_S)
-            delivered = await await_delivered(config, len(ids))
+            delivered = await await_delivered(config, ids)
         finally:
             await asyncio.wait_for(second.stop(), timeout=WAIT_S)
             await collector.stop()
@@ -283,7 +283,7 @@ async def test_duplicate_request_ids_get_one_delivered_result(
     async with running(config, bootstrap, kafka):
         first = await send_and_collect(config, kafka, requests + requests)  # the same ids twice, together
         later = await send_and_collect(config, kafka, requests)  # and once more after they were answered
-        await await_delivered(config, len(requests))
+        await await_delivered(config, {r.id for r in requests})
         await asyncio.sleep(1.0)  # a late second delivery would show up here
         rows = delivered_rows(config)
     assert sorted(row["id"] for row in rows) == sorted(r.id for r in requests), "each id is delivered exactly once"
