@@ -1,36 +1,48 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -> installs into .venv and runs the demo on an embedded broker + local Ray
-#   make test   -> installs into .venv (with test extras) and runs the whole test suite
+#   make test   -> installs into .venv (with test extras and the LLM runtime) and runs the whole test suite
+#   make demo-llm -> installs the LLM runtime and streams MMLU through three local LLMs
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 ARGS ?=
+# llama-cpp-python compiles from source; only the library is needed, not llama.cpp's tools.
+export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-llm test lint bench bench-llm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[$*]"
+	touch $@
 
-demo: $(STAMP)
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+demo: $(VENV)/.installed
 	$(BIN)/tierflow demo $(ARGS)
 
-test: $(STAMP)
+demo-llm: $(VENV)/.installed-llm
+	$(BIN)/tierflow demo --portfolio mmlu-llm $(ARGS)
+
+test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	$(BIN)/python -m pytest $(ARGS)
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-test
 	$(BIN)/python load_tests/pipeline_throughput.py --json pipeline_throughput.json
+
+bench-llm: $(VENV)/.installed-test
+	$(BIN)/python load_tests/llm_tiers.py --json llm_tiers.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

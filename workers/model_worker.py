@@ -80,8 +80,10 @@ class ModelWorker(Handler[Task]):
         )
 
     def _to_answer(self, task: Task, completion: Completion) -> Answer:
-        confidence, error = completion.confidence, None
-        if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+        confidence, error = completion.confidence, completion.error
+        if error is not None:
+            confidence = 0.0
+        elif not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
             confidence, error = 0.0, f"invalid confidence {confidence!r}"
         features = {k: float(v) for k, v in completion.features.items() if math.isfinite(v)}
         return Answer(

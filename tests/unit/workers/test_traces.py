@@ -1,0 +1,54 @@
+"""The trace file format: round trip, torn last lines, bad lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from topics.errors import DataError
+from workers.traces import TraceRow, append_rows, models_of, read_trace, truncate_torn_tail
+
+
+def row(item: str, tier: str, **changes: object) -> TraceRow:
+    fields: dict[str, object] = {
+        "item_id": item, "dataset": "mmlu", "input": f"question {item}?", "label": "B", "tier": tier,
+        "model": f"model-{tier}", "output": "B", "correct": True, "confidence": 0.75,
+        "features": {"max_prob": 0.75, "margin": 0.5}, "tokens_in": 12, "tokens_out": 1,
+        "latency_ms": 3.25, "cost": 1.5e-7, "category": "anatomy",
+    }  # fmt: skip
+    fields.update(changes)
+    return TraceRow(**fields)  # type: ignore[arg-type]
+
+
+def test_rows_round_trip_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    rows = [row("1", "small"), row("1", "large", confidence=0.1 + 0.2, error="timeout"), row("2", "small")]
+    append_rows(path, rows[:2])
+    append_rows(path, rows[2:])
+    assert read_trace(path) == rows
+    assert models_of(rows) == ["small", "large"]
+
+
+def test_a_torn_last_line_is_skipped_and_can_be_cut(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    append_rows(path, [row("1", "small"), row("2", "small")])
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-20])  # killed mid-write
+    assert [r.item_id for r in read_trace(path)] == ["1"]
+    truncate_torn_tail(path)
+    assert path.read_bytes() == whole[: whole.index(b"\n") + 1]
+
+
+def test_a_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    append_rows(path, [row("1", "small")])
+    with path.open("a") as handle:
+        handle.write('{"item_id": "2"}\n')
+    with pytest.raises(DataError, match=r"t.jsonl:2: not a trace row"):
+        read_trace(path)
+    path.write_text("not json\n")
+    with pytest.raises(DataError, match=r"t.jsonl:1: not JSON"):
+        read_trace(path)
+    with pytest.raises(DataError, match="cannot read trace"):
+        read_trace(tmp_path / "missing.jsonl")

@@ -1,0 +1,189 @@
+"""The ``llamacpp`` backend: a GGUF model in process, through llama-cpp-python.
+
+Options (besides the common LLM options of ``workers.backends.llm``):
+
+* ``model`` (required): a registry name (``smollm2-135m``, ``qwen2.5-coder-0.5b``,
+  ``qwen2.5-coder-1.5b``, ``gemma3-270m``; fetched and verified on first use) or a
+  path to a ``.gguf`` file.
+* ``n_ctx`` (2048), ``n_batch`` (512), ``n_threads`` (0: llama.cpp's default),
+  ``gpu_layers`` (default: every layer when llama.cpp was built with GPU offload,
+  else none).
+
+Why our own decoding loop instead of ``create_completion``: token log-probs from
+``create_completion`` need ``logits_all=True``, which keeps ``n_ctx x n_vocab``
+floats (1.2 GB for Qwen's 152k vocabulary at n_ctx 2048). We evaluate the prompt,
+read only the last position's logits (``llama_get_logits_ith(ctx, -1)``), and
+log-softmax them ourselves; choice mode needs exactly one such read, generate mode
+one per token. Sampling is seeded per request and sample, so a replayed request
+gets the same answer. The log-probs reported are those of the untempered
+distribution, as an OpenAI-compatible server reports them.
+
+The model is loaded once in ``load()`` (when the worker actor starts); inference
+runs in a thread so the stage loop stays responsive, one query at a time under a
+lock (a llama.cpp context is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from topics.errors import ConfigError
+from workers.artifacts import resolve_model
+from workers.backends.base import Backend, Completion, Query, register_backend
+from workers.backends.confidence import log_softmax, logsumexp
+from workers.backends.llm import (
+    Sample,
+    choice_completion,
+    generate_completion,
+    option_token_texts,
+    parse_llm_options,
+    request_seed,
+)
+
+BACKEND_KEYS = ("n_ctx", "n_batch", "n_threads", "gpu_layers")
+INSTALL_HINT = "llama-cpp-python is not installed: pip install 'tierflow[llm]' (compiles for about 8 minutes)"
+
+
+def _int_option(tier: str, options: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"tier {tier!r} option {name!r} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+@register_backend("llamacpp")
+class LlamaCppBackend(Backend):
+    def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
+        super().__init__(tier, options)
+        self.llm_options = parse_llm_options(tier, options, BACKEND_KEYS)
+        model = options.get("model")
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"tier {tier!r} option 'model' must name a registry model or a .gguf file")
+        self.model_spec = model
+        self.n_ctx = _int_option(tier, options, "n_ctx", 2048, 64, 1 << 20)
+        self.n_batch = _int_option(tier, options, "n_batch", 512, 1, 1 << 16)
+        self.n_threads = _int_option(tier, options, "n_threads", 0, 0, 1024)
+        self.gpu_layers: int | None = (
+            _int_option(tier, options, "gpu_layers", 0, -1, 10_000) if "gpu_layers" in options else None
+        )
+        self._llm: Any = None
+        self._lock = threading.Lock()
+        self._option_tokens: dict[str, tuple[int, ...]] = {}
+
+    def load(self) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise ConfigError(INSTALL_HINT) from exc
+        path = resolve_model(self.model_spec)
+        gpu_layers = self.gpu_layers
+        if gpu_layers is None:
+            gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        self._llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=self.n_ctx,
+            n_batch=self.n_batch,
+            n_threads=self.n_threads or None,
+            n_gpu_layers=gpu_layers,
+            logits_all=False,
+            verbose=False,
+        )
+        self._option_tokens = {c: self._first_tokens(option_token_texts(c)) for c in self.llm_options.choices}
+
+    def _first_tokens(self, spellings: Sequence[str]) -> tuple[int, ...]:
+        """The distinct first tokens of each spelling of an option (``" A"`` and ``"A"``)."""
+        firsts = {self._llm.tokenize(s.encode("utf-8"), add_bos=False, special=False)[0] for s in spellings}
+        return tuple(sorted(firsts))
+
+    @property
+    def loaded(self) -> Any:
+        if self._llm is None:
+            raise RuntimeError("llamacpp backend used before load()")
+        return self._llm
+
+    async def infer(self, batch: Sequence[Query]) -> list[Completion]:
+        return await asyncio.to_thread(self._infer_all, batch)
+
+    def _infer_all(self, batch: Sequence[Query]) -> list[Completion]:
+        with self._lock:
+            return [self._infer_one(query) for query in batch]
+
+    def _infer_one(self, query: Query) -> Completion:
+        started = time.perf_counter()
+        opts = self.llm_options
+        prompt = self.loaded.tokenize(opts.render(query.input).encode("utf-8"), add_bos=True, special=True)
+        room = self.n_ctx - (1 if opts.mode == "choice" else opts.max_tokens)
+        if len(prompt) > room:
+            error = f"prompt of {len(prompt)} tokens does not fit the context ({self.n_ctx} tokens)"
+            return Completion("", 0.0, tokens_in=len(prompt), error=error)
+        if opts.mode == "choice":
+            logprobs = self._next_logprobs(prompt, reset=True)
+            options = {c: logsumexp([float(logprobs[t]) for t in self._option_tokens[c]]) for c in opts.choices}
+            return choice_completion(opts, options, len(prompt), time.perf_counter() - started)
+        samples = self._generate(query.request_id, prompt)
+        return generate_completion(opts, samples, len(prompt), time.perf_counter() - started)
+
+    def _next_logprobs(self, tokens: Sequence[int], reset: bool) -> npt.NDArray[np.float64]:
+        """Evaluate ``tokens`` (after the cache, or from scratch) and return the next token's log-probs."""
+        import llama_cpp
+
+        llm = self.loaded
+        if reset:
+            llm.reset()
+        llm.eval(tokens)
+        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return log_softmax(np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)))
+
+    def _generate(self, request_id: str, prompt: Sequence[int]) -> list[Sample]:
+        opts = self.llm_options
+        llm = self.loaded
+        first = self._next_logprobs(prompt, reset=True)
+        state = llm.save_state() if opts.samples > 1 else None
+        samples = []
+        for index in range(opts.samples):
+            if index and state is not None:
+                llm.load_state(state)
+            rng = np.random.default_rng(request_seed(opts.seed, request_id, index))
+            samples.append(self._decode(first, rng))
+        return samples
+
+    def _decode(self, logprobs: npt.NDArray[np.float64], rng: np.random.Generator) -> Sample:
+        """Generate up to ``max_tokens`` from the state whose next-token log-probs are ``logprobs``."""
+        import llama_cpp
+
+        opts = self.llm_options
+        llm = self.loaded
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        tokens: list[int] = []
+        chosen: list[float] = []
+        text = ""
+        for step in range(opts.max_tokens):
+            if step:
+                logprobs = self._next_logprobs([tokens[-1]], reset=False)
+            token = self._pick(logprobs, rng)
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            tokens.append(token)
+            chosen.append(float(logprobs[token]))
+            text = llm.detokenize(tokens).decode("utf-8", errors="replace")
+            cut = min((text.find(s) for s in opts.stop if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+                break
+        return Sample(text, tuple(chosen))
+
+    def _pick(self, logprobs: npt.NDArray[np.float64], rng: np.random.Generator) -> int:
+        temperature = self.llm_options.temperature
+        if temperature == 0.0:
+            return int(np.argmax(logprobs))
+        scaled = logprobs / temperature
+        probs = np.exp(scaled - scaled.max())
+        return int(rng.choice(probs.size, p=probs / probs.sum()))
+

@@ -1,0 +1,176 @@
+"""What the LLM backends (``llamacpp``, ``openai``) share: options, prompts, cost, completions.
+
+Both backends take the same tier options and turn model outputs into Completions
+through the same functions, so a tier can move between an in-process GGUF and an
+HTTP endpoint without its policy noticing.
+
+Options (``[[tiers]] options = {...}``):
+
+* ``mode``: ``choice`` (default) scores the fixed ``choices`` (default ``A``-``D``)
+  from the next-token distribution after the prompt; ``generate`` writes free text.
+* ``prompt``: template with ``{input}`` (default ``"{input}"``).
+* ``max_tokens`` (32), ``temperature`` (0.0: greedy), ``samples`` (1), ``stop``
+  (list of strings), ``seed`` (0) for generate mode. With ``samples > 1`` the
+  answer is the majority's and the confidence is the agreement between samples.
+* cost: ``price_per_input_token`` and ``price_per_output_token`` (USD per token)
+  when given, else measured compute seconds x ``price_per_cpu_second`` (1e-4).
+
+Confidence: in choice mode the renormalised probability of the chosen option
+(``max_prob``); in generate mode with one sample, the geometric mean of the tokens'
+probabilities, ``exp(logprob_mean)``; with several samples, their agreement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from topics.errors import ConfigError
+from workers.backends.base import Completion
+from workers.backends.confidence import agreement, logprob_features, option_features
+
+Mode = Literal["choice", "generate"]
+DEFAULT_CHOICES: tuple[str, ...] = ("A", "B", "C", "D")
+DEFAULT_PRICE_PER_CPU_SECOND = 1e-4
+
+
+@dataclass(frozen=True, slots=True)
+class LLMOptions:
+    mode: Mode = "choice"
+    prompt: str = "{input}"
+    choices: tuple[str, ...] = DEFAULT_CHOICES
+    max_tokens: int = 32
+    temperature: float = 0.0
+    samples: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    price_per_input_token: float = 0.0
+    price_per_output_token: float = 0.0
+    price_per_cpu_second: float = DEFAULT_PRICE_PER_CPU_SECOND
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Backend-specific options, validated by the backend."""
+
+    def render(self, text: str) -> str:
+        return self.prompt.replace("{input}", text)
+
+    def cost(self, tokens_in: int, tokens_out: int, seconds: float) -> float:
+        if self.price_per_input_token or self.price_per_output_token:
+            return tokens_in * self.price_per_input_token + tokens_out * self.price_per_output_token
+        return seconds * self.price_per_cpu_second
+
+
+_COMMON = {
+    "mode", "prompt", "choices", "max_tokens", "temperature", "samples", "stop", "seed",
+    "price_per_input_token", "price_per_output_token", "price_per_cpu_second", "model",
+}  # fmt: skip
+
+
+def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Sequence[str]) -> LLMOptions:
+    """Validate the common options; unknown keys (not common, not ``backend_keys``) are errors."""
+
+    def key(name: str) -> str:
+        return f"tier {tier!r} option {name!r}"
+
+    def number(name: str, kind: type, default: float, lo: float, hi: float) -> Any:
+        value = options.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+            raise ConfigError(f"{key(name)} must be {kind.__name__}, got {value!r}")
+        if not (lo <= value <= hi):
+            raise ConfigError(f"{key(name)} must be in [{lo}, {hi}], got {value}")
+        return kind(value)
+
+    def strings(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = options.get(name, default)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{key(name)} must be a list of non-empty strings, got {value!r}")
+        return tuple(value)
+
+    unknown = sorted(set(options) - _COMMON - set(backend_keys))
+    if unknown:
+        raise ConfigError(f"{key(unknown[0])} is unknown; known: {', '.join(sorted(_COMMON | set(backend_keys)))}")
+    mode = options.get("mode", "choice")
+    if mode not in ("choice", "generate"):
+        raise ConfigError(f"{key('mode')} must be 'choice' or 'generate', got {mode!r}")
+    prompt = options.get("prompt", "{input}")
+    if not isinstance(prompt, str) or "{input}" not in prompt:
+        raise ConfigError(f"{key('prompt')} must be a string containing {{input}}")
+    choices = strings("choices", DEFAULT_CHOICES)
+    if mode == "choice" and len(set(choices)) < 2:
+        raise ConfigError(f"{key('choices')} needs at least two distinct options")
+    return LLMOptions(
+        mode=mode,
+        prompt=prompt,
+        choices=choices,
+        max_tokens=number("max_tokens", int, 32, 1, 32_768),
+        temperature=number("temperature", float, 0.0, 0.0, 5.0),
+        samples=number("samples", int, 1, 1, 64),
+        stop=strings("stop", ()),
+        seed=number("seed", int, 0, 0, 2**31 - 1),
+        price_per_input_token=number("price_per_input_token", float, 0.0, 0.0, 1.0),
+        price_per_output_token=number("price_per_output_token", float, 0.0, 0.0, 1.0),
+        price_per_cpu_second=number("price_per_cpu_second", float, DEFAULT_PRICE_PER_CPU_SECOND, 0.0, 1e3),
+        extra={k: v for k, v in options.items() if k in backend_keys},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One generated text with its tokens' log-probs."""
+
+    text: str
+    token_logprobs: tuple[float, ...]
+
+
+def choice_completion(
+    opts: LLMOptions, option_logprobs: Mapping[str, float], tokens_in: int, seconds: float
+) -> Completion:
+    """The Completion of a choice-mode query from each option's next-token log-prob."""
+    try:
+        best, features = option_features(option_logprobs)
+    except ValueError as exc:
+        return Completion("", 0.0, tokens_in=tokens_in, latency_ms=seconds * 1000, error=str(exc))
+    return Completion(
+        output=best,
+        confidence=features["max_prob"],
+        features=features,
+        tokens_in=tokens_in,
+        tokens_out=1,
+        cost=opts.cost(tokens_in, 1, seconds),
+        latency_ms=seconds * 1000,
+    )
+
+
+def generate_completion(opts: LLMOptions, samples: Sequence[Sample], tokens_in: int, seconds: float) -> Completion:
+    """The Completion of a generate-mode query: the majority sample, with token and agreement features."""
+    index, agree = agreement([s.text for s in samples])
+    chosen = samples[index]
+    features = logprob_features(chosen.token_logprobs)
+    if len(samples) > 1:
+        features["agreement"] = agree
+        confidence = agree
+    else:
+        confidence = math.exp(features["logprob_mean"]) if "logprob_mean" in features else 0.0
+    tokens_out = sum(len(s.token_logprobs) for s in samples)
+    return Completion(
+        output=chosen.text.strip(),
+        confidence=confidence,
+        features=features,
+        tokens_in=tokens_in * len(samples),
+        tokens_out=tokens_out,
+        cost=opts.cost(tokens_in * len(samples), tokens_out, seconds),
+        latency_ms=seconds * 1000,
+    )
+
+
+def option_token_texts(choice: str) -> tuple[str, ...]:
+    """How a tokenizer may spell an option as the next token: with and without a leading space."""
+    return (f" {choice}", choice)
+
+
+def request_seed(seed: int, request_id: str, sample: int) -> int:
+    """A 64-bit seed from ``(seed, request id, sample index)``: stable across processes."""
+    text = f"{seed}\x1f{request_id}\x1f{sample}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
