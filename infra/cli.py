@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         default="headlines",
         help=f"built-in portfolio ({', '.join(portfolio_names())}); default: headlines",
     )
-    demo.add_argument("--requests", type=int, default=500, metavar="N", help="requests to stream (default 500)")
+    demo.add_argument(
+        "--requests", type=int, default=None, metavar="N", help="requests to stream (default: the portfolio's, 500)"
+    )
     demo.add_argument(
         "--rate", type=float, default=0.0, metavar="R", help="requests per second (default 0: as fast as possible)"
     )
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from topics.errors import ConfigError
 
-    if args.requests < 1:
+    if args.requests is not None and args.requests < 1:
         raise ConfigError("--requests must be >= 1")
     if args.rate < 0:
         raise ConfigError("--rate must be >= 0")

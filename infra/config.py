@@ -122,6 +122,8 @@ class TierConfig:
     """Expected cost per call, for routing; the backend reports the actual cost."""
     batch_size: int = 32
     options: Mapping[str, Any] = field(default_factory=dict)
+    optional: bool = False
+    """The demo leaves this tier out (saying why) when its backend cannot load, e.g. recorded data absent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,8 @@ class Config:
     """Where the results sink appends delivered results (JSONL); empty: no file sink."""
     dataset: str = ""
     """The labelled data set the demo streams through this portfolio."""
+    demo_requests: int = 500
+    """How many items ``tierflow demo`` streams by default (LLM portfolios need fewer)."""
 
     @property
     def layout(self) -> TopicLayout:
@@ -210,6 +214,7 @@ def _tier(data: object, index: int) -> TierConfig:
         cost=s.number("cost", float, 0.0, 0.0),
         batch_size=s.number("batch_size", int, 32, 1, 100_000),
         options=dict(s.table("options").data),
+        optional=s.get("optional", bool, False),
     )
     s.finish()
     return tier
@@ -279,16 +284,18 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         sink=_stage(root, "sink"),
         results_path=root.get("results_path", str, ""),
         dataset=root.get("dataset", str, ""),
+        demo_requests=root.number("demo_requests", int, 500, 1, 10_000_000),
     )
     root.finish()
     return config
 
 
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file; a relative ``results_path`` is taken from the file's folder.
+    """Read and validate a TOML config file; relative paths are taken from the file's folder.
 
     Stage replicas do not share the caller's working directory, so every path they
-    see must be absolute.
+    see must be absolute: ``results_path``, and the tier options that name files
+    (``trace``, and a ``model`` ending in ``.gguf``).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -299,9 +306,19 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     config = parse_config(data)
+    folder = Path(path).resolve().parent
     if config.results_path and not Path(config.results_path).is_absolute():
-        config = replace(config, results_path=str(Path(path).resolve().parent / config.results_path))
-    return config
+        config = replace(config, results_path=str(folder / config.results_path))
+    return replace(config, tiers=tuple(_absolute_paths(tier, folder) for tier in config.tiers))
+
+
+def _absolute_paths(tier: TierConfig, folder: Path) -> TierConfig:
+    options = dict(tier.options)
+    for key, value in tier.options.items():
+        names_file = key == "trace" or (key == "model" and str(value).endswith(".gguf"))
+        if names_file and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            options[key] = str(folder / value)
+    return replace(tier, options=options)
 
 
 PORTFOLIO_DIR = Path(__file__).with_name("portfolios")

@@ -32,15 +32,16 @@ from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
 from infra.report import RunFacts, build_report
 from topics.admin import ensure_topics
-from topics.errors import BrokerError, Interrupted
+from topics.errors import BrokerError, ConfigError, DataError, Interrupted
 from topics.messages import Request
-from workers.backends.base import create_backend
+from workers.backends.base import Query, create_backend
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     portfolio: str = "headlines"
-    requests: int = 500
+    requests: int | None = None
+    """None: the portfolio's ``demo_requests``."""
     rate: float = 0.0
     """Requests per second; 0 sends as fast as the broker takes them."""
     seed: int = 0
@@ -49,13 +50,36 @@ class DemoOptions:
     run_dir: str = ""
 
 
-def prepare_backends(config: Config, console: Console) -> None:
-    """Train or load every tier's model once here, so actors start from the cache in seconds."""
+def prepare_backends(config: Config, probe: Item, console: Console) -> tuple[Config, float]:
+    """Load every tier once here (weights fetched, models trained) and time one query on each.
+
+    Actors then start from the cache in seconds, and the timings give the user an
+    estimate of the run's length before it starts: the second value returned is the
+    seconds one request takes if it climbs every tier. An ``optional`` tier whose
+    backend cannot load (its data are not on this machine) is left out, with the reason.
+    """
+    kept = []
     for tier in config.tiers:
         with console.status(f"preparing tier {tier.name} ({tier.backend})…"):
             started = time.perf_counter()
-            create_backend(tier.backend, tier.name, tier.options).load()
-        console.print(f"  tier [bold]{tier.name}[/] ready in {time.perf_counter() - started:.1f}s")
+            backend = create_backend(tier.backend, tier.name, tier.options)
+            try:
+                backend.load()
+            except (ConfigError, DataError) as exc:
+                if not tier.optional:
+                    raise
+                console.print(f"  tier [bold]{tier.name}[/] left out: {exc}")
+                continue
+            loaded = time.perf_counter()
+            asyncio.run(backend.infer([Query(probe.id, probe.text)]))
+            per_query = time.perf_counter() - loaded
+        console.print(
+            f"  tier [bold]{tier.name}[/] ready in {loaded - started:.1f}s, {per_query * 1000:.0f} ms per query"
+        )
+        kept.append((tier, per_query))
+    if not kept:
+        raise ConfigError("no tier of the portfolio could be prepared")
+    return replace(config, tiers=tuple(tier for tier, _ in kept)), sum(seconds for _, seconds in kept)
 
 
 async def _send_paced(producer: RequestProducer, requests: list[Request], rate: float) -> None:
@@ -187,10 +211,16 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = load_portfolio(options.portfolio)
     config = replace(config, namespace=f"demo-{uuid.uuid4().hex[:8]}", results_path=str(run_dir / "results.jsonl"))
-    console.print(f"[bold]tierflow demo[/]: portfolio [bold]{options.portfolio}[/], {options.requests} requests")
+    requests = options.requests or config.demo_requests
+    console.print(f"[bold]tierflow demo[/]: portfolio [bold]{options.portfolio}[/], {requests} requests")
     console.print(f"  run dir (broker log, delivered results): {run_dir}")
-    items = load_items(config.dataset, options.requests, options.seed)
-    prepare_backends(config, console)
+    items = load_items(config.dataset, requests, options.seed)
+    config, climb_s = prepare_backends(config, items[0], console)
+    if climb_s * requests > 20:
+        console.print(
+            f"  expect up to ~{climb_s * requests / 60:.0f} min ({climb_s:.1f}s per request that climbs every tier; "
+            "less when cheap tiers answer); --requests N changes the size"
+        )
     broker = EmbeddedBroker(log_dir=run_dir)
     ray_started = False
     try:

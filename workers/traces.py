@@ -35,6 +35,7 @@ Columns (every row has every column; ``features`` is a flat object of floats):
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -92,10 +93,8 @@ def read_trace(path: str | Path) -> list[TraceRow]:
         except msgspec.DecodeError as exc:
             raise DataError(f"{path}:{number}: not JSON: {exc}") from exc
     if torn.strip():
-        try:
+        with contextlib.suppress(msgspec.MsgspecError):
             rows.append(_DECODER.decode(torn))
-        except msgspec.MsgspecError:
-            pass
     return rows
 
 

@@ -95,11 +95,3 @@ def agreement(outputs: Sequence[str]) -> tuple[int, float]:
     majority, count = Counter(normalised).most_common(1)[0]
     return normalised.index(majority), count / len(outputs)
 
-
-def logsumexp(values: Sequence[float]) -> float:
-    """log(sum(exp(v))) that tolerates ``-inf`` entries (and all of them)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return -math.inf
-    top = max(finite)
-    return top + math.log(sum(math.exp(v - top) for v in finite))

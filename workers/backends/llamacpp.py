@@ -37,12 +37,11 @@ import numpy.typing as npt
 from topics.errors import ConfigError
 from workers.artifacts import resolve_model
 from workers.backends.base import Backend, Completion, Query, register_backend
-from workers.backends.confidence import log_softmax, logsumexp
+from workers.backends.confidence import log_softmax
 from workers.backends.llm import (
     Sample,
     choice_completion,
     generate_completion,
-    option_token_texts,
     parse_llm_options,
     request_seed,
 )
@@ -75,7 +74,7 @@ class LlamaCppBackend(Backend):
         )
         self._llm: Any = None
         self._lock = threading.Lock()
-        self._option_tokens: dict[str, tuple[int, ...]] = {}
+        self._option_tokens: dict[str, int] = {}
 
     def load(self) -> None:
         try:
@@ -95,12 +94,13 @@ class LlamaCppBackend(Backend):
             logits_all=False,
             verbose=False,
         )
-        self._option_tokens = {c: self._first_tokens(option_token_texts(c)) for c in self.llm_options.choices}
+        opts = self.llm_options
+        self._option_tokens = {c: self._first_token(opts.spelling(c)) for c in opts.choices}
 
-    def _first_tokens(self, spellings: Sequence[str]) -> tuple[int, ...]:
-        """The distinct first tokens of each spelling of an option (``" A"`` and ``"A"``)."""
-        firsts = {self._llm.tokenize(s.encode("utf-8"), add_bos=False, special=False)[0] for s in spellings}
-        return tuple(sorted(firsts))
+    def _first_token(self, text: str) -> int:
+        """The token a choice is read as: the first of its spelling (one token for letters)."""
+        token: int = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[0]
+        return token
 
     @property
     def loaded(self) -> Any:
@@ -118,17 +118,31 @@ class LlamaCppBackend(Backend):
     def _infer_one(self, query: Query) -> Completion:
         started = time.perf_counter()
         opts = self.llm_options
-        prompt = self.loaded.tokenize(opts.render(query.input).encode("utf-8"), add_bos=True, special=True)
+        prompt = self._prompt_tokens(query.input)
         room = self.n_ctx - (1 if opts.mode == "choice" else opts.max_tokens)
         if len(prompt) > room:
             error = f"prompt of {len(prompt)} tokens does not fit the context ({self.n_ctx} tokens)"
             return Completion("", 0.0, tokens_in=len(prompt), error=error)
         if opts.mode == "choice":
-            logprobs = self._next_logprobs(prompt, reset=True)
-            options = {c: logsumexp([float(logprobs[t]) for t in self._option_tokens[c]]) for c in opts.choices}
+            options = self._option_logprobs(prompt)
             return choice_completion(opts, options, len(prompt), time.perf_counter() - started)
         samples = self._generate(query.request_id, prompt)
         return generate_completion(opts, samples, len(prompt), time.perf_counter() - started)
+
+    def _prompt_tokens(self, text: str) -> list[int]:
+        """The prompt as llama.cpp's server tokenizes it (BOS as the model wants, special tokens parsed)."""
+        rendered = self.llm_options.render(text).encode("utf-8")
+        tokens: list[int] = self.loaded.tokenize(rendered, add_bos=True, special=True)
+        return tokens
+
+    def option_logprobs(self, text: str) -> dict[str, float]:
+        """Each choice's log-prob as the next token after the rendered prompt (full-vocabulary distribution)."""
+        with self._lock:
+            return self._option_logprobs(self._prompt_tokens(text))
+
+    def _option_logprobs(self, prompt: Sequence[int]) -> dict[str, float]:
+        logprobs = self._next_logprobs(prompt, reset=True)
+        return {c: float(logprobs[self._option_tokens[c]]) for c in self.llm_options.choices}
 
     def _next_logprobs(self, tokens: Sequence[int], reset: bool) -> npt.NDArray[np.float64]:
         """Evaluate ``tokens`` (after the cache, or from scratch) and return the next token's log-probs."""

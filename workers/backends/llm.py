@@ -8,6 +8,9 @@ Options (``[[tiers]] options = {...}``):
 
 * ``mode``: ``choice`` (default) scores the fixed ``choices`` (default ``A``-``D``)
   from the next-token distribution after the prompt; ``generate`` writes free text.
+  Each choice is read as the token ``choice_prefix + choice`` (prefix default
+  ``" "``: after ``Answer:`` a model writes `` B``; use ``""`` when the prompt
+  ends in a space). One spelling per choice, so every backend reads the same token.
 * ``prompt``: template with ``{input}`` (default ``"{input}"``).
 * ``max_tokens`` (32), ``temperature`` (0.0: greedy), ``samples`` (1), ``stop``
   (list of strings), ``seed`` (0) for generate mode. With ``samples > 1`` the
@@ -42,6 +45,7 @@ class LLMOptions:
     mode: Mode = "choice"
     prompt: str = "{input}"
     choices: tuple[str, ...] = DEFAULT_CHOICES
+    choice_prefix: str = " "
     max_tokens: int = 32
     temperature: float = 0.0
     samples: int = 1
@@ -56,6 +60,10 @@ class LLMOptions:
     def render(self, text: str) -> str:
         return self.prompt.replace("{input}", text)
 
+    def spelling(self, choice: str) -> str:
+        """The text of the token that stands for ``choice`` after the prompt."""
+        return self.choice_prefix + choice
+
     def cost(self, tokens_in: int, tokens_out: int, seconds: float) -> float:
         if self.price_per_input_token or self.price_per_output_token:
             return tokens_in * self.price_per_input_token + tokens_out * self.price_per_output_token
@@ -63,7 +71,7 @@ class LLMOptions:
 
 
 _COMMON = {
-    "mode", "prompt", "choices", "max_tokens", "temperature", "samples", "stop", "seed",
+    "mode", "prompt", "choices", "choice_prefix", "max_tokens", "temperature", "samples", "stop", "seed",
     "price_per_input_token", "price_per_output_token", "price_per_cpu_second", "model",
 }  # fmt: skip
 
@@ -76,7 +84,8 @@ def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Seque
 
     def number(name: str, kind: type, default: float, lo: float, hi: float) -> Any:
         value = options.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        wrong_kind = kind is int and not isinstance(value, int)
+        if isinstance(value, bool) or not isinstance(value, int | float) or wrong_kind:
             raise ConfigError(f"{key(name)} must be {kind.__name__}, got {value!r}")
         if not (lo <= value <= hi):
             raise ConfigError(f"{key(name)} must be in [{lo}, {hi}], got {value}")
@@ -98,12 +107,16 @@ def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Seque
     if not isinstance(prompt, str) or "{input}" not in prompt:
         raise ConfigError(f"{key('prompt')} must be a string containing {{input}}")
     choices = strings("choices", DEFAULT_CHOICES)
+    prefix = options.get("choice_prefix", " ")
+    if not isinstance(prefix, str):
+        raise ConfigError(f"{key('choice_prefix')} must be a string")
     if mode == "choice" and len(set(choices)) < 2:
         raise ConfigError(f"{key('choices')} needs at least two distinct options")
     return LLMOptions(
         mode=mode,
         prompt=prompt,
         choices=choices,
+        choice_prefix=prefix,
         max_tokens=number("max_tokens", int, 32, 1, 32_768),
         temperature=number("temperature", float, 0.0, 0.0, 5.0),
         samples=number("samples", int, 1, 1, 64),
@@ -163,11 +176,6 @@ def generate_completion(opts: LLMOptions, samples: Sequence[Sample], tokens_in: 
         cost=opts.cost(tokens_in * len(samples), tokens_out, seconds),
         latency_ms=seconds * 1000,
     )
-
-
-def option_token_texts(choice: str) -> tuple[str, ...]:
-    """How a tokenizer may spell an option as the next token: with and without a leading space."""
-    return (f" {choice}", choice)
 
 
 def request_seed(seed: int, request_id: str, sample: int) -> int:

@@ -12,6 +12,15 @@ Options (besides the common LLM options):
   providers that only serve chat.
 * ``top_logprobs`` (20): alternatives read per position. In choice mode an option
   outside the top k gets probability 0, so keep k well above the number of options.
+* ``choice_logit_bias``: ``{token id: bias}`` sent in choice mode only. Choice mode
+  reads the distribution of the first generated token, which a server returns only
+  if it generates one: an instruct model whose most likely next token is its end of
+  turn stops with nothing. Biasing that token (e.g. ``{"2": -100}`` for SmolLM2)
+  makes the server generate; the log-probs it reports are those of the unbiased
+  distribution (llama.cpp, vLLM), so the features stay exact.
+* ``extra_body``: fields merged into every request, for server-specific sampling
+  settings, e.g. ``{ repeat_penalty = 1.0 }``: llama.cpp's server penalises
+  repeats by default (1.1), which the in-process backend never does.
 * ``api_key_env``: the name of the environment variable holding the API key (never
   the key itself); it must be set when the backend loads.
 * ``timeout_s`` (30), ``max_retries`` (3), ``backoff_s`` (0.5, doubled per retry,
@@ -35,18 +44,17 @@ from typing import Any
 
 from topics.errors import ConfigError
 from workers.backends.base import Backend, Completion, Query, register_backend
-from workers.backends.confidence import logsumexp
 from workers.backends.llm import (
     Sample,
     choice_completion,
     generate_completion,
-    option_token_texts,
     parse_llm_options,
     request_seed,
 )
 
 BACKEND_KEYS = (
     "base_url", "endpoint", "top_logprobs", "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency",
+    "choice_logit_bias", "extra_body",
 )  # fmt: skip
 RETRIABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
@@ -80,6 +88,16 @@ class OpenAIBackend(Backend):
         self.max_retries = int(_number(tier, options, "max_retries", 3, 0, 20))
         self.backoff_s = _number(tier, options, "backoff_s", 0.5, 0.0, 60)
         self.concurrency = int(_number(tier, options, "concurrency", 4, 1, 1024))
+        bias = options.get("choice_logit_bias", {})
+        if not isinstance(bias, Mapping) or not all(
+            str(k).isdigit() and isinstance(v, int | float) and not isinstance(v, bool) for k, v in bias.items()
+        ):
+            raise ConfigError(f"tier {tier!r} option 'choice_logit_bias' must map token ids to numbers")
+        self.choice_logit_bias = {str(k): float(v) for k, v in bias.items()}
+        extra = options.get("extra_body", {})
+        if not isinstance(extra, Mapping):
+            raise ConfigError(f"tier {tier!r} option 'extra_body' must be a table")
+        self.extra_body = dict(extra)
         self._client: Any = None
         self._limit: asyncio.Semaphore | None = None
         self._jitter = random.Random(tier)
@@ -91,7 +109,7 @@ class OpenAIBackend(Backend):
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise ConfigError(f"tier {self.tier!r}: environment variable {self.api_key_env} (the API key) is not set")
+                raise ConfigError(f"tier {self.tier!r}: the API key variable {self.api_key_env} is not set")
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.timeout_s)
 
@@ -112,14 +130,7 @@ class OpenAIBackend(Backend):
         started = time.perf_counter()
         try:
             if opts.mode == "choice":
-                body = await self._call(prompt, max_tokens=1, temperature=0.0, seed=opts.seed)
-                tokens_in, positions = self._parse(body)
-                if not positions:
-                    raise EndpointError("the endpoint returned no tokens")
-                top = positions[0][1]
-                options = {
-                    c: logsumexp([top.get(t, -math.inf) for t in option_token_texts(c)]) for c in opts.choices
-                }
+                tokens_in, options = await self._option_logprobs(prompt)
                 return choice_completion(opts, options, tokens_in, time.perf_counter() - started)
             samples = []
             tokens_in = 0
@@ -132,14 +143,37 @@ class OpenAIBackend(Backend):
         except EndpointError as exc:
             return Completion("", 0.0, latency_ms=(time.perf_counter() - started) * 1000, error=str(exc))
 
+    async def option_logprobs(self, text: str) -> dict[str, float]:
+        """Each choice's next-token log-prob after the rendered prompt; ``-inf`` outside the top k."""
+        if self._limit is None:
+            self._limit = asyncio.Semaphore(self.concurrency)
+        return (await self._option_logprobs(self.llm_options.render(text)))[1]
+
+    async def _option_logprobs(self, prompt: str) -> tuple[int, dict[str, float]]:
+        opts = self.llm_options
+        body = await self._call(prompt, 1, 0.0, opts.seed, logit_bias=self.choice_logit_bias)
+        tokens_in, positions = self._parse(body)
+        if not positions:
+            raise EndpointError("the model ended before choosing (see the choice_logit_bias option)")
+        top = positions[0][1]
+        return tokens_in, {c: top.get(opts.spelling(c), -math.inf) for c in opts.choices}
+
     async def _call(
-        self, prompt: str, max_tokens: int, temperature: float, seed: int, stop: Sequence[str] = ()
+        self,
+        prompt: str,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        stop: Sequence[str] = (),
+        logit_bias: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
-        payload: dict[str, Any] = {
+        payload: dict[str, Any] = self.extra_body | {
             "model": self.model_name, "max_tokens": max_tokens, "temperature": temperature, "seed": seed,
         }  # fmt: skip
         if stop:
             payload["stop"] = list(stop)
+        if logit_bias:
+            payload["logit_bias"] = dict(logit_bias)
         if self.endpoint == "chat":
             path = "/chat/completions"
             payload |= {"messages": [{"role": "user", "content": prompt}], "logprobs": True}
@@ -194,7 +228,8 @@ class OpenAIBackend(Backend):
             else:
                 tops = logprobs.get("top_logprobs") or []
                 for index, chosen in enumerate(logprobs.get("token_logprobs") or []):
-                    alternatives = {str(k): float(v) for k, v in (tops[index] or {}).items()} if index < len(tops) else {}
+                    top = (tops[index] if index < len(tops) else None) or {}
+                    alternatives = {str(k): float(v) for k, v in top.items()}
                     positions.append((float(chosen) if chosen is not None else -math.inf, alternatives))
             return tokens_in, positions
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:

@@ -67,3 +67,17 @@ def test_relative_results_path_is_taken_from_the_config_folder(tmp_path: Path) -
     path.parent.mkdir()
     path.write_text('results_path = "out/results.jsonl"\n[[tiers]]\nname = "a"\nbackend = "simulated"\n')
     assert load_config(path).results_path == str(tmp_path / "conf" / "out" / "results.jsonl")
+
+
+def test_relative_trace_and_gguf_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "tierflow.toml"
+    path.write_text(
+        '[[tiers]]\nname = "a"\nbackend = "replay"\noptions = { trace = "t.jsonl" }\n'
+        '[[tiers]]\nname = "b"\nbackend = "llamacpp"\noptions = { model = "m/x.gguf" }\n'
+        '[[tiers]]\nname = "c"\nbackend = "llamacpp"\noptions = { model = "smollm2-135m" }\n'
+    )
+    a, b, c = load_config(path).tiers
+    assert a.options["trace"] == str(tmp_path / "conf" / "t.jsonl")
+    assert b.options["model"] == str(tmp_path / "conf" / "m" / "x.gguf")
+    assert c.options["model"] == "smollm2-135m"

@@ -52,7 +52,7 @@ def test_a_corrupted_download_is_refused_and_nothing_is_cached(tmp_path: Path) -
     (tmp_path / "good").mkdir()
     good, _ = _chunked(tmp_path / "good", [b"a" * 1000, b"b" * 1000])
     item, wheels = _chunked(tmp_path, [b"a" * 1000, b"b" * 999 + b"X"], sha256=good.sha256)
-    with pytest.raises(DataError, match="sha256 .* expected .*refusing"):
+    with pytest.raises(DataError, match=r"sha256 .* expected .*refusing"):
         artifacts.assemble(item, wheels, item.path)
     assert not item.path.exists()
     assert list(item.path.parent.iterdir()) == []  # no partial file left behind

@@ -13,7 +13,6 @@ from workers.backends.confidence import (
     agreement,
     log_softmax,
     logprob_features,
-    logsumexp,
     normalise_answer,
     option_features,
 )
@@ -65,7 +64,3 @@ def test_agreement_is_the_majority_share_of_normalised_answers() -> None:
     assert agreement(["x"]) == (0, 1.0)
     assert normalise_answer("  The   answer: (B).  ") == "the answer: (b"
 
-
-def test_logsumexp_tolerates_minus_infinity() -> None:
-    assert logsumexp([math.log(0.25), math.log(0.25)]) == pytest.approx(math.log(0.5))
-    assert logsumexp([-math.inf, -math.inf]) == -math.inf

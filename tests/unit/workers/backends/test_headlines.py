@@ -7,14 +7,11 @@ stage takes about a minute, hence its ``slow`` mark); later runs load from the c
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from topics.errors import ConfigError, DataError
+from topics.errors import ConfigError
 from workers.backends import headlines, sarcasm_data
 from workers.backends.base import Query, create_backend
 from workers.backends.headlines import HeadlinesBackend
