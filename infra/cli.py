@@ -87,11 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--n", type=int, default=100, help="items to sample (default 100)")
     trace.add_argument("--seed", type=int, default=0, help="which items are sampled (default 0)")
     trace.add_argument("--out", default="trace.jsonl", metavar="FILE", help="trace file (default trace.jsonl)")
-    trace.add_argument(
-        "--recorded",
-        action="store_true",
-        help="also join RouteLLM's recorded Mixtral/GPT-4 answers (MMLU; needs ../shared/data)",
-    )
 
     for kind, plural in (("model", "models"), ("data", "data")):
         group = sub.add_parser(
@@ -159,7 +154,7 @@ def _trace(args: argparse.Namespace) -> int:
 
     from infra.trace import TraceOptions, run_trace
 
-    options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out, args.recorded)
+    options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out)
     run_trace(options, Console(stderr=True))
     return 0
 

@@ -117,7 +117,9 @@ async def stream(
     try:
         with console.status("starting stage actors on Ray…"):
             await pipeline.start()
-        collector = ResultCollector(kafka, config.layout, include_answers=True)
+        collector = ResultCollector(
+            kafka, config.layout, include_answers=True, fetch_max_wait_ms=config.broker.fetch_max_wait_ms
+        )
         producer = RequestProducer(kafka, config.layout)
         await collector.start()
         await producer.start()

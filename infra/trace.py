@@ -4,8 +4,9 @@ The tiers run in process, one after the other (one model in memory at a time),
 in batches of the tier's ``batch_size``; every batch is appended to the trace and
 flushed before the next starts. Running the same command again resumes: pairs
 (item, tier) already in the file are skipped, and a line torn by a kill is cut.
-With ``--recorded`` on MMLU, the RouteLLM Mixtral/GPT-4 outputs for the same
-questions are joined in as two more tiers (``workers.recorded``).
+Recorded tiers (backend ``recorded``: RouteLLM's Mixtral/GPT-4 answers to the
+same MMLU questions) are joined the same way, their rows marked ``recorded``; an
+``optional`` tier whose data this machine lacks is left out, saying so.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class TraceOptions:
     n: int = 100
     seed: int = 0
     out: str = "trace.jsonl"
-    recorded: bool = False
 
 
 def load_any(portfolio: str) -> Config:
@@ -64,6 +64,7 @@ def grade(output: str, label: str) -> bool:
 
 
 def _row(item: Item, dataset: str, tier: TierConfig, model: str, completion: Completion) -> TraceRow:
+    recorded = tier.backend == "recorded"
     features = {k: float(v) for k, v in completion.features.items() if math.isfinite(v)}
     confidence = completion.confidence if math.isfinite(completion.confidence) else 0.0
     return TraceRow(
@@ -82,6 +83,7 @@ def _row(item: Item, dataset: str, tier: TierConfig, model: str, completion: Com
         latency_ms=completion.latency_ms,
         cost=completion.cost,
         category=item.category,
+        source="recorded" if recorded else "live",
         error=completion.error,
     )
 
@@ -102,7 +104,14 @@ async def _trace_tier(
 ) -> None:
     backend = create_backend(tier.backend, tier.name, tier.options)
     progress.update(bar, description=f"loading {tier.name}")
-    await asyncio.to_thread(backend.load)
+    try:
+        await asyncio.to_thread(backend.load)
+    except (ConfigError, DataError) as exc:
+        if not tier.optional:
+            raise
+        progress.console.print(f"tier {tier.name} left out: {exc}")
+        progress.advance(bar, len(todo))
+        return
     progress.update(bar, description=f"tier {tier.name}")
     for start in range(0, len(todo), tier.batch_size):
         chunk = todo[start : start + tier.batch_size]
@@ -112,9 +121,7 @@ async def _trace_tier(
         rows = [_row(i, dataset, tier, backend.model_name, c) for i, c in zip(chunk, completions, strict=True)]
         append_rows(out, rows)
         progress.advance(bar, len(chunk))
-    close = getattr(backend, "close", None)
-    if close is not None:
-        await close()
+    await backend.close()
 
 
 def run_trace(options: TraceOptions, console: Console) -> list[TraceRow]:
@@ -140,30 +147,10 @@ def run_trace(options: TraceOptions, console: Console) -> list[TraceRow]:
         for tier, todo in plan:
             if todo:
                 asyncio.run(_trace_tier(tier, todo, dataset, out, progress, bar))
-    if options.recorded:
-        _join_recorded(items, dataset, out, done, console)
     rows = read_trace(out)
     console.print(f"{out}: {len(rows)} rows ({time.monotonic() - started:.0f}s)")
     console.print(summary_table([r for r in rows if r.item_id in {i.id for i in items}]))
     return rows
-
-
-def _join_recorded(
-    items: Sequence[Item], dataset: str, out: Path, done: set[tuple[str, str]], console: Console
-) -> None:
-    from workers.recorded import RECORDED_MODELS, routellm_dir, shared_data_dir
-
-    if dataset != "mmlu":
-        raise ConfigError("--recorded joins RouteLLM's MMLU outputs: it needs --dataset mmlu")
-    folder = routellm_dir()
-    if folder is None:
-        raise ConfigError(f"--recorded needs the RouteLLM data at {shared_data_dir() / 'routellm-mmlu'}")
-    from workers.recorded import recorded_rows
-
-    for model in RECORDED_MODELS:
-        rows = recorded_rows([i for i in items if (i.id, model) not in done], dataset, model, model, folder)
-        append_rows(out, rows)
-    console.print(f"joined recorded tiers {', '.join(RECORDED_MODELS)} from {folder}")
 
 
 def summary_table(rows: Sequence[TraceRow]) -> Table:

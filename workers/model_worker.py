@@ -35,6 +35,9 @@ class ModelWorker(Handler[Task]):
     async def start(self) -> None:
         await asyncio.to_thread(self.backend.load)
 
+    async def stop(self) -> None:
+        await self.backend.close()
+
     def decode(self, raw: bytes) -> Task:
         task = Task.from_wire(raw, self.context.config.limits.max_payload_bytes)
         if task.tier != self.tier:

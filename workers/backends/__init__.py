@@ -5,7 +5,7 @@ inside functions, so importing this package stays fast and works without the
 optional LLM runtime installed.
 """
 
-from workers.backends import headlines, llamacpp, openai_http, replay, simulated
+from workers.backends import headlines, llamacpp, openai_http, recorded, replay, simulated
 from workers.backends.base import Backend, Completion, Query, backend_names, create_backend, register_backend
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "headlines",
     "llamacpp",
     "openai_http",
+    "recorded",
     "register_backend",
     "replay",
     "simulated",

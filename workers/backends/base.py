@@ -66,6 +66,9 @@ class Backend(ABC):
     async def infer(self, batch: Sequence[Query]) -> list[Completion]:
         """Answer every query of ``batch``, in order, one Completion each."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release connections; called once when the worker stops."""
+
 
 BackendFactory = Callable[[str, Mapping[str, Any]], Backend]
 _REGISTRY: dict[str, BackendFactory] = {}

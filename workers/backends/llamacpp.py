@@ -5,7 +5,10 @@ Options (besides the common LLM options of ``workers.backends.llm``):
 * ``model`` (required): a registry name (``smollm2-135m``, ``qwen2.5-coder-0.5b``,
   ``qwen2.5-coder-1.5b``, ``gemma3-270m``; fetched and verified on first use) or a
   path to a ``.gguf`` file.
-* ``n_ctx`` (2048), ``n_batch`` (512), ``n_threads`` (0: llama.cpp's default),
+* ``n_ctx`` (2048), ``n_batch`` (512), ``n_threads`` (0: every core; used for both
+  prompt evaluation and generation — give each tier its share of the cores when
+  several share a machine, as spinning llama.cpp threads on an oversubscribed CPU
+  are many times slower),
   ``gpu_layers`` (default: every layer when llama.cpp was built with GPU offload,
   else none).
 
@@ -90,6 +93,7 @@ class LlamaCppBackend(Backend):
             n_ctx=self.n_ctx,
             n_batch=self.n_batch,
             n_threads=self.n_threads or None,
+            n_threads_batch=self.n_threads or None,  # prompt evaluation too, or it takes every core
             n_gpu_layers=gpu_layers,
             logits_all=False,
             verbose=False,

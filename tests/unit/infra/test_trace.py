@@ -54,8 +54,8 @@ def test_a_trace_of_another_dataset_is_not_appended_to(tmp_path: Path) -> None:
 def test_bad_options_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown portfolio"):
         run_trace(TraceOptions("nope", out=str(tmp_path / "t")), _quiet())
-    with pytest.raises(ConfigError, match="--recorded"):
-        run_trace(TraceOptions("simulated", n=2, out=str(tmp_path / "t"), recorded=True), _quiet())
+    with pytest.raises(ConfigError, match="--n must be"):
+        run_trace(TraceOptions("simulated", n=0, out=str(tmp_path / "t")), _quiet())
 
 
 @pytest.mark.parametrize(

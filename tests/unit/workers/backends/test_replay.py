@@ -9,8 +9,7 @@ import pytest
 
 from tests.unit.workers.test_traces import row
 from topics.errors import ConfigError
-from workers import recorded
-from workers.backends import create_backend
+from workers.backends import create_backend, recorded
 from workers.backends.base import Query
 from workers.traces import append_rows
 

@@ -59,7 +59,7 @@ def shared_data_dir() -> Path:
     configured = os.environ.get("TIERFLOW_SHARED_DATA")
     if configured:
         return Path(configured).expanduser()
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def routellm_dir() -> Path | None:
