@@ -75,29 +75,32 @@ class ModelWorker(Handler[Task]):
             elapsed_ms = (time.perf_counter() - started) * 1000 / len(tasks)
             error = "timeout" if isinstance(exc, TimeoutError) else f"backend error: {type(exc).__name__}"
             return [self._failed(task, error, elapsed_ms) for task in tasks]
-        return [self._to_answer(task, completion) for task, completion in zip(tasks, completions, strict=True)]
+        model = self.backend.model_name
+        return [to_answer(task, model, completion) for task, completion in zip(tasks, completions, strict=True)]
 
     def _failed(self, task: Task, error: str, latency_ms: float) -> Answer:
         return Answer(
             task=task, model=self.backend.model_name, output="", confidence=0.0, latency_ms=latency_ms, error=error
         )
 
-    def _to_answer(self, task: Task, completion: Completion) -> Answer:
-        confidence, error = completion.confidence, completion.error
-        if error is not None:
-            confidence = 0.0
-        elif not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
-            confidence, error = 0.0, f"invalid confidence {confidence!r}"
-        features = {k: float(v) for k, v in completion.features.items() if math.isfinite(v)}
-        return Answer(
-            task=task,
-            model=self.backend.model_name,
-            output=completion.output,
-            confidence=confidence,
-            features=features,
-            tokens_in=max(0, completion.tokens_in),
-            tokens_out=max(0, completion.tokens_out),
-            cost=completion.cost if math.isfinite(completion.cost) and completion.cost >= 0 else 0.0,
-            latency_ms=max(0.0, completion.latency_ms),
-            error=error,
-        )
+
+def to_answer(task: Task, model: str, completion: Completion) -> Answer:
+    """The Answer a tier sends for ``completion``; invalid numbers become an error answer (module docstring)."""
+    confidence, error = completion.confidence, completion.error
+    if error is not None:
+        confidence = 0.0
+    elif not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+        confidence, error = 0.0, f"invalid confidence {confidence!r}"
+    features = {k: float(v) for k, v in completion.features.items() if math.isfinite(v)}
+    return Answer(
+        task=task,
+        model=model,
+        output=completion.output,
+        confidence=confidence,
+        features=features,
+        tokens_in=max(0, completion.tokens_in),
+        tokens_out=max(0, completion.tokens_out),
+        cost=completion.cost if math.isfinite(completion.cost) and completion.cost >= 0 else 0.0,
+        latency_ms=max(0.0, completion.latency_ms),
+        error=error,
+    )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from policies.base import PreCallPolicy
 from topics.messages import Request, Status, Task
 from workers.context import StageContext
+from workers.decisions import route_request
 from workers.stage import Handler, Inbound, Outbound
 
 
@@ -33,8 +34,7 @@ class Router(Handler[Request]):
         task = Task(request=request, tier="", policy_version=self.policy_version)
         if ctx.expired(request):
             return ctx.result(inbound, ctx.final(task, Status.EXPIRED, reason="deadline passed before routing"))
-        route = self.policy.route(request, ctx.tiers, ctx.rng(request))
-        if route.start is None:
-            return ctx.result(inbound, ctx.final(task, Status.REJECTED, reason=route.reason))
-        task = Task(request=request, tier=route.start, allowed=route.allowed, policy_version=self.policy_version)
-        return Outbound(ctx.layout.tier(route.start), request.id, task.to_wire(), inbound.headers)
+        routed = route_request(request, self.policy, ctx.tiers, self.policy_version)
+        if routed.status is not None:
+            return ctx.result(inbound, ctx.final(routed.task, routed.status, reason=routed.reason))
+        return Outbound(ctx.layout.tier(routed.task.tier), request.id, routed.task.to_wire(), inbound.headers)

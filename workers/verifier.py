@@ -1,12 +1,13 @@
-"""Verifier stage: applies the post-hoc policy to every answer — accept, escalate or stop."""
+"""Verifier stage: applies the post-hoc policy to every answer — accept, escalate or stop (``decisions``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policies.base import Action, PostHocPolicy
-from topics.messages import Answer, Status, Task
+from policies.base import PostHocPolicy
+from topics.messages import Answer
 from workers.context import StageContext
+from workers.decisions import final_result, verify_answer
 from workers.stage import Handler, Inbound, Outbound
 
 
@@ -31,25 +32,11 @@ class Verifier(Handler[Answer]):
     def _verify(self, inbound: Inbound[Answer]) -> Outbound:
         ctx, answer = self.context, inbound.message
         task = answer.task
-        verdict = self.policy.decide(answer, ctx.tiers, ctx.clock(), ctx.rng(task.request, task.hop))
-        if verdict.action is Action.ACCEPT:
-            return ctx.result(inbound, ctx.final(task, Status.OK, answer))
-        if ctx.expired(task.request):
-            return ctx.result(inbound, ctx.final(task, Status.EXPIRED, answer, reason="deadline passed"))
-        target = verdict.target
-        allowed = task.allowed or ctx.layout.tiers
-        if verdict.action is Action.STOP or target is None or target not in allowed:
-            return ctx.result(inbound, ctx.final(task, Status.EXHAUSTED, answer, reason=verdict.reason))
-        if task.hop + 1 >= ctx.config.limits.max_hops:
-            reason = f"hop limit {ctx.config.limits.max_hops} reached"
-            return ctx.result(inbound, ctx.final(task, Status.EXHAUSTED, answer, reason=reason))
-        escalation = Task(
-            request=task.request,
-            tier=target,
-            hop=task.hop + 1,
-            history=(*task.history, answer.as_history()),
-            policy_version=task.policy_version,
-            source_answer=answer.answer_id,
-            allowed=task.allowed,
-        )
-        return Outbound(ctx.layout.escalate(target), task.request.id, escalation.to_wire(), inbound.headers)
+        limits = ctx.config.limits
+        now = ctx.clock()
+        step = verify_answer(answer, self.policy, ctx.tiers, now, limits.max_hops, ctx.expired(task.request))
+        if step.escalation is not None:
+            target = step.escalation.tier
+            return Outbound(ctx.layout.escalate(target), task.request.id, step.escalation.to_wire(), inbound.headers)
+        assert step.status is not None
+        return ctx.result(inbound, final_result(task, step.status, answer, step.reason, now))

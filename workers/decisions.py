@@ -1,0 +1,110 @@
+"""The decision steps of the router and verifier as pure functions, shared with the policy lab.
+
+The stream and the offline evaluation (``infra/lab``) must take the same path for
+the same request: both call these functions, so the verifier stage is only Kafka
+plumbing around them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from policies.base import Action, PostHocPolicy, PreCallPolicy, TierInfo
+from topics.messages import Answer, HistoryEntry, Request, Result, Status, Task
+
+
+def request_rng(request: Request, hop: int = 0) -> random.Random:
+    """Per-request randomness: the same request and hop decide the same way when redone."""
+    return random.Random(f"{request.id}/{hop}")
+
+
+def best(history: list[HistoryEntry]) -> HistoryEntry | None:
+    """The most confident answer seen; later (larger) tiers win ties."""
+    if not history:
+        return None
+    return max(reversed(history), key=lambda entry: entry.confidence)
+
+
+def final_result(task: Task, status: Status, answer: Answer | None, reason: str | None, now: float) -> Result:
+    """The Result of a request that ends now; ``answer`` is the latest, if any.
+
+    Without an accepted answer the best valid answer seen (highest confidence)
+    is delivered, so ``exhausted`` and ``expired`` still carry an output.
+    """
+    history: list[HistoryEntry] = list(task.history)
+    if answer is not None:
+        history.append(answer.as_history())
+    chosen = answer.as_history() if status is Status.OK and answer is not None else best(history)
+    return Result(
+        request_id=task.request.id,
+        status=status,
+        output=chosen.output if chosen else "",
+        tier=chosen.tier if chosen else "",
+        model=chosen.model if chosen else "",
+        confidence=chosen.confidence if chosen else 0.0,
+        total_cost=sum(entry.cost for entry in history),
+        latency_ms=max(0.0, (now - task.request.created_at) * 1000),
+        path=tuple(entry.tier for entry in history),
+        policy_version=task.policy_version,
+        reason=reason,
+        completed_at=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The router's outcome: a first task, or (``task.tier == ""``) a request that ends here."""
+
+    task: Task
+    status: Status | None = None
+    reason: str = ""
+
+
+def route_request(request: Request, policy: PreCallPolicy, tiers: tuple[TierInfo, ...], version: int) -> Routed:
+    route = policy.route(request, tiers, request_rng(request))
+    if route.start is None:
+        return Routed(Task(request=request, tier="", policy_version=version), Status.REJECTED, route.reason)
+    return Routed(Task(request=request, tier=route.start, allowed=route.allowed, policy_version=version))
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The verifier's outcome: deliver with ``status``, or escalate with ``escalation``."""
+
+    status: Status | None
+    reason: str | None = None
+    escalation: Task | None = None
+
+
+def verify_answer(
+    answer: Answer,
+    policy: PostHocPolicy,
+    tiers: tuple[TierInfo, ...],
+    now: float,
+    max_hops: int,
+    expired: bool,
+) -> Verified:
+    """Accept, deliver as expired or exhausted, or build the escalated task."""
+    task = answer.task
+    verdict = policy.decide(answer, tiers, now, request_rng(task.request, task.hop))
+    if verdict.action is Action.ACCEPT:
+        return Verified(Status.OK)
+    if expired:
+        return Verified(Status.EXPIRED, "deadline passed")
+    target = verdict.target
+    allowed = task.allowed or tuple(tier.name for tier in tiers)
+    if verdict.action is Action.STOP or target is None or target not in allowed:
+        return Verified(Status.EXHAUSTED, verdict.reason)
+    if task.hop + 1 >= max_hops:
+        return Verified(Status.EXHAUSTED, f"hop limit {max_hops} reached")
+    escalation = Task(
+        request=task.request,
+        tier=target,
+        hop=task.hop + 1,
+        history=(*task.history, answer.as_history()),
+        policy_version=task.policy_version,
+        source_answer=answer.answer_id,
+        allowed=task.allowed,
+    )
+    return Verified(None, escalation=escalation)
