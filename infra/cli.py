@@ -1,4 +1,4 @@
-"""The ``tierflow`` command line: demo, up, send, trace, models, data.
+"""The ``tierflow`` command line: demo, up, send, trace, eval, fit, models, data.
 
 Every failure tierflow anticipates is one line on stderr and a non-zero exit —
 no traceback — so scripts and people both see what is wrong.
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from infra.config import Config, load_config, portfolio_names
+from infra.config import Config, load_config, portfolio_names, with_policy_file
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after S seconds")
     demo.add_argument("--json", default="", metavar="PATH", help="also write the report as JSON")
     demo.add_argument("--run-dir", default="", metavar="DIR", help="keep broker log and results here")
+    demo.add_argument("--policy", default="", metavar="FILE", help="run a fitted policy file (tierflow fit)")
 
     up = sub.add_parser(
         "up",
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "and run until Ctrl-C or SIGTERM.",
     )
     up.add_argument("--config", required=True, metavar="FILE", help="TOML config")
+    up.add_argument("--policy", default="", metavar="FILE", help="run a fitted policy file (tierflow fit)")
     up.add_argument("--status-every", type=float, default=10.0, metavar="S", help="print counters every S seconds")
 
     send = sub.add_parser(
@@ -87,6 +89,41 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--n", type=int, default=100, help="items to sample (default 100)")
     trace.add_argument("--seed", type=int, default=0, help="which items are sampled (default 0)")
     trace.add_argument("--out", default="trace.jsonl", metavar="FILE", help="trace file (default trace.jsonl)")
+    trace.add_argument(
+        "--threads", type=int, default=0, help="llama.cpp threads per LLM tier (default: the portfolio's)"
+    )
+
+    lab_help = {
+        "eval": (
+            "fit policies on a trace's train split and compare them on its test split",
+            "Fit each policy on the train split of a trace, sweep its threshold (or budget), simulate every "
+            "setting on the test split with the pipeline's own decision code, and report accuracy-cost "
+            "curves, APGR, CPT(50%), CPT(80%), AIQ and the cost at the strongest tier's accuracy, next to "
+            "every single tier, the random mix and the oracle.",
+        ),
+        "fit": (
+            "fit one policy for a budget or a target accuracy and write a policy file",
+            "Fit a policy on the train split of a trace and pick the setting with the best train accuracy "
+            "within --budget (mean cost per request), or the cheapest reaching --target-accuracy (default: "
+            "the strongest single tier's). The policy file runs unchanged in tierflow up / demo --policy.",
+        ),
+    }
+    for name, (short, long) in lab_help.items():
+        lab = sub.add_parser(name, help=short, description=long)
+        lab.add_argument("--trace", required=True, metavar="FILE", help="a trace written by tierflow trace")
+        lab.add_argument("--tiers", default="", help="comma-separated tiers to use, cheapest first (default: all)")
+        lab.add_argument("--train-fraction", type=float, default=0.5, help="share of items to fit on (default 0.5)")
+        if name == "eval":
+            lab.add_argument("--policy", default="all", help="comma-separated policy names, or all (default)")
+            lab.add_argument("--budget", default="", help="comma-separated budgets to report accuracy at")
+            lab.add_argument("--json", default="", metavar="PATH", help="write the report as JSON")
+            lab.add_argument("--plot", default="", metavar="PATH", help="write the accuracy-cost plot as PNG")
+            lab.add_argument("--md", default="", metavar="PATH", help="write the metrics table as Markdown")
+        else:
+            lab.add_argument("--policy", required=True, help="the policy to fit")
+            lab.add_argument("--budget", type=float, default=None, help="mean cost per request to stay within")
+            lab.add_argument("--target-accuracy", type=float, default=None, help="accuracy to reach, cheapest")
+            lab.add_argument("--out", required=True, metavar="POLICY.json", help="where to write the policy file")
 
     for kind, plural in (("model", "models"), ("data", "data")):
         group = sub.add_parser(
@@ -120,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _up(args)
         if args.command == "trace":
             return _trace(args)
+        if args.command in ("eval", "fit"):
+            return _lab(args)
         if args.command in ("models", "data"):
             return _artifacts(args)
         return _send(args)
@@ -144,7 +183,9 @@ def _demo(args: argparse.Namespace) -> int:
     from infra.demo import DemoOptions, run_demo
 
     report = run_demo(
-        DemoOptions(args.portfolio, args.requests, args.rate, args.seed, args.timeout, args.json, args.run_dir)
+        DemoOptions(
+            args.portfolio, args.requests, args.rate, args.seed, args.timeout, args.json, args.run_dir, args.policy
+        )
     )
     return 0 if report["lost"] == 0 and report["duplicates"] == 0 else 1
 
@@ -154,8 +195,36 @@ def _trace(args: argparse.Namespace) -> int:
 
     from infra.trace import TraceOptions, run_trace
 
-    options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out)
+    options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out, args.threads)
     run_trace(options, Console(stderr=True))
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from infra.lab.evaluate import LabOptions, evaluate, fit, print_report, write_outputs
+    from topics.errors import ConfigError
+
+    tiers = tuple(t.strip() for t in args.tiers.split(",") if t.strip())
+    console = Console(stderr=True)
+    if args.command == "fit":
+        options = LabOptions(args.trace, args.policy, (), tiers, args.train_fraction)
+        policy = fit(options, args.policy, args.budget, args.target_accuracy, args.out, console)
+        train, test = policy.fitted["train"], policy.fitted["test"]
+        print(
+            f"{args.out}: {policy.name} at setting {policy.fitted['setting']:.4g}; train accuracy "
+            f"{train['accuracy']:.1%} at {train['cost']:.3g}/request, held-out {test['accuracy']:.1%} at "
+            f"{test['cost']:.3g}/request"
+        )
+        return 0
+    try:
+        budgets = tuple(float(b) for b in args.budget.split(",") if b.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--budget must be comma-separated numbers: {exc}") from exc
+    report = evaluate(LabOptions(args.trace, args.policy, budgets, tiers, args.train_fraction), console)
+    print_report(report, Console())
+    write_outputs(report, args.json, args.plot, args.md)
     return 0
 
 
@@ -181,6 +250,8 @@ def _artifacts(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.policy:
+        config = with_policy_file(config, args.policy)
     from infra.broker import make_provider
     from infra.pipeline import check_backends
     from infra.ray_cluster import start_ray, stop_ray

@@ -128,6 +128,8 @@ class TierConfig:
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
+    file: str = ""
+    """A fitted policy file (``tierflow fit``); when set, it supplies both policies and their parameters."""
     pre_call: str = "cheapest_first"
     pre_call_params: Mapping[str, Any] = field(default_factory=dict)
     post_hoc: str = "threshold"
@@ -265,6 +267,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 
     p = root.table("policies")
     policies = PolicyConfig(
+        file=p.get("file", str, ""),
         pre_call=p.get("pre_call", str, "cheapest_first"),
         pre_call_params=dict(p.table("pre_call_params").data),
         post_hoc=p.get("post_hoc", str, "threshold"),
@@ -309,7 +312,26 @@ def load_config(path: str | Path) -> Config:
     folder = Path(path).resolve().parent
     if config.results_path and not Path(config.results_path).is_absolute():
         config = replace(config, results_path=str(folder / config.results_path))
-    return replace(config, tiers=tuple(_absolute_paths(tier, folder) for tier in config.tiers))
+    config = replace(config, tiers=tuple(_absolute_paths(tier, folder) for tier in config.tiers))
+    if config.policies.file:
+        config = with_policy_file(config, folder / config.policies.file)
+    return config
+
+
+def with_policy_file(config: Config, path: str | Path) -> Config:
+    """``config`` running the policies of a fitted policy file (checked against the config's tiers)."""
+    from policies.file import load_policy
+
+    policy = load_policy(path)
+    policy.check_tiers([tier.name for tier in config.tiers])
+    policies = PolicyConfig(
+        file=str(Path(path).resolve()),
+        pre_call=policy.pre_call,
+        pre_call_params=policy.pre_call_params,
+        post_hoc=policy.post_hoc,
+        post_hoc_params=policy.post_hoc_params,
+    )
+    return replace(config, policies=policies)
 
 
 def _absolute_paths(tier: TierConfig, folder: Path) -> TierConfig:

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from infra.broker import EmbeddedBroker, kafka_options
 from infra.client import RequestProducer, ResultCollector
-from infra.config import Config, load_portfolio
+from infra.config import Config, load_portfolio, with_policy_file
 from infra.datasets import Item, load_items
 from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
@@ -48,6 +48,8 @@ class DemoOptions:
     timeout_s: float = 600.0
     json_path: str = ""
     run_dir: str = ""
+    policy_path: str = ""
+    """A fitted policy file to run instead of the portfolio's policies."""
 
 
 def prepare_backends(config: Config, probe: Item, console: Console) -> tuple[Config, float]:
@@ -212,6 +214,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> dict[str, 
     run_dir = Path(options.run_dir or tempfile.mkdtemp(prefix="tierflow-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     config = load_portfolio(options.portfolio)
+    if options.policy_path:
+        config = with_policy_file(config, options.policy_path)
     config = replace(config, namespace=f"demo-{uuid.uuid4().hex[:8]}", results_path=str(run_dir / "results.jsonl"))
     requests = options.requests or config.demo_requests
     console.print(f"[bold]tierflow demo[/]: portfolio [bold]{options.portfolio}[/], {requests} requests")

@@ -12,6 +12,7 @@ same MMLU questions) are joined the same way, their rows marked ``recorded``; an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 import time
@@ -43,6 +44,9 @@ class TraceOptions:
     n: int = 100
     seed: int = 0
     out: str = "trace.jsonl"
+    threads: int = 0
+    """Override ``n_threads`` of llamacpp tiers (0: keep the portfolio's). Tiers run one at a time
+    here, so each may use every core, unlike in the pipeline where they share them."""
 
 
 def load_any(portfolio: str) -> Config:
@@ -86,6 +90,12 @@ def _row(item: Item, dataset: str, tier: TierConfig, model: str, completion: Com
         source="recorded" if recorded else "live",
         error=completion.error,
     )
+
+
+def _with_threads(tier: TierConfig, threads: int) -> TierConfig:
+    if threads <= 0 or tier.backend != "llamacpp":
+        return tier
+    return dataclasses.replace(tier, options={**tier.options, "n_threads": threads})
 
 
 def _existing(out: Path, dataset: str) -> list[TraceRow]:
@@ -136,7 +146,8 @@ def run_trace(options: TraceOptions, console: Console) -> list[TraceRow]:
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(row.item_id, row.tier) for row in _existing(out, dataset)}
-    plan = [(tier, [item for item in items if (item.id, tier.name) not in done]) for tier in config.tiers]
+    tiers = [_with_threads(tier, options.threads) for tier in config.tiers]
+    plan = [(tier, [item for item in items if (item.id, tier.name) not in done]) for tier in tiers]
     remaining = sum(len(todo) for _, todo in plan)
     if remaining < len(items) * len(config.tiers):
         console.print(f"resuming {out}: {len(items) * len(config.tiers) - remaining} item x tier pairs already there")

@@ -4,7 +4,7 @@ Per model: accuracy, the AUROC of every confidence feature for "the answer is
 correct" (features oriented so that higher means more confident: entropy is
 negated), latency p50/p95 and prompt tokens per second. The models run through
 ``tierflow trace`` (so the benchmark also leaves a trace the policy lab can use),
-one at a time, in process. Recorded tiers (RouteLLM's Mixtral/GPT-4) are included
+one at a time, in process, each with every core. Recorded tiers (RouteLLM's Mixtral/GPT-4) are included
 where ``../shared/data`` has them; their only confidence is a subject prior.
 
     python load_tests/llm_tiers.py --n 200 --json llm_tiers.json [--trace FILE]
@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     trace = args.trace or str(Path(args.json).with_suffix(".trace.jsonl"))
     started = time.monotonic()
-    rows = run_trace(TraceOptions(args.portfolio, "mmlu", args.n, args.seed, trace), console)
+    threads = os.cpu_count() or 1  # one model at a time: each may use the whole machine
+    rows = run_trace(TraceOptions(args.portfolio, "mmlu", args.n, args.seed, trace, threads), console)
     by_tier: dict[str, list[TraceRow]] = {}
     for row in rows:
         by_tier.setdefault(row.tier, []).append(row)

@@ -55,6 +55,7 @@ class PreCallPolicy(ABC):
     """Decides, before any model runs, where a request starts."""
 
     name: str = ""
+    family: str = "pre-call"
 
     @abstractmethod
     def route(self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random) -> Route:
@@ -69,6 +70,7 @@ class PostHocPolicy(ABC):
     """Decides, after a tier answered, whether to accept, escalate or stop."""
 
     name: str = ""
+    family: str = "post-hoc"
 
     @abstractmethod
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
@@ -96,3 +98,18 @@ def next_tier(answer: Answer, tiers: tuple[TierInfo, ...]) -> str | None:
         return None
     above = order[order.index(answer.tier) + 1 :]
     return next((name for name in above if name in allowed and name not in ran), None)
+
+
+def accept_or_escalate(
+    answer: Answer, tiers: tuple[TierInfo, ...], accept: bool, why: str, max_hops: int = 16
+) -> Verdict:
+    """ACCEPT when ``accept`` (and the answer is not an error), else ESCALATE up the ladder, else STOP."""
+    if accept and answer.error is None:
+        return Verdict(Action.ACCEPT, reason=why)
+    why = answer.error or why
+    target = next_tier(answer, tiers)
+    if target is None:
+        return Verdict(Action.STOP, reason=f"{why}; no higher tier")
+    if answer.task.hop + 1 >= max_hops:
+        return Verdict(Action.STOP, reason=f"{why}; hop limit {max_hops}")
+    return Verdict(Action.ESCALATE, target=target, reason=why)

@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.base import (
-    Action,
     PostHocPolicy,
     PreCallPolicy,
     Route,
     TierInfo,
     Verdict,
+    accept_or_escalate,
     allowed_tiers,
-    next_tier,
 )
 from topics.messages import Answer, Request
 
@@ -54,16 +53,10 @@ class ConfidenceThreshold(PostHocPolicy):
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
         threshold = self.thresholds.get(answer.tier, self.default_threshold)
-        valid = answer.error is None and math.isfinite(answer.confidence) and 0.0 <= answer.confidence <= 1.0
-        if valid and answer.confidence >= threshold:
-            return Verdict(Action.ACCEPT, reason=f"confidence {answer.confidence:.3f} >= {threshold}")
-        why = answer.error or f"confidence {answer.confidence:.3f} < {threshold}"
-        target = next_tier(answer, tiers)
-        if target is None:
-            return Verdict(Action.STOP, reason=f"{why}; no higher tier")
-        if answer.task.hop + 1 >= self.max_hops:
-            return Verdict(Action.STOP, reason=f"{why}; hop limit {self.max_hops}")
-        return Verdict(Action.ESCALATE, target=target, reason=why)
+        valid = math.isfinite(answer.confidence) and 0.0 <= answer.confidence <= 1.0
+        accept = valid and answer.confidence >= threshold
+        why = f"confidence {answer.confidence:.3f} {'>=' if accept else '<'} {threshold}"
+        return accept_or_escalate(answer, tiers, accept, why, self.max_hops)
 
     def params(self) -> dict[str, Any]:
         return {

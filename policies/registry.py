@@ -6,11 +6,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from policies.base import PostHocPolicy, PreCallPolicy
+from policies.cascades import ChainRouter, FrugalGPT, Gatekeeper, LMCascade
 from policies.defaults import CheapestFirst, ConfidenceThreshold
 from topics.errors import ConfigError
 
-PRE_CALL: dict[str, Callable[..., PreCallPolicy]] = {"cheapest_first": CheapestFirst}
-POST_HOC: dict[str, Callable[..., PostHocPolicy]] = {"threshold": ConfidenceThreshold}
+PRE_CALL: dict[str, Callable[..., PreCallPolicy]] = {"cheapest_first": CheapestFirst, "chain": ChainRouter}
+POST_HOC: dict[str, Callable[..., PostHocPolicy]] = {
+    "threshold": ConfidenceThreshold,
+    "gatekeeper": Gatekeeper,
+    "lm_cascade": LMCascade,
+    "frugalgpt": FrugalGPT,
+}
 
 
 def _make(kind: str, table: Mapping[str, Callable[..., Any]], name: str, params: Mapping[str, Any]) -> Any:

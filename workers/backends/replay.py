@@ -88,13 +88,18 @@ class ReplayBackend(Backend):
     def _replayed(self, row: TraceRow | None) -> Completion:
         if row is None:
             return Completion("", 0.0, error=f"item not recorded for {self.replayed}")
-        return Completion(
-            output=row.output,
-            confidence=row.confidence,
-            features=row.features,
-            tokens_in=row.tokens_in,
-            tokens_out=row.tokens_out,
-            cost=row.cost,
-            latency_ms=row.latency_ms,
-            error=row.error,
-        )
+        return completion_from_row(row)
+
+
+def completion_from_row(row: TraceRow) -> Completion:
+    """What the tier answered, exactly as recorded."""
+    return Completion(
+        output=row.output,
+        confidence=row.confidence,
+        features=row.features,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        cost=row.cost,
+        latency_ms=row.latency_ms,
+        error=row.error,
+    )

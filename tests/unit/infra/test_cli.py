@@ -96,4 +96,5 @@ def test_bad_backend_options_fail_before_anything_starts(tmp_path: Path) -> None
 def test_unknown_backend_lists_the_known_ones(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[[tiers]]\nname = "a"\nbackend = "gpt9"\n')
-    _assert_one_line_error(_tierflow("up", "--config", str(path)), "known: headlines, llamacpp, openai, recorded, replay, simulated")
+    known = "known: headlines, llamacpp, openai, recorded, replay, simulated"
+    _assert_one_line_error(_tierflow("up", "--config", str(path)), known)

@@ -1,0 +1,277 @@
+"""``tierflow eval`` and ``tierflow fit``: every method fitted on the train split, judged on the test split.
+
+For each method: fit on train, sweep its setting, simulate each setting on the test
+split with the stream's decision code (``simulate``), and report the curve's
+metrics (``metrics``) next to the baselines: every single tier, the random mix of
+the cheapest and the most accurate tier, and the oracle (per item, the cheapest
+tier that is right, else the most accurate one).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from infra.lab.fitters import Method, check_trace, make_method, method_names, params_of
+from infra.lab.metrics import Point, Reference, summary
+from infra.lab.simulate import simulate, summarise
+from infra.lab.table import TraceTable
+from policies.file import PolicyFile
+from topics.errors import ConfigError, DataError
+from workers.traces import read_trace
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    trace: str
+    policies: str = "all"
+    budgets: tuple[float, ...] = ()
+    tiers: tuple[str, ...] = ()
+    """Restrict to these tiers, in this (ladder) order; default: every tier of the trace."""
+    train_fraction: float = 0.5
+    max_hops: int = 8
+
+
+def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]:
+    """(all, train, test) of the trace, checked."""
+    if not 0.0 < options.train_fraction < 1.0:
+        raise ConfigError("--train-fraction must be between 0 and 1")
+    table = TraceTable.from_rows(read_trace(options.trace), options.tiers or None)
+    check_trace(table)
+    train, test = table.split(options.train_fraction)
+    return table, train, test
+
+
+def single_points(table: TraceTable) -> list[Point]:
+    return [
+        Point(float(table.cost[:, t].mean()), float(table.correct[:, t].mean()), 1.0)
+        for t in range(len(table.tiers))
+    ]
+
+
+def baselines(test: TraceTable, ref: Reference, budgets: Sequence[float]) -> list[dict[str, Any]]:
+    singles = single_points(test)
+    out = [
+        {"name": f"single:{tier}", "family": "baseline", "params": {}, **summary([point], ref, budgets)}
+        for tier, point in zip(test.tiers, singles, strict=True)
+    ]
+    shares = np.linspace(0.0, 1.0, 21)
+    mix = [
+        Point(
+            (1 - s) * ref.weak_cost + s * ref.strong_cost,
+            (1 - s) * ref.weak_accuracy + s * ref.strong_accuracy,
+            setting=float(s),
+        )
+        for s in shares
+    ]
+    out.append({"name": "random", "family": "baseline", "params": {"mixes": "cheapest and most accurate"},
+                **summary(mix, ref, budgets)})  # fmt: skip
+    order = np.argsort(test.cost.mean(axis=0), kind="stable")
+    strong = max(range(len(test.tiers)), key=lambda t: (singles[t].accuracy, -singles[t].cost))
+    picks = [next((t for t in order if test.correct[i, t]), strong) for i in range(len(test))]
+    oracle = Point(
+        float(np.mean([test.cost[i, t] for i, t in enumerate(picks)])),
+        float(np.mean([test.correct[i, t] for i, t in enumerate(picks)])),
+    )
+    out.append({"name": "oracle", "family": "baseline", "params": {}, **summary([oracle], ref, budgets)})
+    return out
+
+
+@dataclass
+class Sweep:
+    method: Method
+    settings: list[float]
+    train: list[Point]
+    test: list[Point]
+
+
+def sweep(method: Method, train: TraceTable, test: TraceTable, max_hops: int) -> Sweep:
+    method.prepare(train)
+    settings = method.settings()
+    curves: dict[str, list[Point]] = {"train": [], "test": []}
+    for setting in settings:
+        pre, post = method.policies(setting)
+        for split, table in (("train", train), ("test", test)):
+            s = summarise(simulate(table, pre, post, max_hops))
+            curves[split].append(Point(s.cost, s.accuracy, s.calls, setting))
+    return Sweep(method, settings, curves["train"], curves["test"])
+
+
+def choose(points: Sequence[Point], budget: float | None, target: float | None, strong_accuracy: float) -> Point:
+    """The train point ``fit`` picks: best accuracy within ``budget``; else least cost reaching
+    ``target`` (default: the strongest single tier's train accuracy), else the most accurate."""
+    if budget is not None:
+        affordable = [p for p in points if p.cost <= budget + 1e-15]
+        if not affordable:
+            cheapest = min(p.cost for p in points)
+            raise DataError(f"no setting costs <= {budget:g} per request on the train split (cheapest: {cheapest:.3g})")
+        return max(affordable, key=lambda p: (p.accuracy, -p.cost))
+    goal = strong_accuracy if target is None else target
+    reaching = [p for p in points if p.accuracy >= goal - 1e-12]
+    if reaching:
+        return min(reaching, key=lambda p: (p.cost, -p.accuracy))
+    if target is not None:
+        best = max(p.accuracy for p in points)
+        raise DataError(f"no setting reaches accuracy {target:.3f} on the train split (best: {best:.3f})")
+    return max(points, key=lambda p: (p.accuracy, -p.cost))
+
+
+def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
+    table, train, test = load_table(options)
+    ref = Reference.of(single_points(test))
+    train_strong = max(p.accuracy for p in single_points(train))
+    report: dict[str, Any] = {
+        "trace": options.trace,
+        "tiers": list(table.tiers),
+        "items": {"train": len(train), "test": len(test)},
+        "reference": {"weak": vars_of(ref)[0], "strong": vars_of(ref)[1]},
+        "budgets": list(options.budgets),
+        "baselines": baselines(test, ref, options.budgets),
+        "policies": [],
+    }
+    for name in method_names(options.policies):
+        with console.status(f"fitting and sweeping {name}…"):
+            result = sweep(make_method(name), train, test, options.max_hops)
+        picked = choose(result.train, None, None, train_strong)
+        assert picked.setting is not None
+        entry = {
+            "name": name,
+            "family": result.method.family,
+            "setting": picked.setting,
+            "params": params_of(result.method.policies(picked.setting)),
+            **summary(result.test, ref, options.budgets),
+        }
+        report["policies"].append(entry)
+    return report
+
+
+def vars_of(ref: Reference) -> tuple[dict[str, float], dict[str, float]]:
+    return (
+        {"cost": ref.weak_cost, "accuracy": ref.weak_accuracy},
+        {"cost": ref.strong_cost, "accuracy": ref.strong_accuracy},
+    )
+
+
+def fit(
+    options: LabOptions, name: str, budget: float | None, target: float | None, out: str, console: Console
+) -> PolicyFile:
+    if budget is not None and target is not None:
+        raise ConfigError("give --budget or --target-accuracy, not both")
+    table, train, test = load_table(options)
+    method = make_method(name)
+    with console.status(f"fitting {name} on {len(train)} train items…"):
+        result = sweep(method, train, test, options.max_hops)
+    train_strong = max(p.accuracy for p in single_points(train))
+    picked = choose(result.train, budget, target, train_strong)
+    assert picked.setting is not None
+    held_out = result.test[result.settings.index(picked.setting)]
+    pair = method.policies(picked.setting)
+    params = params_of(pair)
+    policy = PolicyFile(
+        name=name,
+        family=method.family,
+        tiers=table.tiers,
+        pre_call=params["pre_call"]["name"],
+        pre_call_params=params["pre_call"]["params"],
+        post_hoc=params["post_hoc"]["name"],
+        post_hoc_params=params["post_hoc"]["params"],
+        fitted={
+            "trace": str(Path(options.trace).resolve()),
+            "train_fraction": options.train_fraction,
+            "train_items": len(train),
+            "budget": budget,
+            "target_accuracy": target,
+            "setting": picked.setting,
+            "train": {"accuracy": picked.accuracy, "cost": picked.cost, "calls": picked.calls},
+            "test": {"accuracy": held_out.accuracy, "cost": held_out.cost, "calls": held_out.calls},
+        },
+    )
+    policy.save(out)
+    return policy
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    console.print(metrics_table(report))
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def metrics_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"{report['trace']}: {report['items']['test']} test items")
+    for column in ("policy", "family", "APGR", "CPT(50%)", "CPT(80%)", "AIQ", "cost @ strongest acc", "best acc"):
+        table.add_column(column, justify="left" if column in ("policy", "family") else "right")
+    for entry in [*report["policies"], *report["baselines"]]:
+        table.add_row(
+            entry["name"],
+            entry["family"],
+            _fmt(entry["apgr"], ".3f"),
+            _pct(entry["cpt50"]),
+            _pct(entry["cpt80"]),
+            _fmt(entry["aiq"], ".4f"),
+            _pct(entry["cost_at_strongest_accuracy_pct"]),
+            f"{entry['best_accuracy']:.1%}",
+        )
+    return table
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "| policy | family | APGR | CPT(50%) | CPT(80%) | AIQ | cost at strongest accuracy | best accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines.extend(
+        f"| {e['name']} | {e['family']} | {_fmt(e['apgr'], '.3f')} | {_pct(e['cpt50'])} | {_pct(e['cpt80'])} | "
+        f"{_fmt(e['aiq'], '.4f')} | {_pct(e['cost_at_strongest_accuracy_pct'])} | {e['best_accuracy']:.1%} |"
+        for e in [*report["policies"], *report["baselines"]]
+    )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """Accuracy against mean cost per request: each policy's test curve, baselines as points and a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for entry in report["policies"]:
+        points = sorted((p["cost"], p["accuracy"]) for p in entry["points"])
+        ax.plot([c for c, _ in points], [a for _, a in points], marker=".", label=entry["name"])
+    for entry in report["baselines"]:
+        points = sorted((p["cost"], p["accuracy"]) for p in entry["points"])
+        random_mix = entry["name"] == "random"
+        style: dict[str, Any] = {"linestyle": "--", "color": "grey"} if random_mix else {"linestyle": "none"}
+        marker = {"oracle": "*", "random": ""}.get(entry["name"], "s")
+        ax.plot([c for c, _ in points], [a for _, a in points], marker=marker, label=entry["name"], **style)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean cost per request (log scale)")
+    ax.set_ylabel("accuracy (test split)")
+    ax.set_title(Path(report["trace"]).name)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], json_path: str, plot_path: str, md_path: str) -> None:
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if md_path:
+        Path(md_path).write_text(markdown(report), encoding="utf-8")
+    if plot_path:
+        plot(report, plot_path)

@@ -1,0 +1,154 @@
+"""Post-hoc cascade policies of the survey, with fitted parameters (``infra/lab/fitters.py`` fits them).
+
+* ``gatekeeper`` — Gatekeeper's deferral rule: calibrate one confidence signal per
+  tier (max-probability or negative entropy; Platt or isotonic, fitted on the train
+  split) and accept when the calibrated P(correct) reaches τ.
+* ``lm_cascade`` — LM Cascades (Gupta et al.): a logistic deferral model per tier
+  on the answer's confidence features (token log-prob quantiles in generate mode,
+  option probabilities in choice mode, plus the query's length); defer when its
+  P(wrong) exceeds τ.
+* ``frugalgpt`` — FrugalGPT: an ordered chain of tiers (a sub-sequence of the
+  ladder, enforced by the ``chain`` router) with a threshold per stage on a learned
+  answer scorer; the chain and thresholds maximise accuracy under a mean-cost budget.
+
+Every policy here is pure: the answer (with its task, request and history) in, a
+verdict out; the same objects decide in the verifier and in ``tierflow eval``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.base import (
+    PostHocPolicy,
+    PreCallPolicy,
+    Route,
+    TierInfo,
+    Verdict,
+    accept_or_escalate,
+    allowed_tiers,
+)
+from policies.scoring import Calibrator, LinearScorer, answer_signal
+from topics.messages import Answer, Request
+
+
+def _calibrators(data: Mapping[str, Any]) -> dict[str, Calibrator]:
+    return {tier: v if isinstance(v, Calibrator) else Calibrator.from_json(v) for tier, v in data.items()}
+
+
+def _scorers(data: Mapping[str, Any]) -> dict[str, LinearScorer]:
+    return {tier: v if isinstance(v, LinearScorer) else LinearScorer.from_json(v) for tier, v in data.items()}
+
+
+@dataclass(frozen=True)
+class Gatekeeper(PostHocPolicy):
+    """Accept when the tier's calibrated signal reaches ``tau``; the last tier always answers."""
+
+    calibrators: Mapping[str, Any] = field(default_factory=dict)
+    signal: str = "confidence"
+    tau: float = 0.5
+    max_hops: int = 16
+
+    name = "gatekeeper"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "calibrators", _calibrators(self.calibrators))
+
+    def p_correct(self, answer: Answer) -> float:
+        calibrator = self.calibrators.get(answer.tier, Calibrator())
+        return float(calibrator(answer_signal(answer, self.signal)))
+
+    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
+        p = self.p_correct(answer)
+        return accept_or_escalate(answer, tiers, p >= self.tau, f"calibrated {p:.3f} vs {self.tau:.3f}", self.max_hops)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "calibrators": {tier: c.to_json() for tier, c in self.calibrators.items()},
+            "signal": self.signal,
+            "tau": self.tau,
+            "max_hops": self.max_hops,
+        }
+
+
+@dataclass(frozen=True)
+class LMCascade(PostHocPolicy):
+    """Defer when the tier's deferral model says P(wrong) > ``tau``."""
+
+    scorers: Mapping[str, Any] = field(default_factory=dict)
+    tau: float = 0.5
+    max_hops: int = 16
+
+    name = "lm_cascade"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scorers", _scorers(self.scorers))
+
+    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
+        scorer = self.scorers.get(answer.tier)
+        p_wrong = 1.0 - scorer.p_correct(answer) if scorer is not None else 0.0
+        why = f"P(wrong) {p_wrong:.3f} vs {self.tau:.3f}"
+        return accept_or_escalate(answer, tiers, p_wrong <= self.tau, why, self.max_hops)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "scorers": {tier: s.to_json() for tier, s in self.scorers.items()},
+            "tau": self.tau,
+            "max_hops": self.max_hops,
+        }
+
+
+@dataclass(frozen=True)
+class FrugalGPT(PostHocPolicy):
+    """Stop at the first stage of ``chain`` whose scorer reaches that stage's threshold."""
+
+    chain: tuple[str, ...] = ()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    scorers: Mapping[str, Any] = field(default_factory=dict)
+    max_hops: int = 16
+
+    name = "frugalgpt"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chain", tuple(self.chain))
+        object.__setattr__(self, "scorers", _scorers(self.scorers))
+
+    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
+        last = not self.chain or answer.tier == self.chain[-1]
+        scorer = self.scorers.get(answer.tier)
+        score = scorer.p_correct(answer) if scorer is not None else 1.0
+        threshold = self.thresholds.get(answer.tier, 0.0)
+        why = f"score {score:.3f} vs {threshold:.3f}"
+        return accept_or_escalate(answer, tiers, last or score >= threshold, why, self.max_hops)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "chain": list(self.chain),
+            "thresholds": dict(self.thresholds),
+            "scorers": {tier: s.to_json() for tier, s in self.scorers.items()},
+            "max_hops": self.max_hops,
+        }
+
+
+@dataclass(frozen=True)
+class ChainRouter(PreCallPolicy):
+    """Allow only the tiers of ``chain`` (in ladder order) and start at the first one allowed."""
+
+    chain: tuple[str, ...] = ()
+
+    name = "chain"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chain", tuple(self.chain))
+
+    def route(self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random) -> Route:
+        allowed = tuple(t for t in allowed_tiers(request, tiers) if not self.chain or t in self.chain)
+        if not allowed:
+            return Route(allowed=(), start=None, reason="no tier of the chain is allowed")
+        return Route(allowed=allowed, start=allowed[0])
+
+    def params(self) -> dict[str, Any]:
+        return {"chain": list(self.chain)}

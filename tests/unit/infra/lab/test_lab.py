@@ -1,0 +1,113 @@
+"""Fitting, simulating and choosing policies on a recorded trace of the simulated portfolio."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from infra.lab.evaluate import LabOptions, evaluate, fit, markdown, plot
+from infra.lab.fitters import METHODS, FrugalGPTMethod, _chain_outcome, make_method
+from infra.lab.simulate import simulate, summarise
+from infra.lab.table import TraceTable
+from infra.trace import TraceOptions, run_trace
+from policies.file import load_policy
+from topics.errors import ConfigError, DataError
+from workers.traces import read_trace
+
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("lab") / "sim.jsonl"
+    run_trace(TraceOptions("simulated", n=400, seed=5, out=str(path)), QUIET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def split(trace: Path) -> tuple[TraceTable, TraceTable]:
+    return TraceTable.from_rows(read_trace(trace)).split(0.5)
+
+
+def test_the_split_is_by_item_and_stable(split: tuple[TraceTable, TraceTable]) -> None:
+    train, test = split
+    assert not set(train.items) & set(test.items)
+    assert 150 < len(train) < 250
+    assert train.tiers == ("small", "medium", "large")
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_fits_and_yields_a_monotone_enough_curve(name: str, split: tuple[TraceTable, TraceTable]) -> None:
+    train, test = split
+    method = make_method(name)
+    method.prepare(train)
+    settings = method.settings()
+    assert len(settings) >= 5
+    points = [summarise(simulate(test, *method.policies(s))) for s in settings]
+    cheapest, dearest = min(points, key=lambda p: p.cost), max(points, key=lambda p: p.cost)
+    assert dearest.accuracy > cheapest.accuracy + 0.1  # spending more buys accuracy on this portfolio
+    assert all(1.0 <= p.calls <= 3.0 for p in points)
+
+
+def test_frugalgpt_search_predicts_what_the_stream_code_does(split: tuple[TraceTable, TraceTable]) -> None:
+    """The vectorised chain search and the verifier's decisions agree item for item."""
+    train, _ = split
+    method = FrugalGPTMethod()
+    method.prepare(train)
+    for budget in method.settings()[::3]:
+        chain, thresholds, accuracy, cost = method.search(budget)
+        assert cost <= budget + 1e-12
+        again = _chain_outcome(chain, thresholds, method._scores, train.correct, train.cost)
+        assert again == (accuracy, cost)
+        simulated = summarise(simulate(train, *method.policies(budget)))
+        assert simulated.accuracy == pytest.approx(accuracy)
+        assert simulated.cost == pytest.approx(cost)
+
+
+def test_fit_respects_the_budget_and_writes_a_loadable_policy(trace: Path, tmp_path: Path) -> None:
+    out = tmp_path / "policy.json"
+    policy = fit(LabOptions(str(trace)), "lm_cascade", 0.002, None, str(out), QUIET)
+    assert policy.fitted["train"]["cost"] <= 0.002
+    loaded = load_policy(out)
+    assert (loaded.name, loaded.post_hoc, loaded.tiers) == ("lm_cascade", "lm_cascade", ("small", "medium", "large"))
+    _, post = loaded.build()
+    assert post.params() == json.loads(out.read_text())["post_hoc"]["params"]
+    target = fit(LabOptions(str(trace)), "gatekeeper", None, 0.9, str(out), QUIET)
+    assert target.fitted["train"]["accuracy"] >= 0.9
+    with pytest.raises(DataError, match="no setting costs <= 1e-09"):
+        fit(LabOptions(str(trace)), "threshold", 1e-9, None, str(out), QUIET)
+
+
+def test_eval_reports_every_policy_and_baseline(trace: Path, tmp_path: Path) -> None:
+    report = evaluate(LabOptions(str(trace), "threshold,frugalgpt", budgets=(0.003,)), QUIET)
+    names = [p["name"] for p in report["policies"]]
+    assert names == ["threshold", "frugalgpt"]
+    expected = ["single:small", "single:medium", "single:large", "random", "oracle"]
+    assert [b["name"] for b in report["baselines"]] == expected
+    for entry in report["policies"] + report["baselines"]:
+        for key in ("name", "family", "apgr", "cpt50", "cpt80", "aiq", "cost_at_strongest_accuracy", "params"):
+            assert key in entry
+    assert report["policies"][0]["apgr"] > report["baselines"][3]["apgr"]  # a cascade beats the random mix
+    assert "| threshold | post-hoc |" in markdown(report)
+    plot(report, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_is_one_clear_error(trace: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown policy 'nope'; known: .*all"):
+        evaluate(LabOptions(str(trace), "nope"), QUIET)
+    with pytest.raises(DataError, match="no tier 'huge'"):
+        evaluate(LabOptions(str(trace), "threshold", tiers=("small", "huge")), QUIET)
+    with pytest.raises(DataError, match="one tier"):
+        evaluate(LabOptions(str(trace), "threshold", tiers=("small",)), QUIET)
+    with pytest.raises(DataError, match="cannot read trace"):
+        evaluate(LabOptions(str(tmp_path / "missing.jsonl")), QUIET)
+    lines = trace.read_text().splitlines(keepends=True)
+    first_item = json.loads(lines[0])["item_id"]
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text("".join(line for line in lines if json.loads(line)["item_id"] == first_item))
+    with pytest.raises(DataError, match="the trace needs more items"):
+        evaluate(LabOptions(str(tiny), "threshold"), QUIET)
