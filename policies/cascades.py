@@ -2,7 +2,8 @@
 
 * ``gatekeeper`` — Gatekeeper's deferral rule: calibrate one confidence signal per
   tier (max-probability or negative entropy; Platt or isotonic, fitted on the train
-  split) and accept when the calibrated P(correct) reaches τ.
+  split) and accept when the calibrated P(correct) reaches τ. Rational Tuning runs
+  the same rule with per-tier thresholds chosen jointly (``infra/lab/rational.py``).
 * ``lm_cascade`` — LM Cascades (Gupta et al.): a logistic deferral model per tier
   on the answer's confidence features (token log-prob quantiles in generate mode,
   option probabilities in choice mode, plus the query's length); defer when its
@@ -45,11 +46,15 @@ def _scorers(data: Mapping[str, Any]) -> dict[str, LinearScorer]:
 
 @dataclass(frozen=True)
 class Gatekeeper(PostHocPolicy):
-    """Accept when the tier's calibrated signal reaches ``tau``; the last tier always answers."""
+    """Accept when the tier's calibrated signal reaches its threshold (``thresholds``, else ``tau``).
+
+    Rational Tuning fits per-tier ``thresholds`` for the same rule (``infra/lab/rational.py``).
+    """
 
     calibrators: Mapping[str, Any] = field(default_factory=dict)
     signal: str = "confidence"
     tau: float = 0.5
+    thresholds: Mapping[str, float] = field(default_factory=dict)
     max_hops: int = 16
 
     name = "gatekeeper"
@@ -63,13 +68,15 @@ class Gatekeeper(PostHocPolicy):
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
         p = self.p_correct(answer)
-        return accept_or_escalate(answer, tiers, p >= self.tau, f"calibrated {p:.3f} vs {self.tau:.3f}", self.max_hops)
+        tau = self.thresholds.get(answer.tier, self.tau)
+        return accept_or_escalate(answer, tiers, p >= tau, f"calibrated {p:.3f} vs {tau:.3f}", self.max_hops)
 
     def params(self) -> dict[str, Any]:
         return {
             "calibrators": {tier: c.to_json() for tier, c in self.calibrators.items()},
             "signal": self.signal,
             "tau": self.tau,
+            "thresholds": dict(self.thresholds),
             "max_hops": self.max_hops,
         }
 

@@ -19,8 +19,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from infra.lab.fitters import Method, check_trace, make_method, method_names, params_of
+from infra.lab.fitters import Method, check_trace, params_of
 from infra.lab.metrics import Point, Reference, summary
+from infra.lab.registry import make_method, method_names
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
 from policies.file import PolicyFile

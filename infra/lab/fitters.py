@@ -22,7 +22,7 @@ from policies.base import PostHocPolicy, PreCallPolicy
 from policies.cascades import ChainRouter, FrugalGPT, Gatekeeper, LMCascade
 from policies.defaults import CheapestFirst, ConfidenceThreshold
 from policies.scoring import Calibrator, LinearScorer, answer_signal
-from topics.errors import ConfigError, DataError
+from topics.errors import DataError
 from topics.messages import Answer, Request, Task
 from workers.backends.replay import completion_from_row
 from workers.model_worker import to_answer
@@ -69,13 +69,19 @@ def fit_scorer(x: FloatArray, correct: npt.NDArray[np.bool_], names: Sequence[st
 
 def fit_calibrator(values: FloatArray, correct: npt.NDArray[np.bool_]) -> Calibrator:
     """Isotonic when there are enough examples (200+) to trust its steps, else Platt scaling."""
-    if correct.all() or not correct.any():
-        return Calibrator("platt", a=0.0, b=float(np.log(max(correct.mean(), 1e-6) / max(1 - correct.mean(), 1e-6))))
-    if len(values) >= 200:
-        from sklearn.isotonic import IsotonicRegression
+    if len(values) < 200 or correct.all() or not correct.any():
+        return fit_calibrator_platt(values, correct)
+    from sklearn.isotonic import IsotonicRegression
 
-        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(values, correct.astype(float))
-        return Calibrator("isotonic", x=tuple(map(float, iso.X_thresholds_)), y=tuple(map(float, iso.y_thresholds_)))
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(values, correct.astype(float))
+    return Calibrator("isotonic", x=tuple(map(float, iso.X_thresholds_)), y=tuple(map(float, iso.y_thresholds_)))
+
+
+def fit_calibrator_platt(values: FloatArray, correct: npt.NDArray[np.bool_]) -> Calibrator:
+    """Platt scaling: P(correct) = sigmoid(a * value + b), by (nearly unregularised) logistic regression."""
+    if correct.all() or not correct.any():
+        rate = min(max(float(correct.mean()), 1e-6), 1 - 1e-6)
+        return Calibrator("platt", a=0.0, b=float(np.log(rate / (1 - rate))))
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=1e4, max_iter=2000).fit(values.reshape(-1, 1), correct.astype(int))
@@ -244,27 +250,6 @@ def _chain_outcome(
         right[stop] = correct[stop, t]
         open_ &= ~stop
     return float(right.mean()), float(spent.mean())
-
-
-METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Threshold, GatekeeperMethod, LMCascadeMethod, FrugalGPTMethod)
-}
-
-
-def make_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"unknown policy {name!r}; known: {', '.join(sorted(METHODS))}, all")
-    return METHODS[name]()
-
-
-def method_names(spec: str) -> list[str]:
-    """``all`` or a comma-separated list, each checked."""
-    names = sorted(METHODS) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
-    if not names:
-        raise ConfigError("--policy needs at least one name (or 'all')")
-    for name in names:
-        make_method(name)
-    return names
 
 
 def check_trace(table: TraceTable) -> None:

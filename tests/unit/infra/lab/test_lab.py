@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console
 
 from infra.lab.evaluate import LabOptions, evaluate, fit, markdown, plot
-from infra.lab.fitters import METHODS, FrugalGPTMethod, _chain_outcome, make_method
+from infra.lab.fitters import FrugalGPTMethod, _chain_outcome
+from infra.lab.registry import METHODS, make_method
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
 from infra.trace import TraceOptions, run_trace

@@ -1,0 +1,27 @@
+"""The policy lab's methods by name: what ``tierflow eval --policy`` and ``fit --policy`` accept."""
+
+from __future__ import annotations
+
+from infra.lab.fitters import FrugalGPTMethod, GatekeeperMethod, LMCascadeMethod, Method, Threshold
+from infra.lab.rational import RationalTuning
+from topics.errors import ConfigError
+
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (Threshold, GatekeeperMethod, LMCascadeMethod, FrugalGPTMethod, RationalTuning)
+}
+
+
+def make_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"unknown policy {name!r}; known: {', '.join(sorted(METHODS))}, all")
+    return METHODS[name]()
+
+
+def method_names(spec: str) -> list[str]:
+    """``all`` or a comma-separated list, each checked."""
+    names = sorted(METHODS) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--policy needs at least one name (or 'all')")
+    for name in names:
+        make_method(name)
+    return names
