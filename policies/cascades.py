@@ -8,6 +8,10 @@
   on the answer's confidence features (token log-prob quantiles in generate mode,
   option probabilities in choice mode, plus the query's length); defer when its
   P(wrong) exceeds τ.
+* ``automix`` — AutoMix: the answering model verifies its own answer (``verify_p``,
+  see the LLM backends' ``verify`` option); escalate when ``verify_p <= t`` (threshold
+  variant), or look the action up per ``verify_p`` bin in a table fitted by dynamic
+  programming on the train split to maximise accuracy - λ·cost (POMDP variant).
 * ``frugalgpt`` — FrugalGPT: an ordered chain of tiers (a sub-sequence of the
   ladder, enforced by the ``chain`` router) with a threshold per stage on a learned
   answer scorer; the chain and thresholds maximise accuracy under a mean-cost budget.
@@ -18,8 +22,9 @@ verdict out; the same objects decide in the verifier and in ``tierflow eval``.
 
 from __future__ import annotations
 
+import bisect
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +109,43 @@ class LMCascade(PostHocPolicy):
         return {
             "scorers": {tier: s.to_json() for tier, s in self.scorers.items()},
             "tau": self.tau,
+            "max_hops": self.max_hops,
+        }
+
+
+@dataclass(frozen=True)
+class AutoMix(PostHocPolicy):
+    """Escalate on weak self-verification: by threshold, or by a per-bin action table (POMDP variant).
+
+    ``bins[tier]`` are the inner edges of the tier's ``verify_p`` bins and
+    ``actions[tier][b]`` is ``"accept"`` or ``"escalate"`` for bin ``b``; a tier
+    without a table uses ``threshold``.
+    """
+
+    threshold: float = 0.5
+    bins: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    actions: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    max_hops: int = 16
+
+    name = "automix"
+
+    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
+        verify_p = answer.features.get("verify_p", 0.0)
+        table = self.actions.get(answer.tier)
+        if table is not None:
+            b = bisect.bisect_right(list(self.bins.get(answer.tier, ())), verify_p)
+            accept = table[min(b, len(table) - 1)] == "accept"
+            why = f"verify_p {verify_p:.3f} in bin {b}: {table[min(b, len(table) - 1)]}"
+        else:
+            accept = verify_p > self.threshold
+            why = f"verify_p {verify_p:.3f} vs {self.threshold:.3f}"
+        return accept_or_escalate(answer, tiers, accept, why, self.max_hops)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "bins": {tier: list(edges) for tier, edges in self.bins.items()},
+            "actions": {tier: list(table) for tier, table in self.actions.items()},
             "max_hops": self.max_hops,
         }
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from policies.base import PostHocPolicy, PreCallPolicy
-from policies.cascades import ChainRouter, FrugalGPT, Gatekeeper, LMCascade
+from policies.cascades import AutoMix, ChainRouter, FrugalGPT, Gatekeeper, LMCascade
 from policies.defaults import CheapestFirst, ConfidenceThreshold
 from topics.errors import ConfigError
 
@@ -16,6 +16,7 @@ POST_HOC: dict[str, Callable[..., PostHocPolicy]] = {
     "gatekeeper": Gatekeeper,
     "lm_cascade": LMCascade,
     "frugalgpt": FrugalGPT,
+    "automix": AutoMix,
 }
 
 

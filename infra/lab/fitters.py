@@ -88,7 +88,7 @@ def fit_calibrator_platt(values: FloatArray, correct: npt.NDArray[np.bool_]) -> 
     return Calibrator("platt", a=float(model.coef_[0][0]), b=float(model.intercept_[0]))
 
 
-def _grid(scores: FloatArray, n: int = 24) -> list[float]:
+def threshold_grid(scores: FloatArray, n: int = 24) -> list[float]:
     """Thresholds at the quantiles of the scores, plus 'accept all' and 'accept none'."""
     qs = np.quantile(scores, np.linspace(0.0, 1.0, n)) if scores.size else np.array([])
     return sorted({0.0, *map(float, qs), 1.0 + 1e-9})
@@ -120,7 +120,7 @@ class Threshold(Method):
 
     def prepare(self, train: TraceTable) -> None:
         self._tiers = train.tiers
-        self._grid = _grid(train.confidence[:, :-1].ravel())
+        self._grid = threshold_grid(train.confidence[:, :-1].ravel())
 
     def settings(self) -> list[float]:
         return self._grid
@@ -148,7 +148,7 @@ class GatekeeperMethod(Method):
             self._calibrators[tier] = calibrator
             if t < len(train.tiers) - 1:
                 scores.extend(calibrator(v) for v in values)
-        self._grid = _grid(np.array(scores))
+        self._grid = threshold_grid(np.array(scores))
 
     def settings(self) -> list[float]:
         return self._grid
@@ -173,7 +173,7 @@ class LMCascadeMethod(Method):
             self._scorers[tier] = scorer
             if t < len(train.tiers) - 1:
                 wrong.extend(1.0 - scorer.p_correct_of(row) for row in x)
-        self._grid = _grid(np.array(wrong))
+        self._grid = threshold_grid(np.array(wrong))
 
     def settings(self) -> list[float]:
         return self._grid
@@ -212,7 +212,7 @@ class FrugalGPTMethod(Method):
         best: tuple[tuple[int, ...], tuple[float, ...], float, float] | None = None
         for length in range(1, min(MAX_CHAIN, n_tiers) + 1):
             for chain in itertools.combinations(range(n_tiers), length):
-                grids = [_grid(scores[:, t], 10) for t in chain[:-1]]
+                grids = [threshold_grid(scores[:, t], 10) for t in chain[:-1]]
                 for thresholds in itertools.product(*grids):
                     accuracy, mean_cost = _chain_outcome(chain, thresholds, scores, correct, cost)
                     if mean_cost > budget + 1e-15:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from infra.lab.automix import AutoMixPOMDP, AutoMixThreshold
 from infra.lab.fitters import FrugalGPTMethod, GatekeeperMethod, LMCascadeMethod, Method, Threshold
 from infra.lab.rational import RationalTuning
 from topics.errors import ConfigError
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Threshold, GatekeeperMethod, LMCascadeMethod, FrugalGPTMethod, RationalTuning)
+    m.name: m
+    for m in (
+        Threshold, GatekeeperMethod, LMCascadeMethod, FrugalGPTMethod, RationalTuning, AutoMixThreshold, AutoMixPOMDP
+    )
 }
 
 

@@ -42,11 +42,13 @@ from workers.artifacts import resolve_model
 from workers.backends.base import Backend, Completion, Query, register_backend
 from workers.backends.confidence import log_softmax
 from workers.backends.llm import (
+    VERIFY_CHOICES,
     Sample,
     choice_completion,
     generate_completion,
     parse_llm_options,
     request_seed,
+    with_verification,
 )
 
 BACKEND_KEYS = ("n_ctx", "n_batch", "n_threads", "gpu_layers")
@@ -78,6 +80,7 @@ class LlamaCppBackend(Backend):
         self._llm: Any = None
         self._lock = threading.Lock()
         self._option_tokens: dict[str, int] = {}
+        self._verify_tokens: dict[str, int] = {}
 
     def load(self) -> None:
         try:
@@ -100,6 +103,7 @@ class LlamaCppBackend(Backend):
         )
         opts = self.llm_options
         self._option_tokens = {c: self._first_token(opts.spelling(c)) for c in opts.choices}
+        self._verify_tokens = {c: self._first_token(" " + c) for c in VERIFY_CHOICES}
 
     def _first_token(self, text: str) -> int:
         """The token a choice is read as: the first of its spelling (one token for letters)."""
@@ -129,14 +133,25 @@ class LlamaCppBackend(Backend):
             return Completion("", 0.0, tokens_in=len(prompt), error=error)
         if opts.mode == "choice":
             options = self._option_logprobs(prompt)
-            return choice_completion(opts, options, len(prompt), time.perf_counter() - started)
-        samples = self._generate(query.request_id, prompt)
-        return generate_completion(opts, samples, len(prompt), time.perf_counter() - started)
+            completion = choice_completion(opts, options, len(prompt), time.perf_counter() - started)
+        else:
+            samples = self._generate(query.request_id, prompt)
+            completion = generate_completion(opts, samples, len(prompt), time.perf_counter() - started)
+        if not opts.verify or completion.error is not None:
+            return completion
+        check = self._prompt_tokens_raw(opts.verification(opts.render(query.input), completion.output))
+        if len(check) >= self.n_ctx:
+            return completion
+        verdict = self._option_logprobs(check, self._verify_tokens)
+        return with_verification(opts, completion, verdict, len(check), time.perf_counter() - started)
 
     def _prompt_tokens(self, text: str) -> list[int]:
-        """The prompt as llama.cpp's server tokenizes it (BOS as the model wants, special tokens parsed)."""
-        rendered = self.llm_options.render(text).encode("utf-8")
-        tokens: list[int] = self.loaded.tokenize(rendered, add_bos=True, special=True)
+        """The rendered prompt as llama.cpp's server tokenizes it."""
+        return self._prompt_tokens_raw(self.llm_options.render(text))
+
+    def _prompt_tokens_raw(self, prompt: str) -> list[int]:
+        """Tokens of ``prompt`` with BOS as the model wants and special tokens parsed (as the server does)."""
+        tokens: list[int] = self.loaded.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         return tokens
 
     def option_logprobs(self, text: str) -> dict[str, float]:
@@ -144,9 +159,10 @@ class LlamaCppBackend(Backend):
         with self._lock:
             return self._option_logprobs(self._prompt_tokens(text))
 
-    def _option_logprobs(self, prompt: Sequence[int]) -> dict[str, float]:
+    def _option_logprobs(self, prompt: Sequence[int], tokens: Mapping[str, int] | None = None) -> dict[str, float]:
+        """Next-token log-prob of each option (default: the choices) after ``prompt``."""
         logprobs = self._next_logprobs(prompt, reset=True)
-        return {c: float(logprobs[self._option_tokens[c]]) for c in self.llm_options.choices}
+        return {option: float(logprobs[token]) for option, token in (tokens or self._option_tokens).items()}
 
     def _next_logprobs(self, tokens: Sequence[int], reset: bool) -> npt.NDArray[np.float64]:
         """Evaluate ``tokens`` (after the cache, or from scratch) and return the next token's log-probs."""

@@ -18,6 +18,12 @@ Options (``[[tiers]] options = {...}``):
 * cost: ``price_per_input_token`` and ``price_per_output_token`` (USD per token)
   when given, else measured compute seconds x ``price_per_cpu_second`` (1e-4).
 
+* ``verify`` (false): AutoMix's self-verification. After answering, the same model
+  reads its answer back under ``VERIFY_PROMPT`` and the renormalised probability of
+  `` Yes`` against `` No`` becomes the ``verify_p`` feature. AutoMix draws k sampled
+  verifications and counts the share that say yes; reading the probability itself
+  is that share's limit as k grows, at the price of one prompt evaluation.
+
 Confidence: in choice mode the renormalised probability of the chosen option
 (``max_prob``); in generate mode with one sample, the geometric mean of the tokens'
 probabilities, ``exp(logprob_mean)``; with several samples, their agreement.
@@ -25,6 +31,7 @@ probabilities, ``exp(logprob_mean)``; with several samples, their agreement.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -38,6 +45,8 @@ from workers.backends.confidence import agreement, logprob_features, option_feat
 Mode = Literal["choice", "generate"]
 DEFAULT_CHOICES: tuple[str, ...] = ("A", "B", "C", "D")
 DEFAULT_PRICE_PER_CPU_SECOND = 1e-4
+VERIFY_PROMPT = "{prompt} {answer}\n\nIs the answer above correct? Reply Yes or No.\nReply:"
+VERIFY_CHOICES: tuple[str, str] = ("Yes", "No")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class LLMOptions:
     price_per_input_token: float = 0.0
     price_per_output_token: float = 0.0
     price_per_cpu_second: float = DEFAULT_PRICE_PER_CPU_SECOND
+    verify: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Backend-specific options, validated by the backend."""
 
@@ -64,6 +74,10 @@ class LLMOptions:
         """The text of the token that stands for ``choice`` after the prompt."""
         return self.choice_prefix + choice
 
+    def verification(self, rendered_prompt: str, answer: str) -> str:
+        """The prompt under which the model judges its own ``answer``."""
+        return VERIFY_PROMPT.format(prompt=rendered_prompt, answer=answer)
+
     def cost(self, tokens_in: int, tokens_out: int, seconds: float) -> float:
         if self.price_per_input_token or self.price_per_output_token:
             return tokens_in * self.price_per_input_token + tokens_out * self.price_per_output_token
@@ -72,7 +86,7 @@ class LLMOptions:
 
 _COMMON = {
     "mode", "prompt", "choices", "choice_prefix", "max_tokens", "temperature", "samples", "stop", "seed",
-    "price_per_input_token", "price_per_output_token", "price_per_cpu_second", "model",
+    "price_per_input_token", "price_per_output_token", "price_per_cpu_second", "model", "verify",
 }  # fmt: skip
 
 
@@ -125,8 +139,16 @@ def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Seque
         price_per_input_token=number("price_per_input_token", float, 0.0, 0.0, 1.0),
         price_per_output_token=number("price_per_output_token", float, 0.0, 0.0, 1.0),
         price_per_cpu_second=number("price_per_cpu_second", float, DEFAULT_PRICE_PER_CPU_SECOND, 0.0, 1e3),
+        verify=_flag(options, "verify", key("verify")),
         extra={k: v for k, v in options.items() if k in backend_keys},
     )
+
+
+def _flag(options: Mapping[str, Any], name: str, key: str) -> bool:
+    value = options.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +204,20 @@ def request_seed(seed: int, request_id: str, sample: int) -> int:
     """A 64-bit seed from ``(seed, request id, sample index)``: stable across processes."""
     text = f"{seed}\x1f{request_id}\x1f{sample}".encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+
+
+def with_verification(
+    opts: LLMOptions, completion: Completion, verdict_logprobs: Mapping[str, float], tokens_in: int, seconds: float
+) -> Completion:
+    """``completion`` plus the ``verify_p`` feature, with the verification's tokens, time and cost added."""
+    yes, no = (math.exp(verdict_logprobs[c]) for c in VERIFY_CHOICES)
+    verify_p = yes / (yes + no) if yes + no > 0 else 0.0
+    tokens_total = completion.tokens_in + tokens_in
+    return dataclasses.replace(
+        completion,
+        features={**completion.features, "verify_p": verify_p},
+        tokens_in=tokens_total,
+        tokens_out=completion.tokens_out + 1,
+        cost=opts.cost(tokens_total, completion.tokens_out + 1, seconds),
+        latency_ms=seconds * 1000,
+    )

@@ -45,11 +45,13 @@ from typing import Any
 from topics.errors import ConfigError
 from workers.backends.base import Backend, Completion, Query, register_backend
 from workers.backends.llm import (
+    VERIFY_CHOICES,
     Sample,
     choice_completion,
     generate_completion,
     parse_llm_options,
     request_seed,
+    with_verification,
 )
 
 BACKEND_KEYS = (
@@ -130,16 +132,24 @@ class OpenAIBackend(Backend):
         started = time.perf_counter()
         try:
             if opts.mode == "choice":
-                tokens_in, options = await self._option_logprobs(prompt)
-                return choice_completion(opts, options, tokens_in, time.perf_counter() - started)
-            samples = []
-            tokens_in = 0
-            for index in range(opts.samples):
-                seed = request_seed(opts.seed, query.request_id, index) % 2**31
-                body = await self._call(prompt, opts.max_tokens, opts.temperature, seed, stop=opts.stop)
-                tokens_in, positions = self._parse(body)
-                samples.append(Sample(self._text(body), tuple(lp for lp, _ in positions)))
-            return generate_completion(opts, samples, tokens_in, time.perf_counter() - started)
+                tokens_in, options = await self._option_logprobs(prompt, [opts.spelling(c) for c in opts.choices])
+                completion = choice_completion(opts, dict(zip(opts.choices, options.values(), strict=True)),
+                                               tokens_in, time.perf_counter() - started)  # fmt: skip
+            else:
+                samples = []
+                tokens_in = 0
+                for index in range(opts.samples):
+                    seed = request_seed(opts.seed, query.request_id, index) % 2**31
+                    body = await self._call(prompt, opts.max_tokens, opts.temperature, seed, stop=opts.stop)
+                    tokens_in, positions = self._parse(body)
+                    samples.append(Sample(self._text(body), tuple(lp for lp, _ in positions)))
+                completion = generate_completion(opts, samples, tokens_in, time.perf_counter() - started)
+            if not opts.verify or completion.error is not None:
+                return completion
+            spellings = [f" {c}" for c in VERIFY_CHOICES]
+            check_tokens, verdict = await self._option_logprobs(opts.verification(prompt, completion.output), spellings)
+            verdict_by_choice = dict(zip(VERIFY_CHOICES, verdict.values(), strict=True))
+            return with_verification(opts, completion, verdict_by_choice, check_tokens, time.perf_counter() - started)
         except EndpointError as exc:
             return Completion("", 0.0, latency_ms=(time.perf_counter() - started) * 1000, error=str(exc))
 
@@ -147,16 +157,18 @@ class OpenAIBackend(Backend):
         """Each choice's next-token log-prob after the rendered prompt; ``-inf`` outside the top k."""
         if self._limit is None:
             self._limit = asyncio.Semaphore(self.concurrency)
-        return (await self._option_logprobs(self.llm_options.render(text)))[1]
-
-    async def _option_logprobs(self, prompt: str) -> tuple[int, dict[str, float]]:
         opts = self.llm_options
-        body = await self._call(prompt, 1, 0.0, opts.seed, logit_bias=self.choice_logit_bias)
+        _, by_spelling = await self._option_logprobs(opts.render(text), [opts.spelling(c) for c in opts.choices])
+        return dict(zip(opts.choices, by_spelling.values(), strict=True))
+
+    async def _option_logprobs(self, prompt: str, spellings: Sequence[str]) -> tuple[int, dict[str, float]]:
+        """Prompt tokens, and the next-token log-prob of each spelling (``-inf`` outside the top k)."""
+        body = await self._call(prompt, 1, 0.0, self.llm_options.seed, logit_bias=self.choice_logit_bias)
         tokens_in, positions = self._parse(body)
         if not positions:
             raise EndpointError("the model ended before choosing (see the choice_logit_bias option)")
         top = positions[0][1]
-        return tokens_in, {c: top.get(opts.spelling(c), -math.inf) for c in opts.choices}
+        return tokens_in, {s: top.get(s, -math.inf) for s in spellings}
 
     async def _call(
         self,

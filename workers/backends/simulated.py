@@ -122,12 +122,18 @@ class SimulatedBackend(Backend):
         c = rng.betavariate(a + 1.0, b) if correct else rng.betavariate(a, b + 1.0)
         return math.sqrt(c) if self.calibration == "overconfident" else c
 
-    def _features(self, c: float) -> dict[str, float]:
-        """``max_prob``, ``margin`` and ``entropy`` of the implied label distribution (module docstring)."""
+    def _features(self, query: Query, output: str, c: float) -> dict[str, float]:
+        """``max_prob``, ``margin``, ``entropy`` of the implied label distribution, and ``verify_p``.
+
+        ``verify_p`` stands in for AutoMix's self-verification: a second confidence,
+        drawn like the first (same calibration scheme) but independently of it.
+        """
         k = len(self.labels)
         rest = (1.0 - c) / (k - 1)
         entropy = -sum(p * math.log(p) for p in [c] + [rest] * (k - 1) if p > 0.0)
-        return {"max_prob": c, "margin": c - rest, "entropy": entropy}
+        rng = random.Random(_stable_int(str(self.seed), self.tier, query.request_id, "verify"))
+        verify_p = self._confidence(rng, output == simulated_gold_label(query.request_id, self.labels))
+        return {"max_prob": c, "margin": c - rest, "entropy": entropy, "verify_p": verify_p}
 
     def draw(self, query: Query) -> tuple[str, float, float]:
         """The deterministic ``(output, confidence, latency_ms)`` of one query, without sleeping."""
@@ -154,4 +160,7 @@ class SimulatedBackend(Backend):
         if batch_ms > 0.0:
             await asyncio.sleep(batch_ms / 1000.0)
         share = batch_ms / len(batch) if batch else 0.0
-        return [Completion(output, c, self._features(c), cost=self.cost, latency_ms=share) for output, c, _ in draws]
+        return [
+            Completion(output, c, self._features(query, output, c), cost=self.cost, latency_ms=share)
+            for query, (output, c, _) in zip(batch, draws, strict=True)
+        ]

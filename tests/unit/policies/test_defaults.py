@@ -81,7 +81,7 @@ def test_hop_limit_stops() -> None:
 def test_registry_lists_known_names() -> None:
     with pytest.raises(ConfigError, match="known: chain, cheapest_first"):
         make_pre_call("nope")
-    with pytest.raises(ConfigError, match="known: frugalgpt, gatekeeper, lm_cascade, threshold"):
+    with pytest.raises(ConfigError, match="known: automix, frugalgpt, gatekeeper, lm_cascade, threshold"):
         make_post_hoc("nope")
     with pytest.raises(ConfigError, match="bad parameters"):
         make_post_hoc("threshold", {"bogus": 1})
