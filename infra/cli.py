@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument(
         "--threads", type=int, default=0, help="llama.cpp threads per LLM tier (default: the portfolio's)"
     )
+    trace.add_argument(
+        "--verify", action="store_true", help="LLM tiers also judge their own answers (verify_p, for AutoMix)"
+    )
 
     lab_help = {
         "eval": (
@@ -195,7 +198,7 @@ def _trace(args: argparse.Namespace) -> int:
 
     from infra.trace import TraceOptions, run_trace
 
-    options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out, args.threads)
+    options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out, args.threads, args.verify)
     run_trace(options, Console(stderr=True))
     return 0
 

@@ -47,6 +47,8 @@ class TraceOptions:
     threads: int = 0
     """Override ``n_threads`` of llamacpp tiers (0: keep the portfolio's). Tiers run one at a time
     here, so each may use every core, unlike in the pipeline where they share them."""
+    verify: bool = False
+    """Turn on the LLM tiers' self-verification (``verify_p``, for AutoMix)."""
 
 
 def load_any(portfolio: str) -> Config:
@@ -92,10 +94,14 @@ def _row(item: Item, dataset: str, tier: TierConfig, model: str, completion: Com
     )
 
 
-def _with_threads(tier: TierConfig, threads: int) -> TierConfig:
-    if threads <= 0 or tier.backend != "llamacpp":
-        return tier
-    return dataclasses.replace(tier, options={**tier.options, "n_threads": threads})
+def _tuned(tier: TierConfig, threads: int, verify: bool) -> TierConfig:
+    """The tier with the trace's overrides: llama.cpp threads, LLM self-verification."""
+    options = dict(tier.options)
+    if threads > 0 and tier.backend == "llamacpp":
+        options["n_threads"] = threads
+    if verify and tier.backend in ("llamacpp", "openai"):
+        options["verify"] = True
+    return dataclasses.replace(tier, options=options)
 
 
 def _existing(out: Path, dataset: str) -> list[TraceRow]:
@@ -146,7 +152,7 @@ def run_trace(options: TraceOptions, console: Console) -> list[TraceRow]:
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = {(row.item_id, row.tier) for row in _existing(out, dataset)}
-    tiers = [_with_threads(tier, options.threads) for tier in config.tiers]
+    tiers = [_tuned(tier, options.threads, options.verify) for tier in config.tiers]
     plan = [(tier, [item for item in items if (item.id, tier.name) not in done]) for tier in tiers]
     remaining = sum(len(todo) for _, todo in plan)
     if remaining < len(items) * len(config.tiers):
