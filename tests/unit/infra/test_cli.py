@@ -42,7 +42,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess[str], fragment: str
 def test_help_lists_the_commands() -> None:
     proc = _tierflow("--help")
     assert proc.returncode == 0
-    for command in ("demo", "up", "send"):
+    for command in ("demo", "up", "send", "trace", "eval", "fit", "models", "data"):
         assert command in proc.stdout
 
 
@@ -98,3 +98,22 @@ def test_unknown_backend_lists_the_known_ones(tmp_path: Path) -> None:
     path.write_text('[[tiers]]\nname = "a"\nbackend = "gpt9"\n')
     known = "known: headlines, llamacpp, openai, recorded, replay, simulated"
     _assert_one_line_error(_tierflow("up", "--config", str(path)), known)
+
+
+def test_lab_and_registry_commands_fail_in_one_line(tmp_path: Path) -> None:
+    _assert_one_line_error(_tierflow("eval", "--trace", str(tmp_path / "none.jsonl")), "cannot read trace")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"item_id": "x"}\n')
+    _assert_one_line_error(_tierflow("eval", "--trace", str(bad)), "bad.jsonl:1: not a trace row")
+    _assert_one_line_error(
+        _tierflow("fit", "--trace", str(bad), "--policy", "magic", "--out", str(tmp_path / "p.json")),
+        "not a trace row",
+    )
+    _assert_one_line_error(_tierflow("models", "fetch", "gpt-9"), "unknown model 'gpt-9'")
+    _assert_one_line_error(_tierflow("up", "--config", str(tmp_path / "none.toml")), "cannot read config")
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"format": "tierflow-policy", "version": 1, "name": "x", '
+                      '"pre_call": {"name": "cheapest_first"}, "post_hoc": {"name": "oracle"}}')  # fmt: skip
+    config = tmp_path / "c.toml"
+    config.write_text('[[tiers]]\nname = "a"\nbackend = "simulated"\n')
+    _assert_one_line_error(_tierflow("up", "--config", str(config), "--policy", str(policy)), "unknown post-hoc policy")

@@ -8,8 +8,6 @@ exercised on LLM traces (README) and on simulated ones (test_lab.py).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from rich.console import Console
 
