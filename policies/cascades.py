@@ -113,6 +113,11 @@ class LMCascade(PostHocPolicy):
         }
 
 
+def self_verification(answer: Answer) -> float:
+    """The answer's ``verify_p``; a tier that cannot verify itself (a recorded tier) offers its confidence."""
+    return answer.features.get("verify_p", answer.confidence)
+
+
 @dataclass(frozen=True)
 class AutoMix(PostHocPolicy):
     """Escalate on weak self-verification: by threshold, or by a per-bin action table (POMDP variant).
@@ -130,7 +135,7 @@ class AutoMix(PostHocPolicy):
     name = "automix"
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
-        verify_p = answer.features.get("verify_p", 0.0)
+        verify_p = self_verification(answer)
         table = self.actions.get(answer.tier)
         if table is not None:
             b = bisect.bisect_right(list(self.bins.get(answer.tier, ())), verify_p)

@@ -1,8 +1,8 @@
 """AutoMix (Aggarwal et al.): escalate when the answering model's self-verification is weak.
 
-Needs the ``verify_p`` feature on every tier but the last: record the trace with
-``verify = true`` in the LLM tiers' options (the model reads its own answer back and
-we take P(Yes)).
+Needs the ``verify_p`` feature: record the trace with ``tierflow trace --verify``
+(the model reads its own answer back and we take P(Yes)). A tier that cannot
+verify itself (a recorded tier) offers its confidence instead.
 
 * ``automix`` (threshold variant): escalate when ``verify_p <= t``; sweep t.
 * ``automix_pomdp``: AutoMix's POMDP sees only a bin of ``verify_p`` and must act
@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from infra.lab.fitters import Method, Pair, answers_of, signal_matrix, threshold_grid
+from infra.lab.fitters import Method, Pair, answers_of, threshold_grid
 from infra.lab.table import TraceTable
-from policies.cascades import AutoMix
+from policies.cascades import AutoMix, self_verification
 from policies.defaults import CheapestFirst
 from topics.errors import DataError
 
@@ -29,14 +29,15 @@ BINS = 6
 
 
 def verify_matrix(train: TraceTable) -> npt.NDArray[np.float64]:
-    """``verify_p`` per item and tier; a DataError when a tier that may escalate lacks it."""
-    for t, tier in enumerate(train.tiers[:-1]):
-        if not any("verify_p" in rows[t].features for rows in train.rows):
-            raise DataError(
-                f"tier {tier!r} has no verify_p feature: AutoMix needs a trace recorded with verify = true"
-            )
+    """Self-verification per item and tier (``self_verification``: ``verify_p``, else the confidence).
+
+    A DataError when no tier that may escalate verified itself: then AutoMix would
+    only be a confidence threshold.
+    """
+    if not any("verify_p" in rows[t].features for rows in train.rows for t in range(len(train.tiers) - 1)):
+        raise DataError("no tier has a verify_p feature: AutoMix needs a trace recorded with --verify")
     answers = answers_of(train)
-    return np.column_stack([signal_matrix(answers, t, ["verify_p"])[:, 0] for t in range(len(train.tiers))])
+    return np.array([[self_verification(a) for a in per] for per in answers], dtype=float)
 
 
 class AutoMixThreshold(Method):
