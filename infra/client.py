@@ -86,8 +86,7 @@ class ResultCollector:
         self.topics = [layout.results, layout.dlq] + ([layout.answers] if include_answers else [])
         self.broker_resets = 0
         """How often the topics were found emptied under us (a memory broker that restarted)."""
-        self._read_from: set[TopicPartition] = set()
-        self._ends_seen: dict[TopicPartition, int] = {}
+        self._read_upto: dict[TopicPartition, int] = {}
         self._next_reset_check = 0.0
         self.collected = Collected()
         self._consumer = AIOKafkaConsumer(
@@ -125,19 +124,13 @@ class ResultCollector:
     async def poll(self, timeout_ms: int = 200) -> list[str]:
         """Read what is available; return the request ids that got their first result or dead letter."""
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
-        self._read_from.update(batches)
+        for tp, records in batches.items():
+            self._read_upto[tp] = max(self._read_upto.get(tp, 0), records[-1].offset + 1)
         settled = (self._take(tp.topic, record.value or b"") for tp, records in batches.items() for record in records)
         return [request_id for request_id in settled if request_id is not None]
 
     async def lost_broker_data(self) -> bool:
-        """True (once per event) when a partition's end moved backwards: the data is gone.
-
-        The floor per partition is the highest end offset the broker reported before
-        (and 1 once we read anything from it). Not our read position: Tansu reports
-        a partition's end as the base offset of its last record batch + 1, which is
-        below the high watermark whenever that batch holds several records, but it
-        only ever grows while the data lives.
-        """
+        """True (once per event) when a partition now ends before what we already read: the data is gone."""
         if time.monotonic() < self._next_reset_check:
             return False
         self._next_reset_check = time.monotonic() + 1.0
@@ -145,14 +138,10 @@ class ResultCollector:
             ends = await self._consumer.end_offsets(list(self._consumer.assignment()))
         except KafkaError:
             return False  # topics missing or broker away right now; look again later
-        floors = {tp: max(self._ends_seen.get(tp, 0), int(tp in self._read_from)) for tp in self._read_from | set(ends)}
-        if any(ends.get(tp, 0) < floor for tp, floor in floors.items()):
+        if any(ends.get(tp, 0) < upto for tp, upto in self._read_upto.items()):
             self.broker_resets += 1
-            self._read_from.clear()
-            self._ends_seen.clear()
+            self._read_upto.clear()
             return True
-        for tp, end in ends.items():
-            self._ends_seen[tp] = max(self._ends_seen.get(tp, 0), end)
         return False
 
     def _take(self, topic: str, value: bytes) -> str | None:
