@@ -26,15 +26,13 @@ def start_ray(config: RayConfig) -> bool:
     keeps Linux from swapping in the routable address) and the dashboard is off.
     A remote cluster gets this project's packages shipped as ``py_modules``.
 
-    Ray runs worker processes at niceness 15 by default, as if they were background
-    jobs; here they are the work. Next to a broker on the same machine (the demo,
-    a laptop), niced model workers starved behind the broker's polling and answered
-    about ten times slower, so a local Ray runs them at the driver's priority.
+    Ray runs worker processes at niceness 15; next to a broker that many consumers
+    poll every 10 ms, slow model workers starve (LLM portfolios therefore poll
+    every 200 ms, see ``mmlu-llm.toml``).
     """
     if ray.is_initialized():
         return False
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         if config.address:
             modules = [str(ROOT / name) for name in PACKAGES]
