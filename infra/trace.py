@@ -166,7 +166,8 @@ def run_trace(options: TraceOptions, console: Console) -> list[TraceRow]:
                 asyncio.run(_trace_tier(tier, todo, dataset, out, progress, bar))
     rows = read_trace(out)
     console.print(f"{out}: {len(rows)} rows ({time.monotonic() - started:.0f}s)")
-    console.print(summary_table([r for r in rows if r.item_id in {i.id for i in items}]))
+    sampled = {item.id for item in items}
+    console.print(summary_table([r for r in rows if r.item_id in sampled]))
     return rows
 
 

@@ -36,7 +36,6 @@ Columns (every row has every column; ``features`` is a flat object of floats):
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -119,7 +118,3 @@ def models_of(rows: Sequence[TraceRow]) -> list[str]:
     """The trace's tiers in first-appearance order (the portfolio's order when written by ``trace``)."""
     return list(dict.fromkeys(row.tier for row in rows))
 
-
-def row_to_json(row: TraceRow) -> dict[str, object]:
-    result: dict[str, object] = json.loads(_ENCODER.encode(row))
-    return result

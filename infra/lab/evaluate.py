@@ -132,7 +132,10 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
         "trace": options.trace,
         "tiers": list(table.tiers),
         "items": {"train": len(train), "test": len(test)},
-        "reference": {"weak": vars_of(ref)[0], "strong": vars_of(ref)[1]},
+        "reference": {
+            "weak": {"cost": ref.weak_cost, "accuracy": ref.weak_accuracy},
+            "strong": {"cost": ref.strong_cost, "accuracy": ref.strong_accuracy},
+        },
         "budgets": list(options.budgets),
         "baselines": baselines(test, ref, options.budgets),
         "policies": [],
@@ -151,13 +154,6 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
         }
         report["policies"].append(entry)
     return report
-
-
-def vars_of(ref: Reference) -> tuple[dict[str, float], dict[str, float]]:
-    return (
-        {"cost": ref.weak_cost, "accuracy": ref.weak_accuracy},
-        {"cost": ref.strong_cost, "accuracy": ref.strong_accuracy},
-    )
 
 
 def fit(

@@ -37,10 +37,11 @@ class TraceTable:
     @classmethod
     def from_rows(cls, rows: Sequence[TraceRow], tiers: Sequence[str] | None = None) -> TraceTable:
         """Keep the items every tier of ``tiers`` (default: all, in trace order) answered."""
-        order = tuple(tiers) if tiers else tuple(models_of(rows))
-        unknown = sorted(set(order) - set(models_of(rows)))
+        present = models_of(rows)
+        order = tuple(tiers) if tiers else tuple(present)
+        unknown = sorted(set(order) - set(present))
         if unknown:
-            raise DataError(f"the trace has no tier {unknown[0]!r}; it has: {', '.join(models_of(rows))}")
+            raise DataError(f"the trace has no tier {unknown[0]!r}; it has: {', '.join(present)}")
         by_item: dict[str, dict[str, TraceRow]] = {}
         for row in rows:
             by_item.setdefault(row.item_id, {})[row.tier] = row

@@ -35,7 +35,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from topics.errors import ConfigError
@@ -64,8 +64,6 @@ class LLMOptions:
     price_per_output_token: float = 0.0
     price_per_cpu_second: float = DEFAULT_PRICE_PER_CPU_SECOND
     verify: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Backend-specific options, validated by the backend."""
 
     def render(self, text: str) -> str:
         return self.prompt.replace("{input}", text)
@@ -140,7 +138,6 @@ def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Seque
         price_per_output_token=number("price_per_output_token", float, 0.0, 0.0, 1.0),
         price_per_cpu_second=number("price_per_cpu_second", float, DEFAULT_PRICE_PER_CPU_SECOND, 0.0, 1e3),
         verify=_flag(options, "verify", key("verify")),
-        extra={k: v for k, v in options.items() if k in backend_keys},
     )
 
 
