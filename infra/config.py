@@ -19,6 +19,7 @@ from topics.names import TopicLayout, check_name
 T = TypeVar("T")
 PROVIDERS = ("embedded", "docker", "external")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+EXPORTERS = ("none", "console", "otlp")
 
 
 class _Section:
@@ -137,6 +138,34 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """The budget controller and who may command it (``[control]``)."""
+
+    enabled: bool = True
+    keys: Mapping[str, str] = field(default_factory=lambda: {"default": "TIERFLOW_CONTROL_KEY"})
+    """Key id -> name of the environment variable holding its secret (never the secret itself)."""
+    period_s: float = 1.0
+    """How often the control law runs."""
+    window_s: float = 10.0
+    """The sliding window observed cost, latency and quality are measured over."""
+    report_every_s: float = 2.0
+    step: float = 0.04
+    """Largest change of a multiplier per period (the bounded step of the dual ascent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Where spans and metrics go (``[telemetry]``)."""
+
+    exporter: str = "none"
+    """``none``, ``console`` (JSON lines to ``console_path``, else stdout) or ``otlp`` (HTTP)."""
+    endpoint: str = ""
+    """OTLP/HTTP base URL (default: the SDK's, http://localhost:4318)."""
+    console_path: str = ""
+    metric_interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     namespace: str
     tiers: tuple[TierConfig, ...]
@@ -147,6 +176,8 @@ class Config:
     router: StageConfig = StageConfig()
     verifier: StageConfig = StageConfig()
     sink: StageConfig = StageConfig(partitions=4)
+    control: ControlConfig = ControlConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     results_path: str = ""
     """Where the results sink appends delivered results (JSONL); empty: no file sink."""
     dataset: str = ""
@@ -275,6 +306,31 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     )
     p.finish()
 
+    c = root.table("control")
+    keys = c.table("keys")
+    for key_id, env in keys.data.items():
+        check_name(keys.key(key_id), key_id)
+        if not isinstance(env, str) or not env:
+            raise ConfigError(f"{keys.key(key_id)} must name an environment variable holding the key")
+    control = ControlConfig(
+        enabled=c.get("enabled", bool, True),
+        keys=dict(keys.data) or ControlConfig().keys,
+        period_s=c.number("period_s", float, 1.0, 0.05, 3600),
+        window_s=c.number("window_s", float, 10.0, 0.5, 86_400),
+        report_every_s=c.number("report_every_s", float, 2.0, 0.1, 3600),
+        step=c.number("step", float, 0.04, 1e-6, 1.0),
+    )
+    c.finish()
+
+    t = root.table("telemetry")
+    telemetry = TelemetryConfig(
+        exporter=t.choice("exporter", EXPORTERS, "none"),
+        endpoint=t.get("endpoint", str, ""),
+        console_path=t.get("console_path", str, ""),
+        metric_interval_s=t.number("metric_interval_s", float, 5.0, 0.1, 3600),
+    )
+    t.finish()
+
     config = Config(
         namespace=namespace,
         tiers=tiers,
@@ -285,6 +341,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         router=_stage(root, "router"),
         verifier=_stage(root, "verifier"),
         sink=_stage(root, "sink"),
+        control=control,
+        telemetry=telemetry,
         results_path=root.get("results_path", str, ""),
         dataset=root.get("dataset", str, ""),
         demo_requests=root.number("demo_requests", int, 500, 1, 10_000_000),

@@ -12,7 +12,7 @@ turns into a dead letter. Never pickle from Kafka.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar, Union
 
 import msgspec
 
@@ -63,37 +63,44 @@ class _NoKind(Message, frozen=True, tag="-"):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoders: dict[type[Any], msgspec.msgpack.Decoder[Any]] = {}
+_decoders: dict[tuple[type[Any], ...], msgspec.msgpack.Decoder[Any]] = {}
 M = TypeVar("M", bound=Message)
 
 
 def decode(cls: type[M], raw: object, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> M:
     """Decode one record into ``cls``; raise :class:`DecodeError` on anything unexpected."""
+    message = decode_any((cls,), raw, max_bytes)
+    assert isinstance(message, cls)
+    return message
+
+
+def decode_any(classes: tuple[type[Message], ...], raw: object, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Message:
+    """Decode one record that may be any of ``classes`` (told apart by their tags)."""
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise DecodeError("wrong_type", f"record value is {type(raw).__name__}, not bytes")
     if len(raw) > max_bytes:
         raise DecodeError("too_large", f"{len(raw)} bytes > limit {max_bytes}")
-    decoder = _decoders.get(cls)
+    decoder = _decoders.get(classes)
     if decoder is None:
-        decoder = _decoders[cls] = msgspec.msgpack.Decoder(cls | _NoKind)
+        decoder = _decoders[classes] = msgspec.msgpack.Decoder(Union[(*classes, _NoKind)])
     try:
         message = decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise DecodeError(_reason(str(exc), cls), str(exc)[:300]) from exc
+        raise DecodeError(_reason(str(exc), classes), str(exc)[:300]) from exc
     except msgspec.DecodeError as exc:
         raise DecodeError("not_msgpack", str(exc)[:300]) from exc
-    if not isinstance(message, cls):
-        raise DecodeError("wrong_kind", f"expected a {cls.__name__} record")
+    if not isinstance(message, classes):
+        raise DecodeError("wrong_kind", f"expected a {' or '.join(c.__name__ for c in classes)} record")
     return message
 
 
-def _reason(message: str, cls: type[Any]) -> str:
+def _reason(message: str, classes: tuple[type[Any], ...]) -> str:
     """A stable reason code from msgspec's validation message."""
     if "missing required field" in message:
         return "missing_field"
     if message.startswith("Invalid value") and message.endswith("`$.k`"):
-        kind = str(cls.__struct_config__.tag).split("@")[0]
-        return "bad_schema" if f"'{kind}@" in message else "wrong_kind"
+        kinds = [str(cls.__struct_config__.tag).split("@")[0] for cls in classes]
+        return "bad_schema" if any(f"'{kind}@" in message for kind in kinds) else "wrong_kind"
     if message.startswith("Invalid enum value"):
         return "out_of_range"
     if message.startswith("Expected") and ", got " not in message:

@@ -140,9 +140,17 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
         "baselines": baselines(test, ref, options.budgets),
         "policies": [],
     }
+    every = options.policies.strip() == "all"
     for name in method_names(options.policies):
-        with console.status(f"fitting and sweeping {name}…"):
-            result = sweep(make_method(name), train, test, options.max_hops)
+        try:
+            with console.status(f"fitting and sweeping {name}…"):
+                result = sweep(make_method(name), train, test, options.max_hops)
+        except DataError as exc:
+            if not every:
+                raise
+            console.print(f"[yellow]skipped {name}[/]: {exc}")  # 'all' means every method this trace supports
+            report.setdefault("skipped", {})[name] = str(exc)
+            continue
         picked = choose(result.train, None, None, train_strong)
         assert picked.setting is not None
         entry = {
