@@ -1,4 +1,4 @@
-"""The ``tierflow`` command line: demo, up, send, trace, eval, fit, models, data.
+"""The ``tierflow`` command line: demo, up, send, budget, status, trace, eval, fit, models, data.
 
 Every failure tierflow anticipates is one line on stderr and a non-zero exit —
 no traceback — so scripts and people both see what is wrong.
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -76,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--file", default="-", metavar="F", help="JSONL input (default: stdin)")
     send.add_argument("--wait", action="store_true", help="print each request's result as JSONL")
     send.add_argument("--timeout", type=float, default=120.0, metavar="S", help="how long --wait waits")
+
+    _add_budget(sub)
 
     trace = sub.add_parser(
         "trace",
@@ -145,6 +148,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_budget(sub: Any) -> None:
+    budget = sub.add_parser(
+        "budget",
+        help="set or show the targets the budget controller holds",
+        description="Commands are signed with the key named in the config's [control] keys (the secret is "
+        "read from the environment variable given there, default TIERFLOW_CONTROL_KEY) and answered by "
+        "the controller on the control topic.",
+    )
+    actions = budget.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", required=True, metavar="FILE", help="TOML config of the running pipeline")
+    common.add_argument("--bootstrap", default="", help="bootstrap servers (default: the config's)")
+    common.add_argument("--timeout", type=float, default=15.0, metavar="S", help="how long to wait for the controller")
+    signed = argparse.ArgumentParser(add_help=False, parents=[common])
+    signed.add_argument("--key-id", default=None, help="which configured key signs (default: the first)")
+    signed.add_argument("--issuer", default=os.environ.get("USER", ""), help="who you are, for the log")
+    signed.add_argument("--valid-for", type=float, default=300.0, metavar="S", help="command expires after S seconds")
+    set_ = actions.add_parser("set", parents=[signed], help="replace the targets")
+    set_.add_argument("--cost-per-request", type=float, default=None, metavar="X")
+    set_.add_argument("--cost-per-second", type=float, default=None, metavar="X")
+    set_.add_argument("--p95-ms", type=float, default=None, metavar="MS", help="latency target (see --quantile)")
+    set_.add_argument("--quantile", type=float, default=0.95, metavar="Q", help="the percentile --p95-ms holds")
+    set_.add_argument("--quality-floor", type=float, default=None, metavar="Z", help="min mean confidence")
+    show = actions.add_parser("show", parents=[common], help="targets, observed values, thresholds, last updates")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    for name, text in (("pause", "stop sending requests to a tier"), ("resume", "let a paused tier run again")):
+        actions.add_parser(name, parents=[signed], help=text).add_argument("tier")
+    pin = actions.add_parser("pin", parents=[signed], help="restore a policy version and stop the law")
+    pin.add_argument("version", type=int)
+    actions.add_parser("release", parents=[signed], help="let the law move thresholds again")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from topics.errors import Interrupted, TierflowError
 
@@ -164,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _lab(args)
         if args.command in ("models", "data"):
             return _artifacts(args)
+        if args.command == "budget":
+            return _budget(args)
         return _send(args)
     except Interrupted as exc:
         print(f"tierflow: {exc}", file=sys.stderr)
@@ -336,13 +373,100 @@ def _read_requests(source: TextIO, name: str) -> list[Any]:
     return requests
 
 
-def _send(args: argparse.Namespace) -> int:
-    from topics.errors import ConfigError, DataError
+def _bootstrap(config: Config, given: str) -> str:
+    from topics.errors import ConfigError
 
-    config = load_config(args.config)
-    bootstrap = args.bootstrap or config.broker.bootstrap_servers
+    bootstrap = given or config.broker.bootstrap_servers
     if not bootstrap:
         raise ConfigError("no bootstrap servers: pass --bootstrap (as printed by tierflow up)")
+    return bootstrap
+
+
+def _budget(args: argparse.Namespace) -> int:
+    from infra.broker import kafka_options
+    from infra.control_client import new_command, read_control, send_command, signing_key, targets_from_args
+    from topics.control import Action
+
+    config = load_config(args.config)
+    kafka = kafka_options(config.broker, _bootstrap(config, args.bootstrap))
+    topic = config.layout.control
+    if args.action == "show":
+        view = asyncio.run(read_control(kafka, topic, timeout_s=args.timeout))
+        _print_budget(view, args.json)
+        return 0
+    kid, key = signing_key(config, args.key_id)
+    fields: dict[str, Any] = {}
+    if args.action == "set":
+        latency = args.p95_ms
+        fields["targets"] = targets_from_args(
+            args.cost_per_request, args.cost_per_second, latency, args.quantile, args.quality_floor
+        )
+        action = Action.SET_TARGETS
+    elif args.action in ("pause", "resume"):
+        config.tier(args.tier)  # an unknown tier fails here, with the list of known ones
+        fields["tier"] = args.tier
+        action = Action.PAUSE_TIER if args.action == "pause" else Action.RESUME_TIER
+    elif args.action == "pin":
+        fields["policy_version"] = args.version
+        action = Action.PIN_POLICY
+    else:
+        action = Action.RELEASE_POLICY
+    command = new_command(action, kid, key, now=time.time(), validity_s=args.valid_for, issuer=args.issuer, **fields)
+    reply = asyncio.run(send_command(kafka, topic, command, args.timeout))
+    if reply.accepted:
+        print(f"tierflow: accepted: {reply.reason}")
+        return 0
+    print(f"tierflow: refused by the controller: {reply.reason}", file=sys.stderr)
+    return 1
+
+
+def _print_budget(view: Any, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from infra.control_client import view_json
+
+    if as_json:
+        print(json.dumps(view_json(view), indent=2))
+        return
+    console = Console()
+    report = view.report
+    if report is None:
+        console.print("controller: no report yet (is the pipeline up?)")
+    else:
+        t, o = report.targets, report.observed
+        table = Table(title=f"budget controller — policy v{report.version}{' (pinned)' if report.pinned else ''}")
+        for column in ("", "target", "observed"):
+            table.add_column(column)
+        table.add_row("cost / request", _fmt(t.cost_per_request), f"{o.cost_per_request:.4g}")
+        table.add_row("cost / second", _fmt(t.cost_per_second), f"{o.cost_per_second:.4g}")
+        table.add_row(f"latency p{t.latency_quantile * 100:g} (ms)", _fmt(t.latency_ms), f"{o.latency_ms:.0f}")
+        table.add_row("quality (mean confidence)", _fmt(t.quality_floor), f"{o.mean_confidence:.3f}")
+        table.add_row("escalation rate", "", f"{o.escalation_rate:.1%}")
+        table.add_row("results / s", "", f"{o.rate:.1f} over {o.window_s:.1f}s")
+        table.add_row("λ (cost) / μ (latency)", "", f"{report.lam:+.3f} / {report.mu:.3f}")
+        table.add_row("paused tiers", "", ", ".join(report.paused) or "none")
+        table.add_row("refused commands", "", ", ".join(f"{k}: {v}" for k, v in report.rejected.items()) or "none")
+        console.print(table)
+    if view.updates:
+        updates = Table(title="last policy updates")
+        for column in ("version", "thresholds", "allowed", "reason"):
+            updates.add_column(column)
+        for u in view.updates[-5:]:
+            thresholds = ", ".join(f"{k} {v:.3f}" for k, v in u.thresholds.items())
+            updates.add_row(str(u.version), thresholds, ", ".join(u.allowed_tiers), u.reason)
+        console.print(updates)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _send(args: argparse.Namespace) -> int:
+    from topics.errors import DataError
+
+    config = load_config(args.config)
+    bootstrap = _bootstrap(config, args.bootstrap)
     if args.file == "-":
         requests = _read_requests(sys.stdin, "stdin")
     else:

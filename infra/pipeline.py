@@ -18,6 +18,7 @@ from topics.admin import ensure_topics
 from topics.errors import TierflowError
 from workers.actors import StageActor, StageSpec
 from workers.backends.base import create_backend
+from workers.controller_actor import ControllerActor, controller_name, resolve_keys
 
 
 class PipelineError(TierflowError):
@@ -52,6 +53,8 @@ class Pipeline:
             kafka_options(config.broker, bootstrap), config.partitions(), config.broker.replication_factor
         )
         self._watching: asyncio.Task[None] | None = None
+        self.controller: Any = None
+        self._controller_run: Any = None
 
     def _plan(self) -> None:
         c = self.config
@@ -79,6 +82,8 @@ class Pipeline:
             self.config.broker.replication_factor,
         )
         self._plan()
+        if self.config.control.enabled:
+            self._launch_controller()
         for pool in self.pools.values():
             for spec in pool.specs:
                 self._launch(pool, spec)
@@ -93,6 +98,13 @@ class Pipeline:
                 for pool in self.pools.values():
                     for actor in pool.actors:
                         actor.rewind.remote()
+
+    def _launch_controller(self) -> None:
+        """The budget controller: one named actor per namespace, keys read here from the environment."""
+        self.controller = ControllerActor.options(  # type: ignore[attr-defined]
+            name=controller_name(self.config), num_cpus=self.config.router.num_cpus
+        ).remote(self.config, self.bootstrap, resolve_keys(self.config))
+        self._controller_run = self.controller.run.remote()
 
     def _launch(self, pool: Pool, spec: StageSpec) -> None:
         actor = StageActor.options(**pool.options).remote(spec)  # type: ignore[attr-defined]
@@ -180,3 +192,6 @@ class Pipeline:
         await asyncio.gather(
             *(self._stop_actor(a, r, timeout_s) for pool in pools for a, r in zip(pool.actors, pool.runs, strict=True))
         )
+        if self.controller is not None:
+            controller, self.controller = self.controller, None
+            await self._stop_actor(controller, self._controller_run, timeout_s)

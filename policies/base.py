@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from topics.errors import ConfigError
 from topics.messages import Answer, Request
 
 
@@ -78,6 +80,18 @@ class PostHocPolicy(ABC):
 
     def params(self) -> dict[str, Any]:
         return {}
+
+    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
+        """The per-tier "accept when score >= θ" thresholds the budget controller may move.
+
+        ``None`` for a policy without such thresholds (the controller then only pauses tiers).
+        The top tier is left out: nothing escalates from it.
+        """
+        return None
+
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
+        """This policy with the given thresholds (only for steerable policies)."""
+        raise ConfigError(f"policy {self.name!r} has no thresholds the budget controller can move")
 
 
 def allowed_tiers(request: Request, tiers: tuple[TierInfo, ...]) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ verdict out; the same objects decide in the verifier and in ``tierflow eval``.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ class Gatekeeper(PostHocPolicy):
         p = self.p_correct(answer)
         tau = self.thresholds.get(answer.tier, self.tau)
         return accept_or_escalate(answer, tiers, p >= tau, f"calibrated {p:.3f} vs {tau:.3f}", self.max_hops)
+
+    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
+        return {tier: self.thresholds.get(tier, self.tau) for tier in tiers[:-1]}
+
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
+        return dataclasses.replace(self, thresholds={**self.thresholds, **thresholds})
 
     def params(self) -> dict[str, Any]:
         return {
@@ -177,6 +184,12 @@ class FrugalGPT(PostHocPolicy):
         threshold = self.thresholds.get(answer.tier, 0.0)
         why = f"score {score:.3f} vs {threshold:.3f}"
         return accept_or_escalate(answer, tiers, last or score >= threshold, why, self.max_hops)
+
+    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
+        return {tier: self.thresholds.get(tier, 0.0) for tier in self.chain[:-1]}
+
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
+        return dataclasses.replace(self, thresholds={**self.thresholds, **thresholds})
 
     def params(self) -> dict[str, Any]:
         return {

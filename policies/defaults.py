@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,12 @@ class ConfidenceThreshold(PostHocPolicy):
         accept = valid and answer.confidence >= threshold
         why = f"confidence {answer.confidence:.3f} {'>=' if accept else '<'} {threshold}"
         return accept_or_escalate(answer, tiers, accept, why, self.max_hops)
+
+    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
+        return {tier: self.thresholds.get(tier, self.default_threshold) for tier in tiers[:-1]}
+
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
+        return dataclasses.replace(self, thresholds={**self.thresholds, **thresholds})
 
     def params(self) -> dict[str, Any]:
         return {

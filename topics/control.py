@@ -54,6 +54,8 @@ Multiplier = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
 
 class Action(StrEnum):
     SET_TARGETS = "set_targets"
+    SET_THRESHOLDS = "set_thresholds"
+    """Replace the base thresholds θ⁰ the controller steers from."""
     PAUSE_TIER = "pause_tier"
     RESUME_TIER = "resume_tier"
     PIN_POLICY = "pin_policy"
@@ -89,6 +91,7 @@ class ControlCommand(
     rename={
         "action": "a",
         "targets": "tg",
+        "thresholds": "th",
         "tier": "t",
         "policy_version": "pv",
         "issuer": "is",
@@ -108,6 +111,8 @@ class ControlCommand(
     expires_at: NonNegative
     targets: Targets | None = None
     """For ``set_targets``: replaces the current targets."""
+    thresholds: dict[str, Confidence] | None = None
+    """For ``set_thresholds``: new base thresholds of some tiers, each in [0, 1]."""
     tier: Name = ""
     """For ``pause_tier``/``resume_tier``."""
     policy_version: Count = 0
@@ -226,6 +231,7 @@ class ControllerReport(
         "last_seq": "ls",
         "processed_offset": "po",
         "rejected": "rj",
+        "base": "b",
         "at": "at",
     },
 ):
@@ -245,6 +251,8 @@ class ControllerReport(
     """Control-topic offset up to which commands were answered."""
     rejected: dict[str, int] = {}
     """Rejected commands by reason, since the controller's first start."""
+    base: dict[str, Confidence] = {}
+    """The base thresholds θ⁰ the controller steers from."""
 
 
 ControlRecord = ControlCommand | ControlReply | PolicyUpdate | ControllerReport

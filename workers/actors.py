@@ -22,13 +22,16 @@ import ray
 
 from infra.broker import kafka_options
 from infra.config import Config
+from policies.base import PostHocPolicy
 from policies.registry import make_post_hoc, make_pre_call
 from topics.errors import ConfigError
 from workers.context import StageContext
 from workers.model_worker import ModelWorker
+from workers.policy_feed import PolicyFeed
 from workers.results_sink import ResultsSink
 from workers.router import Router
 from workers.stage import Handler, StageLoop, StageStats
+from workers.telemetry import setup_telemetry
 from workers.verifier import Verifier
 
 STAGE_KINDS = ("router", "worker", "verifier", "sink")
@@ -49,15 +52,22 @@ class StageSpec:
         return f"worker.{self.tier}" if self.kind == "worker" else self.kind
 
 
+def post_hoc_policy(config: Config) -> PostHocPolicy:
+    """The verifier's policy as configured (the budget controller steers from its thresholds)."""
+    params = {"max_hops": config.limits.max_hops, **config.policies.post_hoc_params}
+    if config.policies.post_hoc == "threshold":
+        params.setdefault("thresholds", {tier.name: tier.threshold for tier in config.tiers})
+    return make_post_hoc(config.policies.post_hoc, params)
+
+
 def build_handler(spec: StageSpec, context: StageContext) -> Handler[Any]:
     config = spec.config
+    feed = PolicyFeed(kafka_options(config.broker, spec.bootstrap), config.layout.control)
     if spec.kind == "router":
-        return Router(context, make_pre_call(config.policies.pre_call, config.policies.pre_call_params))
+        policy = make_pre_call(config.policies.pre_call, config.policies.pre_call_params)
+        return Router(context, policy, feed if config.control.enabled else None)
     if spec.kind == "verifier":
-        params = {"max_hops": config.limits.max_hops, **config.policies.post_hoc_params}
-        if config.policies.post_hoc == "threshold":
-            params.setdefault("thresholds", {tier.name: tier.threshold for tier in config.tiers})
-        return Verifier(context, make_post_hoc(config.policies.post_hoc, params))
+        return Verifier(context, post_hoc_policy(config), feed if config.control.enabled else None)
     if spec.kind == "worker":
         return ModelWorker(context, spec.tier)
     if spec.kind == "sink":
@@ -101,6 +111,7 @@ class StageActor:
     def __init__(self, spec: StageSpec) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self.spec = spec
+        setup_telemetry(spec.config.telemetry, f"tierflow-{spec.pool}")
         self.loop: StageLoop[Any] | None = None
         self.stopped_by_signal = False
         self._event_loop: asyncio.AbstractEventLoop | None = None

@@ -12,6 +12,7 @@ import msgspec
 
 from infra.config import Config
 from policies.base import TierInfo
+from topics.control import PolicyUpdate
 from topics.errors import DecodeError
 from topics.messages import Answer, Request, Result, Status, Task
 from topics.names import TopicLayout
@@ -33,6 +34,16 @@ class StageContext:
     @cached_property
     def tiers(self) -> tuple[TierInfo, ...]:
         return tuple(TierInfo(tier.name, tier.cost) for tier in self.config.tiers)
+
+    def allowed(self, update: PolicyUpdate) -> tuple[TierInfo, ...]:
+        """The tiers a policy update leaves running, in ladder order."""
+        running = set(update.allowed_tiers)
+        return tuple(tier for tier in self.tiers if tier.name in running)
+
+    def tiers_with(self, allowed: tuple[TierInfo, ...], name: str) -> tuple[TierInfo, ...]:
+        """``allowed`` plus tier ``name``, in ladder order."""
+        keep = {tier.name for tier in allowed} | {name}
+        return tuple(tier for tier in self.tiers if tier.name in keep)
 
     def require_tier(self, name: str) -> None:
         if name not in self.layout.tiers:

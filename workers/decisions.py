@@ -26,8 +26,12 @@ def best(history: list[HistoryEntry]) -> HistoryEntry | None:
     return max(reversed(history), key=lambda entry: entry.confidence)
 
 
-def final_result(task: Task, status: Status, answer: Answer | None, reason: str | None, now: float) -> Result:
+def final_result(
+    task: Task, status: Status, answer: Answer | None, reason: str | None, now: float, policy_version: int | None = None
+) -> Result:
     """The Result of a request that ends now; ``answer`` is the latest, if any.
+
+    ``policy_version`` is the version that decided it (default: the one the task was routed with).
 
     Without an accepted answer the best valid answer seen (highest confidence)
     is delivered, so ``exhausted`` and ``expired`` still carry an output.
@@ -46,7 +50,7 @@ def final_result(task: Task, status: Status, answer: Answer | None, reason: str 
         total_cost=sum(entry.cost for entry in history),
         latency_ms=max(0.0, (now - task.request.created_at) * 1000),
         path=tuple(entry.tier for entry in history),
-        policy_version=task.policy_version,
+        policy_version=task.policy_version if policy_version is None else policy_version,
         reason=reason,
         completed_at=now,
     )
@@ -84,8 +88,10 @@ def verify_answer(
     now: float,
     max_hops: int,
     expired: bool,
+    policy_version: int | None = None,
 ) -> Verified:
-    """Accept, deliver as expired or exhausted, or build the escalated task."""
+    """Accept, deliver as expired or exhausted, or build the escalated task (stamped with
+    ``policy_version``, the version deciding now, when given)."""
     task = answer.task
     verdict = policy.decide(answer, tiers, now, request_rng(task.request, task.hop))
     if verdict.action is Action.ACCEPT:
@@ -103,7 +109,7 @@ def verify_answer(
         tier=target,
         hop=task.hop + 1,
         history=(*task.history, answer.as_history()),
-        policy_version=task.policy_version,
+        policy_version=task.policy_version if policy_version is None else policy_version,
         source_answer=answer.answer_id,
         allowed=task.allowed,
     )

@@ -4,37 +4,48 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policies.base import PreCallPolicy
+from policies.base import PreCallPolicy, TierInfo
 from topics.messages import Request, Status, Task
 from workers.context import StageContext
 from workers.decisions import route_request
+from workers.policy_feed import PolicyFeed
 from workers.stage import Handler, Inbound, Outbound
 
 
 class Router(Handler[Request]):
     stage = "router"
 
-    def __init__(self, context: StageContext, policy: PreCallPolicy, policy_version: int = 0) -> None:
+    def __init__(self, context: StageContext, policy: PreCallPolicy, feed: PolicyFeed | None = None) -> None:
         self.context = context
         self.policy = policy
-        self.policy_version = policy_version
+        self.feed = feed
 
     def topics(self) -> list[str]:
         return [self.context.layout.requests]
+
+    async def start(self) -> None:
+        if self.feed is not None:
+            await self.feed.start()
+
+    async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
 
     def decode(self, raw: bytes) -> Request:
         return Request.from_wire(raw, self.context.config.limits.max_payload_bytes)
 
     async def process(self, batch: Sequence[Inbound[Request]]) -> list[Outbound]:
-        return [self._route(inbound) for inbound in batch]
+        update = self.feed.current if self.feed is not None else None
+        version, tiers = (0, self.context.tiers) if update is None else (update.version, self.context.allowed(update))
+        return [self._route(inbound, tiers, version) for inbound in batch]
 
-    def _route(self, inbound: Inbound[Request]) -> Outbound:
+    def _route(self, inbound: Inbound[Request], tiers: tuple[TierInfo, ...], version: int) -> Outbound:
         ctx = self.context
         request = ctx.with_deadline(inbound.message)
-        task = Task(request=request, tier="", policy_version=self.policy_version)
+        task = Task(request=request, tier="", policy_version=version)
         if ctx.expired(request):
             return ctx.result(inbound, ctx.final(task, Status.EXPIRED, reason="deadline passed before routing"))
-        routed = route_request(request, self.policy, ctx.tiers, self.policy_version)
+        routed = route_request(request, self.policy, tiers, version)
         if routed.status is not None:
             return ctx.result(inbound, ctx.final(routed.task, routed.status, reason=routed.reason))
         return Outbound(ctx.layout.tier(routed.task.tier), request.id, routed.task.to_wire(), inbound.headers)

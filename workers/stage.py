@@ -25,7 +25,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from topics.errors import DecodeError
 from topics.messages import DeadLetter
 from workers.produce import produce_all
-from workers.telemetry import Headers, passthrough, stage_span, tracing_enabled
+from workers.telemetry import Headers, StageTelemetry, passthrough, stage_span, tracing_enabled
 
 log = logging.getLogger("tierflow.stage")
 M = TypeVar("M")
@@ -140,6 +140,7 @@ class StageLoop(Generic[M]):
         self._rewind = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self.telemetry = StageTelemetry(handler.stage, dlq_topic)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer else set()
@@ -169,10 +170,12 @@ class StageLoop(Generic[M]):
             await self._producer.start()
             self._consumer.subscribe(self.handler.topics(), listener=_DrainOnRevoke(self))
             await self._consumer.start()
+            self.telemetry.open()
             while not self._stopping.is_set():
                 await self._poll_once()
         finally:
             await self._close()
+            self.telemetry.close()
         return self.stats
 
     def request_rewind(self) -> None:
@@ -208,6 +211,8 @@ class StageLoop(Generic[M]):
         if not fetch.done():
             fetch.cancel()
             return
+        if self.telemetry.lag_due():
+            await self.telemetry.refresh_lag(self._consumer)
         records = [record for batch in fetch.result().values() for record in batch]
         if not records:
             return
@@ -218,6 +223,7 @@ class StageLoop(Generic[M]):
             self.idle.set()
 
     async def _handle_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        started = time.perf_counter()
         self.stats.consumed += len(records)
         self.stats.batches += 1
         good: list[tuple[ConsumerRecord[bytes, bytes], M]] = []
@@ -237,6 +243,7 @@ class StageLoop(Generic[M]):
             self._seek_back(records)
             await asyncio.sleep(0.5)
             return
+        self.telemetry.batch_done(records, out, time.perf_counter() - started)
         await self._commit(records)
 
     def _seek_back(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -267,7 +274,8 @@ class StageLoop(Generic[M]):
                 Inbound(message, record, spans.enter_context(stage_span(self.handler.stage, record)))
                 for record, message in good
             ]
-            return await self._process_retrying(batch)
+            # Escalate spans open while their verify span is still open, so they nest under it.
+            return self.telemetry.trace_escalations(await self._process_retrying(batch))
 
     async def _process_retrying(self, batch: list[Inbound[M]]) -> list[Outbound]:
         """Retry a failing batch a few times, then dead-letter its records one by one."""

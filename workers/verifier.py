@@ -1,42 +1,78 @@
-"""Verifier stage: applies the post-hoc policy to every answer — accept, escalate or stop (``decisions``)."""
+"""Verifier stage: applies the post-hoc policy to every answer — accept, escalate or stop (``decisions``).
+
+With a policy feed it applies the newest PolicyUpdate: the controller's thresholds
+replace the policy's own (for policies with steerable thresholds) and paused tiers
+are skipped when escalating. Every escalation and result records the version.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policies.base import PostHocPolicy
+from policies.base import PostHocPolicy, TierInfo
+from topics.control import PolicyUpdate
 from topics.messages import Answer
 from workers.context import StageContext
 from workers.decisions import final_result, verify_answer
+from workers.policy_feed import PolicyFeed
 from workers.stage import Handler, Inbound, Outbound
 
 
 class Verifier(Handler[Answer]):
     stage = "verifier"
 
-    def __init__(self, context: StageContext, policy: PostHocPolicy) -> None:
+    def __init__(self, context: StageContext, policy: PostHocPolicy, feed: PolicyFeed | None = None) -> None:
         self.context = context
-        self.policy = policy
+        self.base_policy = policy
+        self.feed = feed
+        self._applied: tuple[int, PostHocPolicy, tuple[TierInfo, ...]] = (0, policy, context.tiers)
 
     def topics(self) -> list[str]:
         return [self.context.layout.answers]
+
+    async def start(self) -> None:
+        if self.feed is not None:
+            await self.feed.start()
+
+    async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
 
     def decode(self, raw: bytes) -> Answer:
         answer = Answer.from_wire(raw, self.context.config.limits.max_payload_bytes)
         self.context.require_tier(answer.tier)
         return answer
 
-    async def process(self, batch: Sequence[Inbound[Answer]]) -> list[Outbound]:
-        return [self._verify(inbound) for inbound in batch]
+    def _current(self) -> tuple[int, PostHocPolicy, tuple[TierInfo, ...]]:
+        """The policy of the newest update, built once per version."""
+        update = self.feed.current if self.feed is not None else None
+        if update is not None and update.version != self._applied[0]:
+            self._applied = (update.version, self._steered(update), self.context.allowed(update))
+        return self._applied
 
-    def _verify(self, inbound: Inbound[Answer]) -> Outbound:
+    def _steered(self, update: PolicyUpdate) -> PostHocPolicy:
+        tiers = self.context.layout.tiers
+        if not update.thresholds or self.base_policy.steerable_thresholds(tiers) is None:
+            return self.base_policy
+        return self.base_policy.with_thresholds(update.thresholds)
+
+    async def process(self, batch: Sequence[Inbound[Answer]]) -> list[Outbound]:
+        version, policy, allowed = self._current()
+        return [self._verify(inbound, version, policy, allowed) for inbound in batch]
+
+    def _verify(
+        self, inbound: Inbound[Answer], version: int, policy: PostHocPolicy, allowed: tuple[TierInfo, ...]
+    ) -> Outbound:
         ctx, answer = self.context, inbound.message
         task = answer.task
-        limits = ctx.config.limits
         now = ctx.clock()
-        step = verify_answer(answer, self.policy, ctx.tiers, now, limits.max_hops, ctx.expired(task.request))
+        # A paused tier is skipped when escalating; the answering tier stays, so "next tier up" is defined.
+        tiers = allowed if any(t.name == answer.tier for t in allowed) else ctx.tiers_with(allowed, answer.tier)
+        expired = ctx.expired(task.request)
+        step = verify_answer(answer, policy, tiers, now, ctx.config.limits.max_hops, expired, version or None)
         if step.escalation is not None:
             target = step.escalation.tier
             return Outbound(ctx.layout.escalate(target), task.request.id, step.escalation.to_wire(), inbound.headers)
         assert step.status is not None
-        return ctx.result(inbound, final_result(task, step.status, answer, step.reason, now))
+        result = final_result(task, step.status, answer, step.reason, now, version or None)
+        return ctx.result(inbound, result)

@@ -1,0 +1,190 @@
+"""What ``tierflow budget`` does on the wire: sign and send a command, wait for its reply, read state.
+
+Sequence numbers are nanoseconds since the epoch, so an operator's commands grow
+without any state on the operator's machine; two operators use two key ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from infra.config import Config
+from topics.control import (
+    Action,
+    ControlCommand,
+    ControllerReport,
+    ControlReply,
+    PolicyUpdate,
+    Targets,
+    decode_control,
+)
+from topics.errors import BrokerError, ConfigError, DecodeError
+
+DEFAULT_VALIDITY_S = 300.0
+
+
+def signing_key(config: Config, key_id: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str, bytes]:
+    """The key id to sign with (default: the config's first) and its secret from the environment."""
+    keys = dict(config.control.keys)
+    kid = key_id or next(iter(keys))
+    if kid not in keys:
+        raise ConfigError(f"unknown key id {kid!r}; the config knows: {', '.join(keys)}")
+    secret = environ.get(keys[kid], "")
+    if not secret:
+        raise ConfigError(f"no key: set the environment variable {keys[kid]} (key id {kid!r})")
+    return kid, secret.encode()
+
+
+def new_command(
+    action: Action,
+    key_id: str,
+    key: bytes,
+    *,
+    now: float,
+    validity_s: float = DEFAULT_VALIDITY_S,
+    issuer: str = "",
+    **fields: Any,
+) -> ControlCommand:
+    return ControlCommand(
+        action=action,
+        key_id=key_id,
+        seq=time.time_ns(),
+        issued_at=now,
+        expires_at=now + validity_s,
+        issuer=issuer,
+        **fields,
+    ).signed(key)
+
+
+async def send_command(kafka: dict[str, Any], topic: str, command: ControlCommand, timeout_s: float) -> ControlReply:
+    """Produce ``command`` and wait for the controller's reply to it."""
+    return await send_raw(kafka, topic, command.to_wire(), timeout_s, (command.key_id, command.seq))
+
+
+async def send_raw(
+    kafka: dict[str, Any], topic: str, value: bytes, timeout_s: float, match: tuple[str, int] | None = None
+) -> ControlReply:
+    """Produce any bytes to the control topic and wait for the reply to that offset (tests send bad ones)."""
+    partition = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=20)
+    producer = AIOKafkaProducer(**kafka, acks="all")
+    try:
+        await consumer.start()
+        await producer.start()
+        consumer.assign([partition])
+        meta = await producer.send_and_wait(topic, value, key=b"operator", partition=0)
+        consumer.seek(partition, meta.offset)
+        return await asyncio.wait_for(_reply_to(consumer, meta.offset), timeout=timeout_s)
+    except TimeoutError as exc:
+        raise BrokerError(f"no reply from the budget controller within {timeout_s:g}s (is the pipeline up?)") from exc
+    except KafkaError as exc:
+        raise BrokerError(f"cannot reach the control topic {topic}: {exc}") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await producer.stop()
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+
+
+async def _reply_to(consumer: AIOKafkaConsumer, offset: int) -> ControlReply:
+    while True:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            for record in records:
+                with contextlib.suppress(DecodeError):
+                    message = decode_control(record.value or b"")
+                    if isinstance(message, ControlReply) and message.offset == offset:
+                        return message
+
+
+@dataclass
+class ControlView:
+    """The control topic as ``budget show`` and ``status`` present it."""
+
+    report: ControllerReport | None = None
+    updates: list[PolicyUpdate] = field(default_factory=list)
+    replies: list[ControlReply] = field(default_factory=list)
+    undecodable: int = 0
+
+
+async def read_control(kafka: dict[str, Any], topic: str, keep: int = 10, timeout_s: float = 10.0) -> ControlView:
+    """Read the control topic to its end: the newest report, the last ``keep`` updates and replies."""
+    partition = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=20)
+    view = ControlView()
+    try:
+        await asyncio.wait_for(consumer.start(), timeout=timeout_s)
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        end = (await consumer.end_offsets([partition]))[partition]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = (await consumer.getmany(partition, timeout_ms=200, max_records=5000)).get(partition, [])
+            for record in batch:
+                try:
+                    message = decode_control(record.value or b"")
+                except DecodeError:
+                    view.undecodable += 1
+                    continue
+                if isinstance(message, ControllerReport):
+                    view.report = message
+                elif isinstance(message, PolicyUpdate):
+                    view.updates = [*view.updates[-(keep - 1) :], message]
+                elif isinstance(message, ControlReply):
+                    view.replies = [*view.replies[-(keep - 1) :], message]
+            if not batch and await consumer.position(partition) >= end:
+                break
+    except (KafkaError, TimeoutError) as exc:
+        raise BrokerError(f"cannot read the control topic {topic}: {exc!r}") from exc
+    finally:
+        with contextlib.suppress(KafkaError):
+            await consumer.stop()
+    return view
+
+
+def view_json(view: ControlView) -> dict[str, Any]:
+    """Plain JSON of a view (for ``--json``)."""
+    import msgspec
+
+    return {
+        "report": msgspec.to_builtins(view.report) if view.report else None,
+        "updates": [msgspec.to_builtins(u) for u in view.updates],
+        "replies": [msgspec.to_builtins(r) for r in view.replies],
+    }
+
+
+def targets_from_args(
+    cost_per_request: float | None,
+    cost_per_second: float | None,
+    latency_ms: float | None,
+    latency_quantile: float,
+    quality_floor: float | None,
+) -> Targets:
+    """Targets as the operator typed them; the schema's bounds are checked here too, for a one-line error."""
+    import msgspec
+
+    targets = Targets(cost_per_request, cost_per_second, latency_ms, latency_quantile, quality_floor)
+    try:
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(targets), type=Targets)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        for key, flag in _FLAGS.items():
+            message = message.replace(f"`$.{key}`", flag)
+        raise ConfigError(f"invalid target: {message}") from exc
+
+
+_FLAGS = {
+    "cr": "--cost-per-request",
+    "cs": "--cost-per-second",
+    "lm": "--latency-ms",
+    "lq": "--quantile",
+    "qf": "--quality-floor",
+}

@@ -1,0 +1,341 @@
+"""The pure half of `tierflow status`: window statistics, lag arithmetic, control state, JSON and tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from rich.console import Console
+
+from infra.status import (
+    REPLIES_SHOWN,
+    ControlState,
+    Snapshot,
+    add_status_parser,
+    control_state,
+    controller_json,
+    cost_vs_target,
+    in_window,
+    lag_totals,
+    latency_at,
+    partition_lag,
+    render,
+    run_status,
+    status_json,
+    uncommitted,
+    window_stats,
+)
+from topics.control import ControlCommand, ControllerReport, ControlReply, Observed, PolicyUpdate, Targets
+from topics.errors import ConfigError
+from topics.messages import Result, Status
+
+NOW = 1_000_000.0
+
+
+def _result(
+    n: int,
+    age_s: float = 1.0,
+    *,
+    latency: float = 100.0,
+    cost: float = 0.0,
+    path: tuple[str, ...] = ("a",),
+    status: Status = Status.OK,
+    confidence: float = 0.5,
+) -> Result:
+    return Result(
+        request_id=f"r{n}",
+        status=status,
+        tier=path[-1] if path else "",
+        confidence=confidence,
+        total_cost=cost,
+        latency_ms=latency,
+        path=path,
+        completed_at=NOW - age_s,
+    )
+
+
+def test_window_keeps_what_completed_within_it_and_later() -> None:
+    results = [_result(1, 0.5), _result(2, 10.0), _result(3, 10.5), _result(4, -2.0)]
+    assert [r.request_id for r in in_window(results, NOW, 10.0)] == ["r1", "r2", "r4"]
+
+
+def test_window_stats_numbers() -> None:
+    results = [
+        _result(1, latency=100, cost=0.01, path=("a",)),
+        _result(2, latency=200, cost=0.02, path=("a", "b"), confidence=0.9),
+        _result(3, latency=300, cost=0.03, path=("a",), status=Status.EXHAUSTED),
+        _result(4, latency=400, cost=0.04, path=("a", "b", "c"), confidence=0.1),
+        _result(5, latency=500, cost=0.0, path=(), status=Status.REJECTED),
+    ]
+    stats = window_stats(results, 10.0, ("a", "b", "c", "d"))
+    assert stats["count"] == 5
+    assert stats["rate"] == pytest.approx(0.5)
+    assert stats["by_status"] == {"exhausted": 1, "ok": 3, "rejected": 1}
+    assert stats["latency_ms"] == {"p50": 300.0, "p95": 480.0, "p99": 496.0}
+    assert stats["cost_per_request"] == pytest.approx(0.02)
+    assert stats["cost_per_second"] == pytest.approx(0.01)
+    assert stats["escalation_rate"] == pytest.approx(0.4)
+    assert stats["mean_confidence"] == pytest.approx((0.5 * 3 + 0.9 + 0.1) / 5)
+    # the rejected result was answered by no tier, so the shares sum to 0.8
+    assert stats["tier_share"] == pytest.approx({"a": 0.4, "b": 0.2, "c": 0.2, "d": 0.0})
+    assert stats["tier_answers_per_s"] == pytest.approx({"a": 0.4, "b": 0.2, "c": 0.1, "d": 0.0})
+
+
+def test_window_stats_empty_and_unknown_tiers() -> None:
+    stats = window_stats([], 10.0, ("a",))
+    assert stats["count"] == 0 and stats["rate"] == 0.0 and stats["by_status"] == {}
+    assert stats["latency_ms"] == {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    assert stats["cost_per_request"] == 0.0 and stats["escalation_rate"] == 0.0
+    assert stats["tier_share"] == {"a": 0.0}
+    # a tier the config does not know still shows, after the configured ones
+    assert list(window_stats([_result(1, path=("x",))], 10.0, ("a",))["tier_share"]) == ["a", "x"]
+
+
+def test_latency_at_a_quantile() -> None:
+    results = [_result(i, latency=float(v)) for i, v in enumerate((100, 200, 300, 400))]
+    assert latency_at(results, 0.5) == 250.0
+    assert latency_at(results, 0.95) == pytest.approx(385.0)
+    assert latency_at([], 0.95) == 0.0
+
+
+def test_partition_lag() -> None:
+    assert partition_lag(10, 4) == 6
+    assert partition_lag(10, None) == 10
+    assert partition_lag(10, None, beginning=7) == 3
+    assert partition_lag(5, 6) == 0  # an end offset below the committed one (Tansu's batch-base end)
+
+
+def test_lag_totals_and_uncommitted_pools() -> None:
+    pools = {"router": [("q", 0), ("q", 1)], "worker.a": [("t", 0), ("e", 0)], "verifier": [("ans", 0)]}
+    ends = {("q", 0): 5, ("q", 1): 3, ("t", 0): 4, ("e", 0): 3, ("ans", 0): 0}
+    committed: dict[str, dict[tuple[str, int], int | None]] = {
+        "router": {("q", 0): 2, ("q", 1): None},
+        "worker.a": {("t", 0): 4},
+        "verifier": {},
+    }
+    assert lag_totals(pools, ends, committed) == {"router": 6, "worker.a": 3, "verifier": 0}
+    assert lag_totals(pools, ends, committed, {("e", 0): 1}) == {"router": 6, "worker.a": 2, "verifier": 0}
+    # an empty partition without commits is no news
+    assert uncommitted(pools, committed, ends) == ["router", "worker.a"]
+    assert uncommitted(pools, committed, ends, {("q", 1): 3, ("e", 0): 3}) == []
+
+
+def _report(version: int, at: float = NOW - 2, **kwargs: object) -> ControllerReport:
+    return ControllerReport(
+        targets=Targets(cost_per_request=0.02),
+        observed=Observed(requests=3, cost_per_request=0.03),
+        version=version,
+        lam=0.5,
+        mu=0.1,
+        at=at,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _policy(version: int) -> PolicyUpdate:
+    return PolicyUpdate(
+        version=version, thresholds={"a": 0.1 * version}, allowed_tiers=("a",), reason=f"v{version}", issued_at=NOW
+    )
+
+
+def test_control_state_keeps_the_newest_of_each_kind() -> None:
+    command = ControlCommand(action="pause_tier", key_id="k", seq=1, issued_at=NOW, expires_at=NOW + 1, tier="a")  # type: ignore[arg-type]
+    records = [
+        (0, _policy(1).to_wire()),
+        (1, _report(1).to_wire()),
+        (2, ControlReply(offset=0, accepted=True, reason="ok").to_wire()),
+        (3, command.to_wire()),
+        (4, b"junk"),
+        (5, None),
+        (6, _report(2).to_wire()),
+        (7, ControlReply(offset=3, accepted=False, reason="stale").to_wire()),
+        (8, _policy(2).to_wire()),
+    ]
+    state = control_state(reversed(records))  # order does not matter within one call
+    assert state.report is not None and state.report.version == 2
+    assert state.policy is not None and state.policy.version == 2
+    assert [(offset, reply.offset) for offset, reply in state.replies] == [(7, 3), (2, 0)]
+    assert state.undecodable == 2
+
+
+def test_control_state_folds_older_chunks_without_replacing_newer() -> None:
+    state = control_state([(10, _report(5).to_wire())])
+    assert not state.complete()
+    control_state([(3, _report(4).to_wire()), (2, _policy(4).to_wire())], state)
+    assert state.report is not None and state.report.version == 5
+    assert state.policy is not None and state.policy.version == 4
+    replies = [(i, ControlReply(offset=i, accepted=True, reason="ok").to_wire()) for i in range(REPLIES_SHOWN + 2)]
+    control_state(replies, state)
+    assert state.complete() and len(state.replies) == REPLIES_SHOWN
+    assert state.replies[0][0] == REPLIES_SHOWN + 1
+
+
+def test_cost_vs_target() -> None:
+    window = [_result(1, latency=100, cost=0.03), _result(2, latency=300, cost=0.01, confidence=0.7)]
+    stats = window_stats(window, 4.0)
+    targets = Targets(cost_per_request=0.01, cost_per_second=0.02, latency_ms=400.0, latency_quantile=0.5)
+    assert cost_vs_target(targets, window, stats) == {
+        "cost_per_request": {"target": 0.01, "observed": pytest.approx(0.02), "error_pct": 100.0},
+        "cost_per_second": {"target": 0.02, "observed": pytest.approx(0.01), "error_pct": -50.0},
+        "latency_ms": {"target": 400.0, "observed": 200.0, "error_pct": -50.0, "quantile": 0.5},
+    }
+    floor = cost_vs_target(Targets(quality_floor=0.5), window, stats)
+    assert floor == {"quality_floor": {"target": 0.5, "observed": pytest.approx(0.6), "error_pct": 20.0}}
+    assert cost_vs_target(Targets(), window, stats) == {}
+
+
+def test_controller_json() -> None:
+    assert controller_json(ControlState(), NOW) is None
+    state = ControlState(
+        report=_report(3, paused=("b",), pinned=True, rejected={"replay": 2}), policy=_policy(3), replies=[]
+    )
+    doc = controller_json(state, NOW)
+    assert doc is not None
+    assert set(doc) == {
+        "targets",
+        "observed",
+        "version",
+        "lam",
+        "mu",
+        "paused",
+        "pinned",
+        "rejected",
+        "at",
+        "age_s",
+        "thresholds",
+    }
+    assert doc["targets"]["cost_per_request"] == 0.02 and doc["targets"]["latency_ms"] is None
+    assert doc["observed"]["requests"] == 3 and doc["observed"]["cost_per_request"] == 0.03
+    assert (doc["version"], doc["lam"], doc["mu"], doc["age_s"]) == (3, 0.5, 0.1, 2.0)
+    assert doc["paused"] == ["b"] and doc["pinned"] is True and doc["rejected"] == {"replay": 2}
+    assert doc["thresholds"] == {"a": pytest.approx(0.3)}
+    assert controller_json(ControlState(report=_report(1)), NOW)["thresholds"] is None  # type: ignore[index]
+
+
+def _snapshot(control: ControlState | None = None) -> Snapshot:
+    return Snapshot(
+        namespace="ns",
+        bootstrap="host:9092",
+        tiers=("a", "b"),
+        at=NOW,
+        window_s=10.0,
+        results=[_result(1, 1.0, cost=0.01), _result(2, 50.0, cost=5.0), _result(3, 2.0, path=("a", "b"))],
+        lag={"router": 1, "worker.a": 0, "worker.b": 4},
+        uncommitted=["worker.b"],
+        control=control or ControlState(),
+        undecodable_results=2,
+    )
+
+
+def test_status_json_shape() -> None:
+    control = ControlState(
+        report=_report(2, paused=("b",)),
+        policy=_policy(2),
+        replies=[(9, ControlReply(offset=8, accepted=False, reason="bad_signature", key_id="ops", seq=4))],
+        undecodable=1,
+    )
+    doc = status_json(_snapshot(control))
+    assert set(doc) == {
+        "namespace",
+        "bootstrap",
+        "at",
+        "window_s",
+        "results",
+        "lag",
+        "uncommitted_pools",
+        "controller",
+        "policy",
+        "replies",
+        "cost_vs_target",
+        "undecodable",
+        "truncated",
+    }
+    assert set(doc["results"]) == {
+        "count",
+        "rate",
+        "by_status",
+        "latency_ms",
+        "cost_per_request",
+        "cost_per_second",
+        "escalation_rate",
+        "mean_confidence",
+        "tier_share",
+        "tier_answers_per_s",
+    }
+    assert doc["results"]["count"] == 2  # the 50 s old result is outside the 10 s window
+    assert doc["results"]["cost_per_request"] == pytest.approx(0.005)
+    assert doc["lag"] == {"router": 1, "worker.a": 0, "worker.b": 4}
+    assert doc["controller"]["version"] == 2
+    assert doc["policy"] == {
+        "version": 2,
+        "thresholds": {"a": 0.2},
+        "allowed_tiers": ["a"],
+        "reason": "v2",
+        "issued_at": NOW,
+        "lam": 0.0,
+        "mu": 0.0,
+        "pinned": False,
+    }
+    assert doc["replies"] == [
+        {"offset": 8, "accepted": False, "reason": "bad_signature", "key_id": "ops", "seq": 4, "at": 0.0}
+    ]
+    assert doc["cost_vs_target"]["cost_per_request"]["error_pct"] == -75.0
+    assert doc["undecodable"] == {"results": 2, "control": 1}
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_status_json_without_controller() -> None:
+    doc = status_json(_snapshot())
+    assert doc["controller"] is None and doc["policy"] is None
+    assert doc["replies"] == [] and doc["cost_vs_target"] == {}
+
+
+def _text(renderable: object) -> str:
+    console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115 - closed with the console
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_render_without_and_with_controller() -> None:
+    text = _text(render(_snapshot()))
+    assert "controller: no report yet" in text
+    assert "namespace ns" in text and "worker.b" in text and "no commits" in text
+    assert "undecodable records skipped: results 2, control 0" in text
+    control = ControlState(report=_report(2, paused=("b",)), policy=_policy(2))
+    text = _text(render(_snapshot(control), error="broker gone"))
+    assert "refresh failed: broker gone" in text
+    assert "cost per request" in text and "-75.0%" in text
+    assert "paused tiers: b" in text and "policy v2 (v2)" in text
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_status_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["status", *argv])
+
+
+def test_parser_defaults() -> None:
+    args = _parse("--portfolio", "simulated")
+    assert (args.window, args.once, args.json, args.bootstrap, args.namespace) == (10.0, False, False, "", "")
+    assert args.interval > 0 and args.config is None
+    with pytest.raises(SystemExit):
+        _parse("--once")  # --config or --portfolio is required
+    with pytest.raises(SystemExit):
+        _parse("--config", "x.toml", "--portfolio", "simulated")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--portfolio", "simulated", "--json"), "--json needs --once"),
+        (("--portfolio", "simulated", "--window", "0"), "--window must be > 0"),
+        (("--portfolio", "simulated", "--interval", "-1"), "--interval must be > 0"),
+        (("--portfolio", "simulated", "--once"), "no bootstrap servers"),
+        (("--portfolio", "nope", "--once"), "unknown portfolio"),
+        (("--portfolio", "simulated", "--namespace", "bad name", "--bootstrap", "h:1"), "namespace"),
+    ],
+)
+def test_run_status_refuses_bad_options(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_status(_parse(*argv))

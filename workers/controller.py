@@ -1,0 +1,351 @@
+"""The budget controller's logic without I/O: command checks, sliding windows, state and recovery.
+
+:class:`ControllerCore` is fed what the actor (``workers/controller_actor.py``) reads
+from Kafka — commands, results, answers — and returns what to publish: replies,
+policy updates and reports. The clock is passed in, so the whole loop runs in unit
+tests against a simulated plant.
+
+A command changes nothing unless :func:`check_command` finds no reason to refuse
+it. Every refusal is answered on the control topic and counted by reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from policies.budget import (
+    Goals,
+    LawParams,
+    Observation,
+    lambda_bounds,
+    latency_weights,
+    next_lambda,
+    next_mu,
+    steer_thresholds,
+)
+from topics.control import (
+    MAX_VALIDITY_S,
+    Action,
+    ControlCommand,
+    ControllerReport,
+    ControlRecord,
+    ControlReply,
+    Observed,
+    PolicyUpdate,
+    Targets,
+)
+from topics.messages import Answer, Result
+
+CLOCK_SKEW_S = 30.0
+"""A command issued up to this far in the future (the operator's clock ahead of ours) is still valid."""
+THRESHOLD_CHANGE = 1e-3
+"""Thresholds that move less than this are not worth a new policy version."""
+
+
+def check_command(
+    command: ControlCommand,
+    *,
+    keys: Mapping[str, bytes],
+    last_seq: Mapping[str, int],
+    tiers: tuple[str, ...],
+    paused: frozenset[str],
+    versions: Iterable[int],
+    now: float,
+) -> str | None:
+    """Why ``command`` must be refused, or ``None`` to apply it. Pure; the order of checks is the
+    order of trust: who sent it, is it fresh, then is it meaningful."""
+    key = keys.get(command.key_id)
+    if key is None:
+        return "unknown_key"
+    if not command.sig:
+        return "unsigned"
+    if not command.signature_ok(key):
+        return "bad_signature"
+    if command.seq <= last_seq.get(command.key_id, -1):
+        return "replayed"
+    if command.issued_at > now + CLOCK_SKEW_S:
+        return "not_yet_valid"
+    if command.expires_at < now:
+        return "expired"
+    if command.expires_at - command.issued_at > MAX_VALIDITY_S:
+        return "validity_too_long"
+    if command.action is Action.SET_TARGETS:
+        t = command.targets
+        if t is None or all(v is None for v in (t.cost_per_request, t.cost_per_second, t.latency_ms, t.quality_floor)):
+            return "no_targets"
+    if command.action is Action.SET_THRESHOLDS:
+        if not command.thresholds:
+            return "no_thresholds"
+        if any(tier not in tiers for tier in command.thresholds):
+            return "unknown_tier"
+    if command.action in (Action.PAUSE_TIER, Action.RESUME_TIER) and command.tier not in tiers:
+        return "unknown_tier"
+    if command.action is Action.PAUSE_TIER and set(tiers) <= paused | {command.tier}:
+        return "no_tier_left"
+    if command.action is Action.PIN_POLICY and command.policy_version not in set(versions):
+        return "unknown_version"
+    return None
+
+
+@dataclass
+class Window:
+    """Results and answers seen in the last ``span_s`` seconds (by arrival time)."""
+
+    span_s: float
+    results: deque[tuple[float, float, float, bool, float]] = field(default_factory=deque)
+    """(arrived, cost, latency_ms, escalated, confidence)"""
+    answers: deque[tuple[float, str, float]] = field(default_factory=deque)
+    """(arrived, tier, latency_ms)"""
+    started: float | None = None
+
+    def add_result(self, result: Result, now: float) -> None:
+        self.started = now if self.started is None else self.started
+        self.results.append((now, result.total_cost, result.latency_ms, len(result.path) > 1, result.confidence))
+
+    def add_answer(self, answer: Answer, now: float) -> None:
+        self.answers.append((now, answer.tier, answer.latency_ms))
+
+    def observe(self, now: float, quantile: float) -> Observed:
+        cutoff = now - self.span_s
+        for queue in (self.results, self.answers):
+            while queue and queue[0][0] < cutoff:
+                queue.popleft()
+        span = min(self.span_s, now - self.started) if self.started is not None else 0.0
+        n = len(self.results)
+        if n == 0:
+            return Observed(window_s=max(span, 0.0))
+        data = np.array([row[1:] for row in self.results], dtype=float)
+        total_cost = float(data[:, 0].sum())
+        per_tier: dict[str, list[float]] = {}
+        for _, tier, latency in self.answers:
+            per_tier.setdefault(tier, []).append(latency)
+        n_answers = max(1, len(self.answers))
+        span = max(span, 1e-3)
+        return Observed(
+            requests=n,
+            window_s=span,
+            rate=n / span,
+            cost_per_request=total_cost / n,
+            cost_per_second=total_cost / span,
+            latency_ms=float(np.quantile(data[:, 1], quantile)),
+            escalation_rate=float(data[:, 2].mean()),
+            mean_confidence=min(1.0, float(data[:, 3].mean())),
+            tier_share={tier: len(v) / n_answers for tier, v in per_tier.items()},
+            tier_latency_ms={tier: float(np.mean(v)) for tier, v in per_tier.items()},
+        )
+
+
+@dataclass
+class ControllerCore:
+    """State and decisions of the one budget controller of a deployment."""
+
+    tiers: tuple[str, ...]
+    """Ladder order, cheapest first."""
+    base: dict[str, float] | None
+    """θ⁰: the verifier policy's steerable thresholds (``None``: not steerable, only pausing works)."""
+    keys: Mapping[str, bytes]
+    window_s: float = 10.0
+    params: LawParams = field(default_factory=LawParams)
+    targets: Targets = field(default_factory=Targets)
+    lam: float = 0.0
+    mu: float = 0.0
+    version: int = 0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    paused: set[str] = field(default_factory=set)
+    pinned: bool = False
+    last_seq: dict[str, int] = field(default_factory=dict)
+    processed_offset: int = -1
+    rejected: Counter[str] = field(default_factory=Counter)
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Thresholds of every version this controller knows, for ``pin_policy``."""
+    window: Window = field(init=False)
+    last_observed: Observed = field(default_factory=Observed)
+
+    def __post_init__(self) -> None:
+        self.window = Window(self.window_s)
+        if not self.thresholds and self.base is not None:
+            self.thresholds = dict(self.base)
+
+    # --- recovery -------------------------------------------------------------------------------
+
+    def recover(self, records: Iterable[tuple[int, ControlRecord]]) -> None:
+        """Rebuild state from the control topic read from its beginning: the newest report gives
+        targets, multipliers, pause/pin state and replay counters, the updates give the versions."""
+        report: ControllerReport | None = None
+        for _, record in records:
+            if isinstance(record, PolicyUpdate):
+                self.history[record.version] = dict(record.thresholds)
+                if record.version >= self.version:
+                    self.version = record.version
+                    self.thresholds = dict(record.thresholds)
+            elif isinstance(record, ControllerReport):
+                report = record
+        if report is not None:
+            self.targets = report.targets
+            self.lam, self.mu = report.lam, report.mu
+            self.paused = set(report.paused) & set(self.tiers)
+            self.pinned = report.pinned
+            self.last_seq = dict(report.last_seq)
+            self.processed_offset = report.processed_offset
+            self.rejected = Counter(report.rejected)
+            if report.base:
+                self.base = dict(report.base)
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def refuse(self, offset: int, reason: str, now: float, command: ControlCommand | None = None) -> ControlReply:
+        """Answer a command that changes nothing (also for records that could not be decoded)."""
+        self.processed_offset = max(self.processed_offset, offset)
+        self.rejected[reason] += 1
+        key_id, seq = (command.key_id, command.seq) if command else ("", 0)
+        return ControlReply(offset=offset, accepted=False, reason=reason, key_id=key_id, seq=seq, at=now)
+
+    def handle(self, offset: int, command: ControlCommand, now: float) -> tuple[ControlReply, PolicyUpdate | None]:
+        """Check and apply one command; an accepted one that changes the policy yields an update."""
+        reason = check_command(
+            command,
+            keys=self.keys,
+            last_seq=self.last_seq,
+            tiers=self.tiers,
+            paused=frozenset(self.paused),
+            versions=self.history,
+            now=now,
+        )
+        if reason is None and command.action in (Action.SET_THRESHOLDS, Action.PIN_POLICY) and self.base is None:
+            reason = "policy_not_steerable"
+        if reason is not None:
+            return self.refuse(offset, reason, now, command), None
+        self.processed_offset = max(self.processed_offset, offset)
+        self.last_seq[command.key_id] = command.seq
+        why = self._apply(command)
+        reply = ControlReply(offset=offset, accepted=True, reason=why, key_id=command.key_id, seq=command.seq, at=now)
+        update = None if command.action is Action.SET_TARGETS else self._publish(why, now, force=True)
+        return reply, update
+
+    def _apply(self, command: ControlCommand) -> str:
+        who = command.issuer or command.key_id
+        match command.action:
+            case Action.SET_TARGETS:
+                assert command.targets is not None
+                self.targets = command.targets
+                return f"targets set by {who}: {_describe(self.targets)}"
+            case Action.SET_THRESHOLDS:
+                assert self.base is not None and command.thresholds
+                self.base = {**self.base, **{t: v for t, v in command.thresholds.items() if t in self.base}}
+                return f"base thresholds set by {who}"
+            case Action.PAUSE_TIER:
+                self.paused.add(command.tier)
+                return f"tier {command.tier} paused by {who}"
+            case Action.RESUME_TIER:
+                self.paused.discard(command.tier)
+                return f"tier {command.tier} resumed by {who}"
+            case Action.PIN_POLICY:
+                self.pinned = True
+                self.thresholds = dict(self.history[command.policy_version])
+                return f"pinned to v{command.policy_version} by {who}"
+            case Action.RELEASE_POLICY:
+                self.pinned = False
+                return f"policy released by {who}"
+
+    # --- observation and control ----------------------------------------------------------------
+
+    def observe_result(self, result: Result, now: float) -> None:
+        self.window.add_result(result, now)
+
+    def observe_answer(self, answer: Answer, now: float) -> None:
+        self.window.add_answer(answer, now)
+
+    def step(self, now: float) -> PolicyUpdate | None:
+        """One period of the law: measure the window, move λ and μ, publish if thresholds moved."""
+        observed = self.window.observe(now, self.targets.latency_quantile)
+        self.last_observed = observed
+        if self.version == 0:
+            return self._publish("initial policy", now, force=True)
+        if self.pinned or self.base is None:
+            return None
+        t = self.targets
+        goals = Goals(t.cost_per_request, t.cost_per_second, t.latency_ms, t.quality_floor)
+        obs = Observation(
+            observed.requests,
+            observed.cost_per_request,
+            observed.cost_per_second,
+            observed.latency_ms,
+            observed.mean_confidence,
+        )
+        lam = next_lambda(self.lam, obs, goals, self.params, lambda_bounds(self.base))
+        mu = next_mu(self.mu, obs, goals, self.params)
+        if (lam, mu) == (self.lam, self.mu):
+            return None
+        why = _law_reason(self.lam, lam, self.mu, mu, observed, t)
+        self.lam, self.mu = lam, mu
+        return self._publish(why, now)
+
+    def _steered(self) -> dict[str, float]:
+        if self.base is None:
+            return {}
+        if self.pinned:
+            return dict(self.thresholds)
+        weights = latency_weights(self.tiers, self.last_observed.tier_latency_ms)
+        return steer_thresholds(self.base, self.lam, self.mu, weights)
+
+    def _publish(self, reason: str, now: float, force: bool = False) -> PolicyUpdate | None:
+        thresholds = self._steered()
+        moved = any(abs(v - self.thresholds.get(k, math.inf)) >= THRESHOLD_CHANGE for k, v in thresholds.items())
+        if not (force or moved):
+            return None
+        self.version += 1
+        self.thresholds = thresholds
+        self.history[self.version] = dict(thresholds)
+        return PolicyUpdate(
+            version=self.version,
+            thresholds=thresholds,
+            allowed_tiers=tuple(t for t in self.tiers if t not in self.paused),
+            reason=reason,
+            issued_at=now,
+            lam=self.lam,
+            mu=self.mu,
+            pinned=self.pinned,
+        )
+
+    def report(self, now: float) -> ControllerReport:
+        return ControllerReport(
+            targets=self.targets,
+            observed=self.last_observed,
+            version=self.version,
+            lam=self.lam,
+            mu=self.mu,
+            at=now,
+            paused=tuple(t for t in self.tiers if t in self.paused),
+            pinned=self.pinned,
+            last_seq=dict(self.last_seq),
+            processed_offset=self.processed_offset,
+            rejected=dict(self.rejected),
+            base=dict(self.base or {}),
+        )
+
+
+def _describe(targets: Targets) -> str:
+    parts = []
+    if targets.cost_per_request is not None:
+        parts.append(f"cost/request {targets.cost_per_request:.4g}")
+    if targets.cost_per_second is not None:
+        parts.append(f"cost/s {targets.cost_per_second:.4g}")
+    if targets.latency_ms is not None:
+        parts.append(f"p{targets.latency_quantile * 100:g} <= {targets.latency_ms:g} ms")
+    if targets.quality_floor is not None:
+        parts.append(f"quality >= {targets.quality_floor:g}")
+    return ", ".join(parts) or "none"
+
+
+def _law_reason(lam0: float, lam: float, mu0: float, mu: float, observed: Observed, targets: Targets) -> str:
+    parts = []
+    if lam != lam0:
+        parts.append(f"λ {lam0:+.3f}→{lam:+.3f} (cost/request {observed.cost_per_request:.4g})")
+    if mu != mu0:
+        parts.append(f"μ {mu0:.3f}→{mu:.3f} (p{targets.latency_quantile * 100:g} {observed.latency_ms:.0f} ms)")
+    return "; ".join(parts) + f" vs {_describe(targets)}"

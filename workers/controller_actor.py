@@ -1,0 +1,249 @@
+"""The budget controller as one named Ray actor: Kafka I/O around :class:`ControllerCore`.
+
+It reads the control topic from its beginning (recovery: the newest report and
+updates restore its state, and commands that arrived after the last one it
+answered are answered now), then follows three streams without a consumer group:
+control (commands), results (cost, latency, confidence) and answers (per-tier
+latency and load). Every ``period_s`` it runs the law and publishes a new
+PolicyUpdate when thresholds moved; every ``report_every_s`` a ControllerReport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ray
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from infra.broker import kafka_options
+from infra.config import Config
+from policies.budget import LawParams
+from topics.control import ControlCommand, ControlRecord, decode_control
+from topics.errors import DecodeError
+from topics.messages import Answer, Result
+from topics.wire import Message
+from workers.actors import post_hoc_policy
+from workers.controller import ControllerCore
+
+log = logging.getLogger("tierflow.controller")
+
+
+def controller_name(config: Config) -> str:
+    """The Ray actor name of a deployment's controller (one per namespace)."""
+    return f"{config.namespace}.controller"
+
+
+def resolve_keys(config: Config, environ: Mapping[str, str] = os.environ) -> dict[str, bytes]:
+    """Key id -> secret, from the environment variables the config names; missing ones are left out."""
+    return {kid: environ[env].encode() for kid, env in config.control.keys.items() if environ.get(env)}
+
+
+def new_core(config: Config, keys: Mapping[str, bytes]) -> ControllerCore:
+    tiers = config.layout.tiers
+    return ControllerCore(
+        tiers=tiers,
+        base=post_hoc_policy(config).steerable_thresholds(tiers),
+        keys=keys,
+        window_s=config.control.window_s,
+        params=LawParams(step=config.control.step),
+    )
+
+
+class ControllerLoop:
+    """Runs one controller against Kafka until ``request_stop()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        bootstrap: str,
+        keys: Mapping[str, bytes],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.kafka = kafka_options(config.broker, bootstrap)
+        self.core = new_core(config, keys)
+        self.clock = clock
+        self._stopping = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumers: list[AIOKafkaConsumer] = []
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        layout = self.config.layout
+        self._producer = AIOKafkaProducer(**self.kafka, acks="all", linger_ms=1)
+        await self._producer.start()
+        try:
+            control = await self._consumer([TopicPartition(layout.control, 0)], from_end=False)
+            results = await self._consumer(self._partitions(layout.results), from_end=True)
+            answers = await self._consumer(self._partitions(layout.answers), from_end=True)
+            await self._recover(control)
+            tasks = [
+                asyncio.create_task(self._follow(control, self._on_control)),
+                asyncio.create_task(self._follow(results, self._on_result)),
+                asyncio.create_task(self._follow(answers, self._on_answer)),
+                asyncio.create_task(self._tick()),
+            ]
+            await self._stopping.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for consumer in self._consumers:
+                with contextlib.suppress(KafkaError):
+                    await consumer.stop()
+            with contextlib.suppress(KafkaError):
+                await self._producer.stop()
+
+    def _partitions(self, topic: str) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for p in range(self.config.partitions()[topic])]
+
+    async def _consumer(self, partitions: list[TopicPartition], from_end: bool) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            **self.kafka,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest" if from_end else "earliest",
+            fetch_max_wait_ms=self.config.broker.fetch_max_wait_ms,
+        )
+        await consumer.start()
+        self._consumers.append(consumer)
+        consumer.assign(partitions)
+        if from_end:
+            await consumer.seek_to_end(*partitions)
+        else:
+            await consumer.seek_to_beginning(*partitions)
+        return consumer
+
+    async def _recover(self, control: AIOKafkaConsumer) -> None:
+        """Read the control topic to its end; restore state; answer commands nobody answered yet."""
+        partition = TopicPartition(self.config.layout.control, 0)
+        end = (await control.end_offsets([partition]))[partition]
+        seen: list[tuple[int, ControlRecord | DecodeError]] = []
+        while True:
+            batch = (await control.getmany(partition, timeout_ms=200, max_records=5000)).get(partition, [])
+            seen += [(record.offset, _decode(record)) for record in batch]
+            if not batch and await control.position(partition) >= end:
+                break
+        self.core.recover((offset, r) for offset, r in seen if not isinstance(r, DecodeError))
+        pending = [(offset, r) for offset, r in seen if offset > self.core.processed_offset]
+        for offset, record in pending:
+            await self._handle(offset, record)
+        log.info(
+            "controller recovered: version %d, λ=%.3f, %d pending commands",
+            self.core.version,
+            self.core.lam,
+            len(pending),
+        )
+
+    async def _follow(self, consumer: AIOKafkaConsumer, handle: Callable[[ConsumerRecord[bytes, bytes]], Any]) -> None:
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            except KafkaError as exc:
+                log.warning("controller: fetch failed: %r", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    await handle(record)
+
+    async def _on_control(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        await self._handle(record.offset, _decode(record))
+
+    async def _handle(self, offset: int, record: ControlRecord | DecodeError) -> None:
+        now = self.clock()
+        if isinstance(record, DecodeError):
+            await self._publish(self.core.refuse(offset, f"invalid: {record.reason}", now))
+        elif isinstance(record, ControlCommand):
+            reply, update = self.core.handle(offset, record, now)
+            log.info("command at %d: %s (%s)", offset, "accepted" if reply.accepted else "refused", reply.reason)
+            await self._publish(reply, update)
+
+    async def _on_result(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        with contextlib.suppress(DecodeError):
+            self.core.observe_result(Result.from_wire(record.value or b""), self.clock())
+
+    async def _on_answer(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        with contextlib.suppress(DecodeError):
+            self.core.observe_answer(Answer.from_wire(record.value or b""), self.clock())
+
+    async def _tick(self) -> None:
+        control = self.config.control
+        next_report = 0.0
+        while True:
+            now = self.clock()
+            update = self.core.step(now)
+            report = self.core.report(now) if now >= next_report else None
+            if report is not None:
+                next_report = now + control.report_every_s
+            await self._publish(update, report)
+            await asyncio.sleep(control.period_s)
+
+    async def _publish(self, *messages: Message | None) -> None:
+        assert self._producer is not None
+        for message in messages:
+            if message is None:
+                continue
+            while True:
+                try:
+                    await self._producer.send_and_wait(self.config.layout.control, message.to_wire(), key=b"controller")
+                    break
+                except KafkaError as exc:  # the broker is away: an update must not be lost
+                    log.warning("controller: publish failed, retrying: %r", exc)
+                    await asyncio.sleep(0.5)
+
+
+def _decode(record: ConsumerRecord[bytes, bytes]) -> ControlRecord | DecodeError:
+    try:
+        return decode_control(record.value or b"")
+    except DecodeError as exc:
+        return exc
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})  # type: ignore[call-overload]  # stubs lack concurrency_groups
+class ControllerActor:
+    """The deployment's one budget controller (a named actor); threaded like the stage replicas."""
+
+    def __init__(self, config: Config, bootstrap: str, keys: Mapping[str, bytes]) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.loop = ControllerLoop(config, bootstrap, keys)
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self) -> None:
+        asyncio.run(self._drive())
+
+    async def _drive(self) -> None:
+        self._event_loop = asyncio.get_running_loop()
+        await self.loop.run()
+
+    @ray.method(concurrency_group="control")
+    def stop(self) -> None:
+        if self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self.loop.request_stop)
+
+    @ray.method(concurrency_group="control")
+    def state(self) -> dict[str, Any]:
+        """λ, μ, version, thresholds, targets and the last observation (tests, ``status``)."""
+        core = self.loop.core
+        return {
+            "version": core.version,
+            "lam": core.lam,
+            "mu": core.mu,
+            "thresholds": dict(core.thresholds),
+            "paused": sorted(core.paused),
+            "pinned": core.pinned,
+            "targets": core.targets,
+            "observed": core.last_observed,
+            "rejected": dict(core.rejected),
+        }
