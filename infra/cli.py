@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=120.0, metavar="S", help="how long --wait waits")
 
     _add_budget(sub)
+    from infra.status import add_status_parser
+
+    add_status_parser(sub)
 
     trace = sub.add_parser(
         "trace",
@@ -201,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _artifacts(args)
         if args.command == "budget":
             return _budget(args)
+        if args.command == "status":
+            from infra.status import run_status
+
+            return run_status(args)
         return _send(args)
     except Interrupted as exc:
         print(f"tierflow: {exc}", file=sys.stderr)

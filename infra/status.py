@@ -26,8 +26,8 @@ Records that do not decode are skipped and counted.
 ``by_status`` {status: count}, ``latency_ms`` {``p50``, ``p95``, ``p99``} (end to end),
 ``cost_per_request`` (mean total cost), ``cost_per_second`` (total cost / window_s),
 ``escalation_rate`` (share with more than one tier on their path), ``mean_confidence``,
-``tier_share`` {tier: share of the window's results answered by it; every configured
-tier, so shares of rejected results leave the sum below 1}, ``tier_answers_per_s``
+``tier_share`` {tier: share of the window's results it answered; every configured tier;
+rejected results have no tier, so the shares may sum below 1}, ``tier_answers_per_s``
 {tier: answers it computed per second, from the results' paths};
 ``lag`` {pool: records not yet committed}; ``uncommitted_pools`` [pools whose group has
 committed nothing on a partition that holds records: their lag counts from its beginning];
@@ -36,14 +36,15 @@ committed nothing on a partition that holds records: their lag counts from its b
 ``observed`` (the report's own window: requests, window_s, rate, cost_per_request,
 cost_per_second, latency_ms, escalation_rate, mean_confidence, tier_share,
 tier_latency_ms), ``version``, ``lam``, ``mu``, ``paused``, ``pinned``, ``rejected``
-{reason: count}, ``at``, ``age_s``, ``thresholds`` (of the newest PolicyUpdate, or null);
+{reason: count}, ``at``, ``age_s``, ``thresholds`` (of the newest PolicyUpdate, or null), ``base``
+(the base thresholds the controller steers from);
 ``policy``: the newest PolicyUpdate {version, thresholds, allowed_tiers, reason,
 issued_at, lam, mu, pinned} or null;
 ``replies``: the newest ControlReplies, newest first [{offset (of the command answered),
 accepted, reason, key_id, seq, at}];
 ``cost_vs_target`` {cost_per_request | cost_per_second | latency_ms | quality_floor:
-{``target``, ``observed`` (this window's; latency at the target's quantile),
-``error_pct`` (observed vs target, + means above)}} for each target the controller holds;
+{``target``, ``observed`` (this window's; latency at the target's ``quantile``, a key of
+its own there), ``error_pct`` (observed vs target, + means above)}} for each target the controller holds;
 ``undecodable`` {``results``, ``control``}: records skipped; ``truncated``: true when
 some partition had more records in the window than one read takes
 (:data:`MAX_RECORDS_PER_PARTITION`).
@@ -63,10 +64,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from infra.config import Config
-from infra.report import percentiles
 from topics.control import ControllerReport, ControlReply, PolicyUpdate, Targets, decode_control
 from topics.errors import BrokerError, ConfigError, DecodeError
 from topics.messages import Result
@@ -94,6 +92,8 @@ def in_window(results: Iterable[Result], now: float, window_s: float) -> list[Re
 
 def window_stats(results: Sequence[Result], window_s: float, tiers: Sequence[str] = ()) -> dict[str, Any]:
     """The ``results`` object of the JSON from the results of one window (already filtered)."""
+    from infra.report import percentiles  # numpy: imported when used, so building the CLI parser stays quick
+
     count = len(results)
     total_cost = sum(r.total_cost for r in results)
     answered: Counter[str] = Counter(r.tier for r in results if r.tier)
@@ -115,6 +115,8 @@ def window_stats(results: Sequence[Result], window_s: float, tiers: Sequence[str
 
 def latency_at(results: Sequence[Result], quantile: float) -> float:
     """End-to-end latency at ``quantile`` (0..1) of ``results``; 0 when there are none."""
+    import numpy as np
+
     if not results:
         return 0.0
     return float(np.percentile(np.asarray([r.latency_ms for r in results], dtype=float), quantile * 100))
@@ -263,6 +265,7 @@ def controller_json(state: ControlState, now: float) -> dict[str, Any] | None:
         "at": report.at,
         "age_s": round(max(0.0, now - report.at), 3),
         "thresholds": dict(state.policy.thresholds) if state.policy else None,
+        "base": dict(report.base),
     }
 
 

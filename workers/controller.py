@@ -187,6 +187,7 @@ class ControllerCore:
                 report = record
         if report is not None:
             self.targets = report.targets
+            self.version = max(self.version, report.version)
             self.lam, self.mu = report.lam, report.mu
             self.paused = set(report.paused) & set(self.tiers)
             self.pinned = report.pinned

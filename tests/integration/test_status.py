@@ -63,12 +63,12 @@ def _result(n: int, age_s: float, *, latency: float, cost: float, path: tuple[st
     )
 
 
-# In the window (10 s): 4 results, latencies 100..400, costs 0.01/0.02/0.03/0.04.
+# In the window (10 s): 4 results, latencies 100..400, costs 0.01/0.02/0.03/0.04, produced oldest first.
 RECENT = [
-    (0, _result(1, 1.0, latency=100.0, cost=0.01, path=("small",), status=Status.OK)),
-    (1, _result(2, 2.0, latency=200.0, cost=0.02, path=("small", "large"), status=Status.OK)),
-    (0, _result(3, 3.0, latency=300.0, cost=0.03, path=("small",), status=Status.OK)),
     (1, _result(4, 4.0, latency=400.0, cost=0.04, path=("small", "large"), status=Status.EXHAUSTED)),
+    (0, _result(3, 3.0, latency=300.0, cost=0.03, path=("small",), status=Status.OK)),
+    (1, _result(2, 2.0, latency=200.0, cost=0.02, path=("small", "large"), status=Status.OK)),
+    (0, _result(1, 1.0, latency=100.0, cost=0.01, path=("small",), status=Status.OK)),
 ]
 OLD = [(p, _result(10 + p, 100.0, latency=9999.0, cost=9.0, path=("large",), status=Status.OK)) for p in (0, 1)]
 TARGETS = Targets(cost_per_request=0.02, latency_ms=500.0, latency_quantile=0.5)
@@ -169,7 +169,7 @@ async def test_status_reads_window_lag_and_controller(kafka: dict[str, Any], dep
     assert doc["undecodable"] == {"results": 1, "control": 1}
     assert doc["truncated"] is False
 
-    # results: p0 holds old, r1, r3, junk (end 4), p1 old, r2, r4 (end 3); sink committed 4 and 1
+    # results: p0 holds old, r3, r1, junk (end 4), p1 old, r4, r2 (end 3); sink committed 4 and 1
     assert doc["lag"] == {"router": 6, "verifier": 0, "worker.small": 0, "worker.large": 3, "sink": 2}
     assert doc["uncommitted_pools"] == ["router", "worker.large"]
 
@@ -187,6 +187,26 @@ async def test_status_reads_window_lag_and_controller(kafka: dict[str, Any], dep
         "latency_ms": {"target": 500.0, "observed": 250.0, "error_pct": -50.0, "quantile": 0.5},
     }
     json.dumps(doc)  # plain JSON all the way down
+
+
+async def test_status_walks_back_in_chunks(
+    kafka: dict[str, Any], deployment: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import infra.status
+
+    monkeypatch.setattr(infra.status, "CHUNK", 2)
+    # p0: [old, r3] [r1, junk] -> r1 is 1 s old, go on; r3 and old are read, old ends the walk.
+    # p1: [old] [r4, r2] -> r4 is 4 s old, before the 2.5 s window: the walk stops, old is never read.
+    snapshot = await asyncio.wait_for(collect_status(kafka, deployment, window_s=2.5, now=NOW), WAIT_S)
+    assert sorted(r.request_id for r in snapshot.results) == ["r1", "r10", "r2", "r3", "r4"]
+    doc = status_json(snapshot)
+    assert doc["results"]["count"] == 2 and doc["truncated"] is False
+    assert doc["controller"]["version"] == 2 and doc["policy"]["version"] == 2  # control read in chunks too
+    assert [r["offset"] for r in doc["replies"]] == [5, 0] and doc["undecodable"]["control"] == 1
+
+    monkeypatch.setattr(infra.status, "MAX_RECORDS_PER_PARTITION", 2)
+    doc = status_json(await asyncio.wait_for(collect_status(kafka, deployment, window_s=10.0, now=NOW), WAIT_S))
+    assert doc["results"]["count"] == 3 and doc["truncated"] is True  # r3 (p0, third from the end) left out
 
 
 async def test_status_without_controller_and_unknown_namespace(kafka: dict[str, Any]) -> None:

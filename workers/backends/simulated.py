@@ -29,6 +29,11 @@ Features mimic a classifier's output distribution: the output label has probabil
 ``margin = c - (1 - c) / (K - 1)`` (negative when ``c < 1/K``: the simulator's ``c``
 is its probability of being right, not a true arg-max) and ``entropy`` in nats.
 
+Scripted shifts, for controller drills and benchmarks: a query whose input starts
+with ``hard:`` is answered with ``hard_accuracy`` instead of ``accuracy`` (a shift to
+harder traffic), and from the epoch time ``slow_from`` on the tier's mean latency is
+``slow_latency_ms`` (a tier that slows down).
+
 Latency: each query draws ``latency_ms * LogNormal(-s^2/2, s)`` (mean ``latency_ms``,
 ``s = latency_jitter``); a batch is one model call, so it sleeps the *maximum* of its
 draws and each Completion reports its share (batch time / batch size), as real
@@ -41,6 +46,7 @@ import asyncio
 import hashlib
 import math
 import random
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,6 +103,9 @@ class SimulatedBackend(Backend):
         self.accuracy = _number(options, "accuracy", 0.7, 0.0, 1.0)
         self.latency_ms = _number(options, "latency_ms", 0.0, 0.0)
         self.latency_jitter = _number(options, "latency_jitter", 0.0, 0.0, 5.0)
+        self.hard_accuracy = _number(options, "hard_accuracy", self.accuracy, 0.0, 1.0)
+        self.slow_from = _number(options, "slow_from", math.inf, 0.0)
+        self.slow_latency_ms = _number(options, "slow_latency_ms", self.latency_ms, 0.0)
         self.cost = _number(options, "cost", 0.001, 0.0)
         self.concentration = _number(options, "concentration", 2.0, 1e-3, 1e6)
         seed = options.get("seed", 0)
@@ -111,12 +120,13 @@ class SimulatedBackend(Backend):
             )
         self.calibration = str(calibration)
 
-    def _confidence(self, rng: random.Random, correct: bool) -> float:
+    def _confidence(self, rng: random.Random, correct: bool, accuracy: float | None = None) -> float:
         """Draw the confidence for one answer under the configured calibration scheme."""
-        if self.accuracy in (0.0, 1.0):
-            return self.accuracy  # the tier knows it is always right (or wrong): calibrated and certain
-        a = self.accuracy * self.concentration
-        b = (1.0 - self.accuracy) * self.concentration
+        accuracy = self.accuracy if accuracy is None else accuracy
+        if accuracy in (0.0, 1.0):
+            return accuracy  # the tier knows it is always right (or wrong): calibrated and certain
+        a = accuracy * self.concentration
+        b = (1.0 - accuracy) * self.concentration
         if self.calibration == "uninformative":
             return rng.betavariate(a, b)
         c = rng.betavariate(a + 1.0, b) if correct else rng.betavariate(a, b + 1.0)
@@ -140,14 +150,15 @@ class SimulatedBackend(Backend):
         # stdlib Random, not numpy: seeding a numpy Generator per query cost ~30 us, 10x the draws themselves
         rng = random.Random(_stable_int(str(self.seed), self.tier, query.request_id))
         gold = simulated_gold_label(query.request_id, self.labels)
-        correct = bool(rng.random() < self.accuracy)
-        confidence = self._confidence(rng, correct)
+        accuracy = self.hard_accuracy if query.input.startswith("hard:") else self.accuracy
+        correct = bool(rng.random() < accuracy)
+        confidence = self._confidence(rng, correct, accuracy)
         if correct:
             output = gold
         else:
             others = [label for label in self.labels if label != gold]
             output = others[rng.randrange(len(others))]
-        latency = self.latency_ms
+        latency = self.slow_latency_ms if time.time() >= self.slow_from else self.latency_ms
         if latency > 0.0 and self.latency_jitter > 0.0:
             s = self.latency_jitter
             latency *= rng.lognormvariate(-s * s / 2.0, s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 
 import pytest
@@ -26,7 +27,7 @@ from infra.status import (
     uncommitted,
     window_stats,
 )
-from topics.control import ControlCommand, ControllerReport, ControlReply, Observed, PolicyUpdate, Targets
+from topics.control import Action, ControlCommand, ControllerReport, ControlReply, Observed, PolicyUpdate, Targets
 from topics.errors import ConfigError
 from topics.messages import Result, Status
 
@@ -140,7 +141,7 @@ def _policy(version: int) -> PolicyUpdate:
 
 
 def test_control_state_keeps_the_newest_of_each_kind() -> None:
-    command = ControlCommand(action="pause_tier", key_id="k", seq=1, issued_at=NOW, expires_at=NOW + 1, tier="a")  # type: ignore[arg-type]
+    command = ControlCommand(action=Action.PAUSE_TIER, key_id="k", seq=1, issued_at=NOW, expires_at=NOW + 1, tier="a")
     records = [
         (0, _policy(1).to_wire()),
         (1, _report(1).to_wire()),
@@ -204,6 +205,7 @@ def test_controller_json() -> None:
         "at",
         "age_s",
         "thresholds",
+        "base",
     }
     assert doc["targets"]["cost_per_request"] == 0.02 and doc["targets"]["latency_ms"] is None
     assert doc["observed"]["requests"] == 3 and doc["observed"]["cost_per_request"] == 0.03
@@ -292,7 +294,7 @@ def test_status_json_without_controller() -> None:
 
 
 def _text(renderable: object) -> str:
-    console = Console(width=140, record=True, file=open("/dev/null", "w"))  # noqa: SIM115 - closed with the console
+    console = Console(width=140, record=True, file=io.StringIO())
     console.print(renderable)
     return console.export_text()
 

@@ -1,0 +1,242 @@
+"""The controller without Kafka: the law on a simulated plant, command checks, recovery."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.budget import LawParams
+from topics.control import Action, ControlCommand, ControlRecord, Targets
+from topics.messages import Answer, Request, Task
+from workers.controller import ControllerCore, check_command
+
+from .plant import TIERS, Plant
+
+KEY = b"secret"
+NOW = 1_800_000_000.0
+RATE = 300
+"""Results per simulated second: about what the simulated pipeline runs at here."""
+
+
+def core(**kw: object) -> ControllerCore:
+    return ControllerCore(TIERS, {"small": 0.8, "medium": 0.8}, {"ops": KEY}, window_s=3.0, **kw)  # type: ignore[arg-type]
+
+
+def drive(c: ControllerCore, plant: Plant, seconds: int, start: float) -> tuple[list[float], list[float], float]:
+    """Run the closed loop: per second, RATE requests under the current thresholds, then one law step.
+    Returns the per-second mean cost, λ after each step, and the clock."""
+    costs, lams, now = [], [], start
+    for _ in range(seconds):
+        spent = []
+        for i in range(RATE):
+            now += 1 / RATE
+            result, answers, _ = plant.run(f"r{i}", c.thresholds)
+            spent.append(result.total_cost)
+            c.observe_result(result, now)
+            for tier, latency in answers:
+                c.observe_answer(_answer(tier, latency), now)
+        c.step(now)
+        costs.append(float(np.mean(spent)))
+        lams.append(c.lam)
+    return costs, lams, now
+
+
+def _answer(tier: str, latency: float) -> Answer:
+    task = Task(request=Request(id="r", input="x", created_at=0.0), tier=tier)
+    return Answer(task=task, model=tier, output="0", confidence=0.5, latency_ms=latency)
+
+
+def settled(costs: list[float], target: float, window: int = 10) -> int | None:
+    """Seconds until the rolling mean over ``window`` s stays within ±5% of the target."""
+    rolling = np.convolve(costs, np.ones(window) / window, "valid")
+    inside = np.abs(rolling / target - 1) <= 0.05
+    return next((i + window for i in range(len(inside)) if inside[i:].all()), None)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_cost_settles_within_5_percent_through_a_scripted_scenario(seed: int) -> None:
+    """Steady load, target down, harder traffic, target up: each phase settles within 60 s."""
+    c, plant = core(), Plant(random.Random(seed))
+    c.step(NOW)  # publishes version 1: the base thresholds
+    free, _, now = drive(c, plant, 20, NOW)
+    baseline = float(np.mean(free))
+    for target_share, hard in ((0.5, False), (0.5, True), (0.8, True)):
+        target = baseline * target_share
+        c.targets = Targets(cost_per_request=target)
+        plant.hard = hard
+        costs, lams, now = drive(c, plant, 90, now)
+        when = settled(costs, target)
+        assert when is not None and when <= 60, (target_share, hard, when)
+        assert abs(np.mean(costs[-30:]) / target - 1) <= 0.05
+        # No oscillation beyond a bound once settled: λ wanders by less than one step's worth.
+        assert np.std(lams[-30:]) < 0.04
+
+
+def test_no_step_exceeds_the_bound_and_lambda_stays_in_its_range() -> None:
+    c, plant = core(params=LawParams(step=0.02)), Plant(random.Random(4))
+    c.step(NOW)
+    c.targets = Targets(cost_per_request=1e-9)  # unreachable: λ runs to its ceiling and stops there
+    _, lams, _ = drive(c, plant, 60, NOW)
+    steps = np.abs(np.diff([0.0, *lams]))
+    assert steps.max() <= 0.02 + 1e-12
+    assert max(lams) == pytest.approx(0.8)  # the ceiling: every threshold is 0
+    assert c.thresholds == {"small": 0.0, "medium": 0.0}
+
+
+def test_the_latency_guard_cuts_escalation_into_a_slow_tier() -> None:
+    c, plant = core(), Plant(random.Random(5), latency_scale={"large": 3.0})
+    c.step(NOW)
+    c.targets = Targets(latency_ms=500.0)
+    _, _, now = drive(c, plant, 60, NOW)
+    assert c.mu > 0
+    assert c.thresholds["medium"] < c.thresholds["small"]  # the gate in front of the slow tier moved most
+    p95 = c.window.observe(now, 0.95).latency_ms
+    assert p95 <= 500.0 * 1.05
+
+
+def command(action: Action = Action.SET_TARGETS, *, key: bytes = KEY, **kw: object) -> ControlCommand:
+    fields: dict[str, object] = {"key_id": "ops", "seq": 10, "issued_at": NOW, "expires_at": NOW + 60}
+    if action is Action.SET_TARGETS:
+        fields["targets"] = Targets(cost_per_request=0.01)
+    fields |= kw
+    return ControlCommand(action=action, **fields).signed(key)  # type: ignore[arg-type]
+
+
+def check(cmd: ControlCommand, **kw: object) -> str | None:
+    args: dict[str, object] = {
+        "keys": {"ops": KEY},
+        "last_seq": {"ops": 5},
+        "tiers": TIERS,
+        "paused": frozenset(),
+        "versions": [1, 2],
+        "now": NOW,
+    }
+    return check_command(cmd, **(args | kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: command(), None),
+        (lambda: command(key_id="someone"), "unknown_key"),
+        (lambda: msgspec.structs.replace(command(), sig=""), "unsigned"),
+        (lambda: command(key=b"wrong"), "bad_signature"),
+        (lambda: msgspec.structs.replace(command(), seq=11), "bad_signature"),  # tampered after signing
+        (lambda: command(seq=5), "replayed"),
+        (lambda: command(expires_at=NOW - 1), "expired"),
+        (lambda: command(issued_at=NOW + 3600, expires_at=NOW + 3700), "not_yet_valid"),
+        (lambda: command(expires_at=NOW + 10 * 86400), "validity_too_long"),
+        (lambda: command(targets=Targets()), "no_targets"),
+        (lambda: command(Action.SET_THRESHOLDS, thresholds={"huge": 0.5}), "unknown_tier"),
+        (lambda: command(Action.PAUSE_TIER, tier="huge"), "unknown_tier"),
+        (lambda: command(Action.PIN_POLICY, policy_version=9), "unknown_version"),
+    ],
+)
+def test_every_bad_command_is_refused_with_its_reason(make: Callable[[], ControlCommand], reason: str | None) -> None:
+    assert check(make()) == reason
+
+
+def test_pausing_the_last_running_tier_is_refused() -> None:
+    cmd = command(Action.PAUSE_TIER, tier="large")
+    assert check(cmd, paused=frozenset({"small", "medium"})) == "no_tier_left"
+
+
+def test_a_refused_command_changes_nothing_and_is_counted() -> None:
+    c = core()
+    c.step(NOW)
+    before = (c.targets, c.version, dict(c.thresholds), set(c.paused))
+    reply, update = c.handle(7, command(key=b"wrong"), NOW)
+    assert not reply.accepted and reply.reason == "bad_signature" and update is None
+    assert (c.targets, c.version, dict(c.thresholds), set(c.paused)) == before
+    assert c.rejected == {"bad_signature": 1}
+
+
+def test_accepted_commands_apply_and_a_replay_of_them_is_refused() -> None:
+    c = core()
+    c.step(NOW)
+    reply, update = c.handle(3, command(Action.PAUSE_TIER, tier="medium", seq=20), NOW)
+    assert reply.accepted and update is not None and update.allowed_tiers == ("small", "large")
+    reply, _ = c.handle(4, command(Action.PAUSE_TIER, tier="medium", seq=20), NOW)
+    assert reply.reason == "replayed"
+    reply, update = c.handle(5, command(Action.SET_THRESHOLDS, thresholds={"small": 0.6}, seq=21), NOW)
+    assert reply.accepted and update is not None and update.thresholds["small"] == pytest.approx(0.6)
+    reply, update = c.handle(6, command(Action.PIN_POLICY, policy_version=1, seq=22), NOW)
+    assert reply.accepted and update is not None and update.pinned and update.thresholds["small"] == 0.8
+
+
+def test_a_restarted_controller_recovers_its_state_from_the_control_topic() -> None:
+    c, plant = core(), Plant(random.Random(6))
+    records: list[tuple[int, ControlRecord | None]] = []
+    records.append((0, c.step(NOW)))
+    records.append((1, c.handle(1, command(seq=30), NOW)[1]))
+    records.append((2, c.handle(2, command(Action.PAUSE_TIER, tier="medium", seq=31), NOW)[1]))
+    c.targets = Targets(cost_per_request=0.003)
+    drive(c, plant, 10, NOW)
+    records.append((3, c.report(NOW + 10)))
+    fresh = core()
+    fresh.recover((offset, r) for offset, r in records if r is not None)
+    assert (fresh.targets, fresh.lam, fresh.version, fresh.paused) == (c.targets, c.lam, c.version, c.paused)
+    assert fresh.last_seq == {"ops": 31} and fresh.processed_offset == 2
+    reply, _ = fresh.handle(4, command(seq=31), NOW)
+    assert reply.reason == "replayed"  # replay protection survives the restart
+
+
+finite = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    action=st.sampled_from(list(Action)),
+    key_id=st.sampled_from(["ops", "other", "x"]),
+    seq=st.integers(0, 2**40),
+    issued=finite,
+    expires=finite,
+    tier=st.sampled_from(["", "small", "medium", "large", "nope"]),
+    version=st.integers(0, 5),
+    thresholds=st.none() | st.dictionaries(st.sampled_from(["small", "large", "zzz"]), finite, max_size=3),
+    cost=st.none() | finite,
+    signed=st.booleans(),
+)
+def test_fuzzed_commands_never_crash_and_only_valid_ones_pass(**kw: object) -> None:
+    """Whatever arrives either fails to decode (a reason code) or gets a verdict; nothing raises."""
+    from topics.control import decode_control
+    from topics.errors import DecodeError
+
+    raw = msgspec.msgpack.encode(
+        {
+            "k": "control_command@1",
+            "a": str(kw["action"]),
+            "kid": kw["key_id"],
+            "sq": kw["seq"],
+            "ia": kw["issued"],
+            "ex": kw["expires"],
+            "t": kw["tier"],
+            "pv": kw["version"],
+            **({"th": kw["thresholds"]} if kw["thresholds"] is not None else {}),
+            **({"tg": {"cr": kw["cost"]}} if kw["cost"] is not None else {}),
+        }
+    )
+    try:
+        cmd = decode_control(raw)
+    except DecodeError as exc:
+        assert exc.reason in {"out_of_range", "wrong_type", "missing_field"}
+        return
+    assert isinstance(cmd, ControlCommand)
+    if kw["signed"]:
+        cmd = cmd.signed(KEY)
+    verdict = check(cmd)
+    if verdict is None:
+        assert kw["signed"] and cmd.key_id == "ops" and cmd.seq > 5
+        assert cmd.expires_at >= NOW - 1 and cmd.issued_at <= NOW + 30
+        numbers = [*(cmd.thresholds or {}).values()]
+        if cmd.targets is not None and cmd.targets.cost_per_request is not None:
+            numbers.append(cmd.targets.cost_per_request)
+        assert all(math.isfinite(x) and x >= 0 for x in numbers)
+        assert all(0 <= v <= 1 for v in (cmd.thresholds or {}).values())
