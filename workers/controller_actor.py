@@ -210,6 +210,12 @@ def _decode(record: ConsumerRecord[bytes, bytes]) -> ControlRecord | DecodeError
         return exc
 
 
+async def _drive(actor: ControllerActor) -> None:
+    """Outside the class: one coroutine method would make Ray run the actor as an async actor."""
+    actor._event_loop = asyncio.get_running_loop()
+    await actor.loop.run()
+
+
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})  # type: ignore[call-overload]  # stubs lack concurrency_groups
 class ControllerActor:
     """The deployment's one budget controller (a named actor); threaded like the stage replicas."""
@@ -221,11 +227,7 @@ class ControllerActor:
         self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def run(self) -> None:
-        asyncio.run(self._drive())
-
-    async def _drive(self) -> None:
-        self._event_loop = asyncio.get_running_loop()
-        await self.loop.run()
+        asyncio.run(_drive(self))
 
     @ray.method(concurrency_group="control")
     def stop(self) -> None:

@@ -1,0 +1,282 @@
+"""The budget controller closed loop on the real broker and Ray, with simulated tiers.
+
+Cost and quality are measured here from the results the test itself reads (not from
+what the controller reports), over windows after the loop had time to settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+import ray
+
+from infra.client import RequestProducer, ResultCollector
+from infra.config import Config
+from infra.control_client import new_command, read_control, send_command, send_raw
+from infra.pipeline import Pipeline
+from topics import Request, Result
+from topics.control import Action, ControlCommand, Targets
+from workers.backends.simulated import simulated_gold_label
+
+from .conftest import WAIT_S, running, sim_tier, simulated_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
+
+KEY = "integration-test-key"
+RATE = 250
+"""Requests per second the load sends: enough results per 3 s window for a steady measurement."""
+
+
+def ladder(tmp_path: Path, **tier_extra: dict[str, Any]) -> Config:
+    """small → medium → large at 1 : 4 : 16 cost; thresholds 0.8; a 3 s controller window."""
+    tiers = [
+        sim_tier("small", 0.6, 1, 0.001, **tier_extra.get("small", {})),
+        sim_tier("medium", 0.75, 2, 0.004, **tier_extra.get("medium", {})),
+        sim_tier("large", 0.9, 3, 0.016, **tier_extra.get("large", {})),
+    ]
+    return simulated_config(tmp_path, tiers=tiers, control={"window_s": 3.0})
+
+
+class Load:
+    """Sends requests at a steady rate and keeps every result with the time it completed."""
+
+    def __init__(self, config: Config, kafka: dict[str, Any], rate: int = RATE, prefix: str = "q") -> None:
+        self.producer = RequestProducer(kafka, config.layout)
+        self.collector = ResultCollector(kafka, config.layout)
+        self.rate, self.prefix = rate, prefix
+        self.hard = False
+        self._ids = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Load:
+        await self.producer.start()
+        await self.collector.start()
+        self._tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._collect())]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.producer.stop()
+        await self.collector.stop()
+
+    async def _send(self) -> None:
+        tick = 0.05
+        while True:
+            now = time.time()
+            batch = [
+                Request(id=f"{self.prefix}-{i}", input=("hard: " if self.hard else "") + f"q {i}", created_at=now)
+                for i in itertools.islice(self._ids, max(1, int(self.rate * tick)))
+            ]
+            await self.producer.send_many(batch)
+            await asyncio.sleep(max(0.0, tick - (time.time() - now)))
+
+    async def _collect(self) -> None:
+        while True:
+            await self.collector.poll()
+
+    def window(self, since: float, until: float) -> list[Result]:
+        return [r for r in self.collector.collected.results.values() if since <= r.completed_at < until]
+
+
+def cost(results: list[Result]) -> float:
+    assert len(results) > 100, f"only {len(results)} results in the window"
+    return float(np.mean([r.total_cost for r in results]))
+
+
+def accuracy(results: list[Result]) -> float:
+    return float(np.mean([r.output == simulated_gold_label(r.request_id) for r in results]))
+
+
+async def command(config: Config, kafka: dict[str, Any], action: Action, **fields: Any) -> None:
+    cmd = new_command(action, "default", KEY.encode(), now=time.time(), issuer="test", **fields)
+    reply = await send_command(kafka, config.layout.control, cmd, timeout_s=WAIT_S)
+    assert reply.accepted, reply.reason
+
+
+async def state(pipeline: Pipeline) -> dict[str, Any]:
+    return dict(await asyncio.wait_for(pipeline.controller.state.remote(), timeout=WAIT_S))
+
+
+async def wait_until(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def control_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERFLOW_CONTROL_KEY", KEY)
+
+
+@pytest.fixture(scope="module")
+async def pipeline(
+    tmp_path_factory: pytest.TempPathFactory, bootstrap: str, kafka: dict[str, Any]
+) -> AsyncIterator[Pipeline]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIERFLOW_CONTROL_KEY", KEY)  # read by the driver when it starts the controller
+        config = ladder(tmp_path_factory.mktemp("budget"))
+        async with running(config, bootstrap, kafka) as started:
+            await wait_until(lambda: _has_version(started), "the controller's first policy update")
+            yield started
+
+
+async def _has_version(pipeline: Pipeline) -> bool:
+    return (await state(pipeline))["version"] >= 1
+
+
+def bad_commands(now: float) -> list[tuple[str, bytes]]:
+    """One record per way a command can be wrong, with the reason the controller must give.
+
+    The first is a good command; it comes back last, as the replay."""
+    key = KEY.encode()
+
+    def signed(action: Action = Action.SET_TARGETS, **kw: Any) -> ControlCommand:
+        fields: dict[str, Any] = {"key_id": "default", "seq": time.time_ns(), "issued_at": now, "expires_at": now + 60}
+        if action is Action.SET_TARGETS:
+            fields["targets"] = Targets(cost_per_request=1e-4)
+        return ControlCommand(action=action, **(fields | kw)).signed(key)
+
+    def unsigned_raw(action: str, **body: Any) -> bytes:
+        head = {"k": "control_command@1", "a": action, "kid": "default", "sq": time.time_ns(), "ia": now}
+        return msgspec.msgpack.encode(head | {"ex": now + 60, "sig": "0" * 64} | body)
+
+    good = signed()  # the smallest sequence number of all, so the others are not refused as replays
+    return [
+        ("accepted", good.to_wire()),
+        ("unsigned", msgspec.structs.replace(signed(), sig="").to_wire()),
+        ("bad_signature", signed().signed(b"not the key").to_wire()),
+        ("unknown_key", signed(key_id="intruder").to_wire()),
+        ("expired", signed(issued_at=now - 600, expires_at=now - 300).to_wire()),
+        ("invalid: out_of_range", unsigned_raw("set_targets", tg={"cr": -1.0})),
+        ("invalid: out_of_range", unsigned_raw("set_targets", tg={"cr": math.nan})),
+        ("invalid: out_of_range", unsigned_raw("set_targets", tg={"cr": math.inf})),
+        ("invalid: out_of_range", unsigned_raw("set_targets", tg={"cr": 1e12})),
+        ("invalid: out_of_range", unsigned_raw("set_thresholds", th={"small": 1.5})),
+        ("unknown_tier", signed(Action.SET_THRESHOLDS, thresholds={"gigantic": 0.5}).to_wire()),
+        ("invalid: not_msgpack", b"\xc1 definitely not msgpack"),
+        ("replayed", good.to_wire()),
+    ]
+
+
+async def test_bad_commands_change_nothing_and_are_answered_and_counted(
+    pipeline: Pipeline, kafka: dict[str, Any]
+) -> None:
+    config = pipeline.config
+    before = await state(pipeline)
+    topic = config.layout.control
+    records = bad_commands(time.time())
+    for expected, value in records:
+        reply = await send_raw(kafka, topic, value, WAIT_S)
+        assert (reply.reason if not reply.accepted else "accepted").startswith(expected), (expected, reply)
+    after = await state(pipeline)
+    assert after["targets"] == Targets(cost_per_request=1e-4)  # only the one good command took effect
+    for key in ("thresholds", "paused", "pinned", "version"):
+        assert after[key] == before[key], key
+    assert sum(after["rejected"].values()) - sum(before["rejected"].values()) == len(records) - 1
+    view = await read_control(kafka, topic)
+    assert [r.accepted for r in view.replies[-3:]] == [False, False, False]
+    await command(config, kafka, Action.SET_TARGETS, targets=Targets(quality_floor=0.0))  # no cost target again
+
+
+async def test_a_paused_tier_gets_no_traffic_and_results_record_the_policy_version(
+    pipeline: Pipeline, kafka: dict[str, Any]
+) -> None:
+    config = pipeline.config
+    await command(config, kafka, Action.PAUSE_TIER, tier="medium")
+    paused_version = (await state(pipeline))["version"]
+    await asyncio.sleep(1.0)  # the routers' and verifiers' feeds pick the update up within a fetch
+    async with Load(config, kafka, rate=200, prefix="paused") as load:
+        await asyncio.sleep(4.0)
+        started = time.time()
+        await asyncio.sleep(4.0)
+        results = load.window(started, time.time())
+    await command(config, kafka, Action.RESUME_TIER, tier="medium")
+    assert results
+    assert all("medium" not in r.path for r in results)
+    assert any("large" in r.path for r in results)  # escalation skips the paused tier instead of stopping
+    assert all(r.policy_version >= paused_version for r in results)
+
+
+@pytest.mark.slow
+async def test_a_lowered_cost_target_holds_within_5_percent_and_raising_it_lets_quality_rise(
+    pipeline: Pipeline, kafka: dict[str, Any]
+) -> None:
+    config = pipeline.config
+    async with Load(config, kafka, prefix="budget") as load:
+        t0 = time.time()
+        await asyncio.sleep(12)
+        baseline = load.window(t0 + 4, time.time())
+        free_cost, free_accuracy = cost(baseline), accuracy(baseline)
+
+        low = free_cost * 0.5
+        await command(config, kafka, Action.SET_TARGETS, targets=Targets(cost_per_request=low))
+        t1 = time.time()
+        await asyncio.sleep(45)
+        held_low = load.window(t1 + 30, time.time())
+
+        high = free_cost * 0.8
+        await command(config, kafka, Action.SET_TARGETS, targets=Targets(cost_per_request=high))
+        t2 = time.time()
+        await asyncio.sleep(40)
+        held_high = load.window(t2 + 25, time.time())
+
+    assert abs(cost(held_low) / low - 1) <= 0.05, (cost(held_low), low)
+    assert abs(cost(held_high) / high - 1) <= 0.05, (cost(held_high), high)
+    assert accuracy(held_low) < accuracy(held_high) <= free_accuracy + 0.02
+    assert min(r.policy_version for r in held_high) > 1  # decided by versions the law published
+
+
+@pytest.mark.slow
+async def test_a_latency_target_holds_when_a_tier_slows_down(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    slow_from = time.time() + 25  # pipeline start-up plus a few seconds at normal speed
+    config = ladder(
+        tmp_path,
+        small={"latency_ms": 5},
+        medium={"latency_ms": 10},
+        large={"latency_ms": 20, "slow_from": slow_from, "slow_latency_ms": 600},
+    )
+    async with running(config, bootstrap, kafka) as pipeline:
+        await wait_until(lambda: _has_version(pipeline), "the controller's first policy update")
+        await command(config, kafka, Action.SET_TARGETS, targets=Targets(latency_ms=250.0))
+        async with Load(config, kafka, rate=150, prefix="lat") as load:
+            await asyncio.sleep(max(0.0, slow_from - time.time()) + 45)
+            held = load.window(time.time() - 15, time.time())
+        mu = (await state(pipeline))["mu"]
+    p95 = float(np.quantile([r.latency_ms for r in held], 0.95))
+    assert mu > 0  # the guard acted
+    assert p95 <= 250.0 * 1.05, p95
+
+
+async def test_a_restarted_controller_resumes_from_the_control_topic(pipeline: Pipeline, kafka: dict[str, Any]) -> None:
+    config = pipeline.config
+    targets = Targets(cost_per_request=0.0042, latency_ms=900.0)
+    accepted = new_command(Action.SET_TARGETS, "default", KEY.encode(), now=time.time(), targets=targets)
+    assert (await send_command(kafka, config.layout.control, accepted, WAIT_S)).accepted
+    await asyncio.sleep(2.5)  # at least one report published after the command
+    before = await state(pipeline)
+    ray.kill(pipeline.controller, no_restart=False)  # Ray restarts it and resubmits run()
+
+    async def recovered() -> bool:
+        with contextlib.suppress(Exception):
+            current = await asyncio.wait_for(pipeline.controller.state.remote(), timeout=5)
+            return bool(current["targets"] == targets and current["version"] >= before["version"])
+        return False
+
+    await wait_until(recovered, "the restarted controller to recover its targets")
+    replay = await send_raw(kafka, config.layout.control, accepted.to_wire(), WAIT_S)
+    assert replay.reason == "replayed"  # replay protection survived the restart
