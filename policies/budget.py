@@ -4,7 +4,7 @@ Knobs: two Lagrange multipliers. ``λ`` prices cost, ``μ`` prices tail latency.
 Each tier's acceptance threshold is the operator's (or fitted) base threshold minus
 ``λ`` and minus ``μ`` times the next tier's share of the latency::
 
-    θ_t = clip(θ⁰_t - λ - μ · v_t, 0, 1),   v_t = latency(t+1) / max latency
+    θ_t = clip(θ⁰_t - λ - μ · v_t, 0, 1),   v_t = latency added by escalating from t / largest such
 
 so a larger λ accepts more answers early (cheaper), a smaller or negative λ
 escalates more (dearer, better). λ lowers every threshold by the same amount: on
@@ -17,12 +17,18 @@ relative cost error ``(observed - target) / target`` clipped to ``[-1, 1]``; λ 
 in the range where it still moves some threshold (anti-windup: it never integrates
 past the point where every threshold is 0 or 1). A quality floor takes precedence
 over the cost target: while the delivered mean confidence is below the floor λ
-only falls. μ follows the latency quantile's relative error the same way, in
-``[0, μ_max]``. Nothing moves without observations (an idle stream holds).
+only falls. Nothing moves without observations (an idle stream holds).
+
+μ does not follow the latency quantile itself: when the target lies between two
+tiers' latencies, the quantile jumps between them as the share of requests that
+reach the slow tier crosses ``1 - q``, and a law on it chatters. "p95 <= X" is the
+same as "at most 5% of requests take longer than X", and that share moves smoothly
+with the thresholds; μ steers it to ``(1 - q) · (1 - LATENCY_MARGIN)``, in ``[0, μ_max]``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +76,8 @@ class Observation:
     cost_per_second: float
     latency_ms: float
     mean_confidence: float
+    over_latency_share: float = 0.0
+    """Share of the window's requests slower than the latency target."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,24 +118,36 @@ def next_lambda(lam: float, obs: Observation, goals: Goals, params: LawParams, b
     return bounded_step(lam, cost_error(obs, goals), params, low, max(high, low))
 
 
-def next_mu(mu: float, obs: Observation, goals: Goals, params: LawParams) -> float:
-    """μ after one period: up while the latency quantile is over target, back down to 0 when it is under."""
+LATENCY_MARGIN = 0.5
+"""Aim at half the allowed share of slow requests: the share is measured on a few hundred results
+and reacts to μ only after the slow tier's own latency, so it swings; half keeps the swings inside."""
+
+
+def next_mu(mu: float, obs: Observation, goals: Goals, params: LawParams, quantile: float = 0.95) -> float:
+    """μ after one period: up while more than ``1 - q`` (less the margin) of requests are slower than
+    the target, back down towards 0 while fewer are, or when there is no latency target."""
     if obs.requests == 0:
         return mu
     if goals.latency_ms is None:
         return bounded_step(mu, -1.0, params, 0.0, params.mu_max)
-    return bounded_step(mu, relative_error(obs.latency_ms, goals.latency_ms), params, 0.0, params.mu_max)
+    allowed = (1.0 - quantile) * (1.0 - LATENCY_MARGIN)
+    error = max(-1.0, min(1.0, (obs.over_latency_share - allowed) / allowed))
+    return bounded_step(mu, error, params, 0.0, params.mu_max)
 
 
-def latency_weights(tiers: Sequence[str], tier_latency_ms: Mapping[str, float]) -> dict[str, float]:
-    """``v_t``: the next tier's observed latency over the slowest one's (1 where nothing is known yet)."""
-    known = [tier_latency_ms[t] for t in tiers if tier_latency_ms.get(t, 0.0) > 0]
-    slowest = max(known) if known else 0.0
-    weights = {}
-    for i, tier in enumerate(tiers[:-1]):
-        nxt = tier_latency_ms.get(tiers[i + 1], 0.0)
-        weights[tier] = nxt / slowest if slowest > 0 and nxt > 0 else 1.0
-    return weights
+def latency_weights(tiers: Sequence[str], ended_latency_ms: Mapping[str, float]) -> dict[str, float]:
+    """``v_t``: what escalating from tier t adds to a request's latency, over the largest such step.
+
+    Measured from results: the mean end-to-end latency of requests that ended one tier up,
+    less that of requests that ended at t. 1 where nothing is known yet.
+    """
+    steps = {
+        lower: max(0.0, ended_latency_ms[upper] - ended_latency_ms.get(lower, 0.0))
+        for lower, upper in itertools.pairwise(tiers)
+        if upper in ended_latency_ms
+    }
+    largest = max(steps.values(), default=0.0)
+    return {tier: steps[tier] / largest if tier in steps and largest > 0 else 1.0 for tier in tiers[:-1]}
 
 
 def steer_thresholds(

@@ -194,6 +194,7 @@ class Observed(
         "latency_ms": "lm",
         "escalation_rate": "er",
         "mean_confidence": "mc",
+        "over_latency_share": "ol",
         "tier_share": "ts",
         "tier_latency_ms": "tl",
     },
@@ -210,10 +211,12 @@ class Observed(
     """At the targets' latency quantile."""
     escalation_rate: Confidence = 0.0
     mean_confidence: Confidence = 0.0
+    over_latency_share: Confidence = 0.0
+    """Share of requests slower than the latency target (what μ steers)."""
     tier_share: dict[str, Confidence] = {}
-    """Share of answers computed by each tier."""
+    """Share of requests each tier answered (a request escalated twice counts at three tiers)."""
     tier_latency_ms: dict[str, NonNegative] = {}
-    """Mean answer latency of each tier."""
+    """Mean end-to-end latency of the requests whose path ended at each tier."""
 
 
 class ControllerReport(

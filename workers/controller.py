@@ -39,7 +39,7 @@ from topics.control import (
     PolicyUpdate,
     Targets,
 )
-from topics.messages import Answer, Result
+from topics.messages import Result
 
 CLOCK_SKEW_S = 30.0
 """A command issued up to this far in the future (the operator's clock ahead of ours) is still valid."""
@@ -94,49 +94,46 @@ def check_command(
 
 @dataclass
 class Window:
-    """Results and answers seen in the last ``span_s`` seconds (by arrival time)."""
+    """Results seen in the last ``span_s`` seconds (by arrival time, so clocks elsewhere do not matter)."""
 
     span_s: float
-    results: deque[tuple[float, float, float, bool, float]] = field(default_factory=deque)
-    """(arrived, cost, latency_ms, escalated, confidence)"""
-    answers: deque[tuple[float, str, float]] = field(default_factory=deque)
-    """(arrived, tier, latency_ms)"""
+    rows: deque[tuple[float, float, float, bool, float, tuple[str, ...]]] = field(default_factory=deque)
+    """(arrived, cost, latency_ms, escalated, confidence, path)"""
     started: float | None = None
 
-    def add_result(self, result: Result, now: float) -> None:
+    def add(self, result: Result, now: float) -> None:
         self.started = now if self.started is None else self.started
-        self.results.append((now, result.total_cost, result.latency_ms, len(result.path) > 1, result.confidence))
+        escalated = len(result.path) > 1
+        self.rows.append((now, result.total_cost, result.latency_ms, escalated, result.confidence, result.path))
 
-    def add_answer(self, answer: Answer, now: float) -> None:
-        self.answers.append((now, answer.tier, answer.latency_ms))
-
-    def observe(self, now: float, quantile: float) -> Observed:
-        cutoff = now - self.span_s
-        for queue in (self.results, self.answers):
-            while queue and queue[0][0] < cutoff:
-                queue.popleft()
+    def observe(self, now: float, quantile: float, latency_target: float | None = None) -> Observed:
+        while self.rows and self.rows[0][0] < now - self.span_s:
+            self.rows.popleft()
         span = min(self.span_s, now - self.started) if self.started is not None else 0.0
-        n = len(self.results)
+        n = len(self.rows)
         if n == 0:
             return Observed(window_s=max(span, 0.0))
-        data = np.array([row[1:] for row in self.results], dtype=float)
-        total_cost = float(data[:, 0].sum())
-        per_tier: dict[str, list[float]] = {}
-        for _, tier, latency in self.answers:
-            per_tier.setdefault(tier, []).append(latency)
-        n_answers = max(1, len(self.answers))
+        data = np.array([row[1:5] for row in self.rows], dtype=float)
+        cost, latency = data[:, 0], data[:, 1]
+        visits: Counter[str] = Counter()
+        ended: dict[str, list[float]] = {}
+        for row in self.rows:
+            visits.update(row[5])
+            if row[5]:
+                ended.setdefault(row[5][-1], []).append(row[2])
         span = max(span, 1e-3)
         return Observed(
             requests=n,
             window_s=span,
             rate=n / span,
-            cost_per_request=total_cost / n,
-            cost_per_second=total_cost / span,
-            latency_ms=float(np.quantile(data[:, 1], quantile)),
+            cost_per_request=float(cost.sum()) / n,
+            cost_per_second=float(cost.sum()) / span,
+            latency_ms=float(np.quantile(latency, quantile)),
+            over_latency_share=float((latency > latency_target).mean()) if latency_target else 0.0,
             escalation_rate=float(data[:, 2].mean()),
             mean_confidence=min(1.0, float(data[:, 3].mean())),
-            tier_share={tier: len(v) / n_answers for tier, v in per_tier.items()},
-            tier_latency_ms={tier: float(np.mean(v)) for tier, v in per_tier.items()},
+            tier_share={tier: count / n for tier, count in visits.items()},
+            tier_latency_ms={tier: float(np.mean(v)) for tier, v in ended.items()},
         )
 
 
@@ -165,6 +162,9 @@ class ControllerCore:
     """Thresholds of every version this controller knows, for ``pin_policy``."""
     window: Window = field(init=False)
     last_observed: Observed = field(default_factory=Observed)
+    ended_latency_ms: dict[str, float] = field(default_factory=dict)
+    """Per tier, a moving average of the latency of requests that ended there: kept while a tier
+    gets no traffic, so the latency weights do not flip when the guard stops escalating into it."""
 
     def __post_init__(self) -> None:
         self.window = Window(self.window_s)
@@ -255,16 +255,16 @@ class ControllerCore:
 
     # --- observation and control ----------------------------------------------------------------
 
-    def observe_result(self, result: Result, now: float) -> None:
-        self.window.add_result(result, now)
-
-    def observe_answer(self, answer: Answer, now: float) -> None:
-        self.window.add_answer(answer, now)
+    def observe(self, result: Result, now: float) -> None:
+        self.window.add(result, now)
 
     def step(self, now: float) -> PolicyUpdate | None:
         """One period of the law: measure the window, move λ and μ, publish if thresholds moved."""
-        observed = self.window.observe(now, self.targets.latency_quantile)
+        observed = self.window.observe(now, self.targets.latency_quantile, self.targets.latency_ms)
         self.last_observed = observed
+        for tier, latency in observed.tier_latency_ms.items():
+            old = self.ended_latency_ms.get(tier, latency)
+            self.ended_latency_ms[tier] = 0.7 * old + 0.3 * latency
         if self.version == 0:
             return self._publish("initial policy", now, force=True)
         if self.pinned or self.base is None:
@@ -277,9 +277,10 @@ class ControllerCore:
             observed.cost_per_second,
             observed.latency_ms,
             observed.mean_confidence,
+            observed.over_latency_share,
         )
         lam = next_lambda(self.lam, obs, goals, self.params, lambda_bounds(self.base))
-        mu = next_mu(self.mu, obs, goals, self.params)
+        mu = next_mu(self.mu, obs, goals, self.params, t.latency_quantile)
         if (lam, mu) == (self.lam, self.mu):
             return None
         why = _law_reason(self.lam, lam, self.mu, mu, observed, t)
@@ -291,7 +292,7 @@ class ControllerCore:
             return {}
         if self.pinned:
             return dict(self.thresholds)
-        weights = latency_weights(self.tiers, self.last_observed.tier_latency_ms)
+        weights = latency_weights(self.tiers, self.ended_latency_ms)
         return steer_thresholds(self.base, self.lam, self.mu, weights)
 
     def _publish(self, reason: str, now: float, force: bool = False) -> PolicyUpdate | None:

@@ -2,9 +2,9 @@
 
 It reads the control topic from its beginning (recovery: the newest report and
 updates restore its state, and commands that arrived after the last one it
-answered are answered now), then follows three streams without a consumer group:
-control (commands), results (cost, latency, confidence) and answers (per-tier
-latency and load). Every ``period_s`` it runs the law and publishes a new
+answered are answered now), then follows two streams without a consumer group:
+control (commands) and results (cost, latency, confidence; per-tier load and
+latency from their paths). Every ``period_s`` it runs the law and publishes a new
 PolicyUpdate when thresholds moved; every ``report_every_s`` a ControllerReport.
 """
 
@@ -28,10 +28,11 @@ from infra.config import Config
 from policies.budget import LawParams
 from topics.control import ControlCommand, ControlRecord, decode_control
 from topics.errors import DecodeError
-from topics.messages import Answer, Result
+from topics.messages import Result
 from topics.wire import Message
 from workers.actors import post_hoc_policy
 from workers.controller import ControllerCore
+from workers.telemetry import record_controller_state, setup_telemetry
 
 log = logging.getLogger("tierflow.controller")
 
@@ -85,12 +86,10 @@ class ControllerLoop:
         try:
             control = await self._consumer([TopicPartition(layout.control, 0)], from_end=False)
             results = await self._consumer(self._partitions(layout.results), from_end=True)
-            answers = await self._consumer(self._partitions(layout.answers), from_end=True)
             await self._recover(control)
             tasks = [
                 asyncio.create_task(self._follow(control, self._on_control)),
                 asyncio.create_task(self._follow(results, self._on_result)),
-                asyncio.create_task(self._follow(answers, self._on_answer)),
                 asyncio.create_task(self._tick()),
             ]
             await self._stopping.wait()
@@ -171,11 +170,7 @@ class ControllerLoop:
 
     async def _on_result(self, record: ConsumerRecord[bytes, bytes]) -> None:
         with contextlib.suppress(DecodeError):
-            self.core.observe_result(Result.from_wire(record.value or b""), self.clock())
-
-    async def _on_answer(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        with contextlib.suppress(DecodeError):
-            self.core.observe_answer(Answer.from_wire(record.value or b""), self.clock())
+            self.core.observe(Result.from_wire(record.value or b""), self.clock())
 
     async def _tick(self) -> None:
         control = self.config.control
@@ -183,6 +178,7 @@ class ControllerLoop:
         while True:
             now = self.clock()
             update = self.core.step(now)
+            record_controller_state(self.core.lam, self.core.mu, self.core.thresholds, self.core.version)
             report = self.core.report(now) if now >= next_report else None
             if report is not None:
                 next_report = now + control.report_every_s
@@ -223,6 +219,7 @@ class ControllerActor:
     def __init__(self, config: Config, bootstrap: str, keys: Mapping[str, bytes]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        setup_telemetry(config.telemetry, "tierflow-controller")
         self.loop = ControllerLoop(config, bootstrap, keys)
         self._event_loop: asyncio.AbstractEventLoop | None = None
 

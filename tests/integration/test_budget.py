@@ -37,13 +37,16 @@ RATE = 250
 """Requests per second the load sends: enough results per 3 s window for a steady measurement."""
 
 
-def ladder(tmp_path: Path, **tier_extra: dict[str, Any]) -> Config:
-    """small → medium → large at 1 : 4 : 16 cost; thresholds 0.8; a 3 s controller window."""
+def ladder(tmp_path: Path, **options: dict[str, Any]) -> Config:
+    """small → medium → large at 1 : 4 : 16 cost; thresholds 0.8; a 3 s controller window.
+    ``options`` adds simulated-backend options per tier (latency, scripted slowdown)."""
     tiers = [
-        sim_tier("small", 0.6, 1, 0.001, **tier_extra.get("small", {})),
-        sim_tier("medium", 0.75, 2, 0.004, **tier_extra.get("medium", {})),
-        sim_tier("large", 0.9, 3, 0.016, **tier_extra.get("large", {})),
+        sim_tier("small", 0.6, 1, 0.001),
+        sim_tier("medium", 0.75, 2, 0.004),
+        sim_tier("large", 0.9, 3, 0.016),
     ]
+    for tier in tiers:
+        tier["options"] |= options.get(tier["name"], {})
     return simulated_config(tmp_path, tiers=tiers, control={"window_s": 3.0})
 
 
@@ -243,23 +246,34 @@ async def test_a_lowered_cost_target_holds_within_5_percent_and_raising_it_lets_
 async def test_a_latency_target_holds_when_a_tier_slows_down(
     tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
 ) -> None:
-    slow_from = time.time() + 25  # pipeline start-up plus a few seconds at normal speed
+    """The target is set from the p95 measured while every tier is fast (this machine's pipeline
+    latency), then the large tier slows from 20 ms to 800 ms per batch: well over the target."""
+    slow_from = time.time() + 45  # pipeline start-up plus the baseline measurement, at normal speed
     config = ladder(
         tmp_path,
         small={"latency_ms": 5},
         medium={"latency_ms": 10},
-        large={"latency_ms": 20, "slow_from": slow_from, "slow_latency_ms": 600},
+        large={"latency_ms": 20, "slow_from": slow_from, "slow_latency_ms": 800},
     )
     async with running(config, bootstrap, kafka) as pipeline:
         await wait_until(lambda: _has_version(pipeline), "the controller's first policy update")
-        await command(config, kafka, Action.SET_TARGETS, targets=Targets(latency_ms=250.0))
-        async with Load(config, kafka, rate=150, prefix="lat") as load:
-            await asyncio.sleep(max(0.0, slow_from - time.time()) + 45)
+        async with Load(config, kafka, rate=100, prefix="lat") as load:
+            await asyncio.sleep(5)
+            start = time.time()
+            await asyncio.sleep(max(1.0, min(8.0, slow_from - time.time() - 1)))
+            fast = load.window(start, time.time())
+            assert time.time() < slow_from, "start-up took too long to measure the fast baseline"
+            target = float(np.quantile([r.latency_ms for r in fast], 0.95)) + 250.0
+            await command(config, kafka, Action.SET_TARGETS, targets=Targets(latency_ms=target))
+            await asyncio.sleep(slow_from - time.time() + 45)
+            slowed = load.window(slow_from, slow_from + 10)
             held = load.window(time.time() - 15, time.time())
         mu = (await state(pipeline))["mu"]
+    assert max(r.latency_ms for r in slowed if r.path[-1] == "large") > target  # the slowdown mattered
     p95 = float(np.quantile([r.latency_ms for r in held], 0.95))
     assert mu > 0  # the guard acted
-    assert p95 <= 250.0 * 1.05, p95
+    assert p95 <= target * 1.05, (p95, target)
+    assert any("large" in r.path for r in held) or mu == 1.0  # it throttled the slow tier, not only stopped it
 
 
 async def test_a_restarted_controller_resumes_from_the_control_topic(pipeline: Pipeline, kafka: dict[str, Any]) -> None:

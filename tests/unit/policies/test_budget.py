@@ -22,8 +22,10 @@ from policies.budget import (
 PARAMS = LawParams(gain=0.25, step=0.04, deadband=0.01)
 
 
-def obs(cost: float = 1.0, latency: float = 100.0, confidence: float = 0.8, n: int = 100) -> Observation:
-    return Observation(n, cost, cost * 10, latency, confidence)
+def obs(
+    cost: float = 1.0, latency: float = 100.0, confidence: float = 0.8, n: int = 100, slow: float = 0.0
+) -> Observation:
+    return Observation(n, cost, cost * 10, latency, confidence, slow)
 
 
 def test_relative_error_is_clipped_and_ignores_unusable_targets() -> None:
@@ -72,16 +74,19 @@ def test_without_a_cost_target_lambda_returns_to_the_base_thresholds() -> None:
     assert next_lambda(-0.02, obs(), Goals(), PARAMS, (-1, 1)) == 0.0
 
 
-def test_mu_rises_only_while_the_latency_target_is_missed() -> None:
+def test_mu_steers_the_share_of_slow_requests_inside_the_quantile() -> None:
     goals = Goals(latency_ms=100.0)
-    assert next_mu(0.0, obs(latency=300.0), goals, PARAMS) == pytest.approx(0.04)
-    assert next_mu(0.0, obs(latency=50.0), goals, PARAMS) == 0.0  # never below 0: the guard cannot buy quality
-    assert next_mu(0.5, obs(latency=50.0), Goals(), PARAMS) == pytest.approx(0.46)
+    assert next_mu(0.0, obs(slow=0.10), goals, PARAMS, 0.95) == pytest.approx(0.04)  # p95 missed
+    assert next_mu(0.2, obs(slow=0.025), goals, PARAMS, 0.95) == 0.2  # at the margin (2.5%): hold
+    assert next_mu(0.2, obs(slow=0.0), goals, PARAMS, 0.95) == pytest.approx(0.16)
+    assert next_mu(0.0, obs(slow=0.0), goals, PARAMS, 0.95) == 0.0  # never below 0: the guard cannot buy quality
+    assert next_mu(0.5, obs(), Goals(), PARAMS) == pytest.approx(0.46)
 
 
-def test_latency_weights_point_at_the_slow_tier() -> None:
+def test_latency_weights_point_at_the_step_into_the_slow_tier() -> None:
+    # End-to-end latency of requests that ended at each tier: escalating into large adds 360 ms.
     weights = latency_weights(("small", "medium", "large"), {"small": 10.0, "medium": 40.0, "large": 400.0})
-    assert weights == {"small": 0.1, "medium": 1.0}
+    assert weights == pytest.approx({"small": 30 / 360, "medium": 1.0})
     thresholds = steer_thresholds({"small": 0.8, "medium": 0.8}, 0.0, 0.5, weights)
-    assert thresholds == pytest.approx({"small": 0.75, "medium": 0.3})
+    assert thresholds == pytest.approx({"small": 0.8 - 0.5 * 30 / 360, "medium": 0.3})
     assert latency_weights(("a", "b"), {}) == {"a": 1.0}

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from policies.budget import LawParams
 from topics.control import Action, ControlCommand, ControlRecord, Targets
-from topics.messages import Answer, Request, Task
 from workers.controller import ControllerCore, check_command
 
 from .plant import TIERS, Plant
@@ -37,20 +36,13 @@ def drive(c: ControllerCore, plant: Plant, seconds: int, start: float) -> tuple[
         spent = []
         for i in range(RATE):
             now += 1 / RATE
-            result, answers, _ = plant.run(f"r{i}", c.thresholds)
+            result, _, _ = plant.run(f"r{i}", c.thresholds)
             spent.append(result.total_cost)
-            c.observe_result(result, now)
-            for tier, latency in answers:
-                c.observe_answer(_answer(tier, latency), now)
+            c.observe(result, now)
         c.step(now)
         costs.append(float(np.mean(spent)))
         lams.append(c.lam)
     return costs, lams, now
-
-
-def _answer(tier: str, latency: float) -> Answer:
-    task = Task(request=Request(id="r", input="x", created_at=0.0), tier=tier)
-    return Answer(task=task, model=tier, output="0", confidence=0.5, latency_ms=latency)
 
 
 def settled(costs: list[float], target: float, window: int = 10) -> int | None:
