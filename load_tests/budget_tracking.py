@@ -1,0 +1,268 @@
+"""Does the budget controller hold a cost target while targets and traffic shift?
+
+One embedded broker and one local Ray (started here, stopped in ``finally``), the
+pipeline on a simulated three-tier ladder (costs 1 : 4 : 16, accuracies 0.6 /
+0.75 / 0.9, thresholds 0.8), and a steady load of ``--rate`` requests per second.
+The scenario runs twice, with the controller on and off:
+
+1. ``calibrate`` (not reported as a phase): no target; measures the free cost c₀.
+2. ``steady``: target 0.75·c₀.
+3. ``step_down``: target 0.5·c₀.
+4. ``harder``: target 0.5·c₀, and every query becomes ``hard:`` — each tier's
+   accuracy drops by 0.15, so more answers escalate and cost rises unless held.
+5. ``step_up``: target 0.8·c₀, hard traffic.
+
+The "off" run uses the c₀ measured by the "on" run, so both report the same
+targets. Per phase: ``observed_cost_per_request`` is the mean over the phase's
+last ``--measure`` seconds; ``error_pct`` its error against the target;
+``settling_s`` the first second from which every 10 s rolling mean of the cost per
+request stays within ±5% of the target to the phase's end (``null`` if it never
+does); ``accuracy`` and ``p95_ms`` over the same last seconds. Cost and accuracy
+are computed here from the results this script reads, not from what the controller
+reports. Goal: with the controller on, ``|error_pct| <= 5`` and ``settling_s <= 60``
+in every phase.
+
+Usage::
+
+    .venv/bin/python load_tests/budget_tracking.py --json budget_tracking.json --plot budget_tracking.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from infra.broker import EmbeddedBroker, kafka_options
+from infra.client import RequestProducer, ResultCollector
+from infra.config import Config, RayConfig, parse_config
+from infra.control_client import new_command, send_command
+from infra.pipeline import Pipeline
+from infra.ray_cluster import start_ray, stop_ray
+from topics import Request, Result
+from topics.admin import delete_topics
+from topics.control import Action, Targets
+from workers.backends.simulated import simulated_gold_label
+
+PHASES = (("steady", 0.75, False), ("step_down", 0.5, False), ("harder", 0.5, True), ("step_up", 0.8, True))
+"""(name, target as a share of the free cost, hard traffic)."""
+KEY_ENV = "TIERFLOW_CONTROL_KEY"
+
+
+def ladder(namespace: str, controller: bool) -> Config:
+    def tier(name: str, accuracy: float, seed: int, cost: float) -> dict[str, Any]:
+        options = {"accuracy": accuracy, "hard_accuracy": accuracy - 0.15, "cost": cost, "seed": seed}
+        return {"name": name, "backend": "simulated", "cost": cost, "threshold": 0.8, "partitions": 2} | {
+            "num_cpus": 0.1,
+            "options": options,
+        }
+
+    return parse_config(
+        {
+            "namespace": namespace,
+            "broker": {"session_timeout_ms": 2000, "fetch_max_wait_ms": 10},
+            "router": {"partitions": 2},
+            "verifier": {"partitions": 2},
+            "control": {"enabled": controller, "window_s": 3.0},
+            "tiers": [tier("small", 0.6, 1, 0.001), tier("medium", 0.75, 2, 0.004), tier("large", 0.9, 3, 0.016)],
+        }
+    )
+
+
+@dataclass
+class Load:
+    """A steady stream of requests and every result with the time it completed."""
+
+    config: Config
+    kafka: dict[str, Any]
+    rate: float
+    hard: bool = False
+    ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        producer = RequestProducer(self.kafka, self.config.layout)
+        await producer.start()
+        try:
+            tick = 0.05
+            while not stop.is_set():
+                now = time.time()
+                n = max(1, round(self.rate * tick))
+                prefix = "hard: " if self.hard else ""
+                batch = [
+                    Request(id=f"b-{i}", input=f"{prefix}q {i}", created_at=now) for i in itertools.islice(self.ids, n)
+                ]
+                await producer.send_many(batch)
+                await asyncio.sleep(max(0.0, tick - (time.time() - now)))
+        finally:
+            await producer.stop()
+
+
+def window(results: list[Result], since: float, until: float) -> list[Result]:
+    return [r for r in results if since <= r.completed_at < until]
+
+
+def settling_s(results: list[Result], start: float, end: float, target: float) -> float | None:
+    """First second from which every 10 s rolling mean cost stays within ±5% of the target."""
+    seconds = int(end - start)
+    per_second = [window(results, start + s, start + s + 1) for s in range(seconds)]
+    inside = []
+    for s in range(10, seconds + 1):
+        costs = [r.total_cost for chunk in per_second[s - 10 : s] for r in chunk]
+        inside.append(bool(costs) and abs(np.mean(costs) / target - 1) <= 0.05)
+    return next((float(i + 10) for i in range(len(inside)) if all(inside[i:])), None)
+
+
+async def scenario(
+    bootstrap: str, controller: bool, args: argparse.Namespace, free_cost: float | None
+) -> tuple[float, list[dict[str, Any]], list[tuple[float, float, float]]]:
+    """Run the phases; return the free cost, the phase rows and (t, cost, target) per second."""
+    config = ladder(f"budget-{secrets.token_hex(4)}", controller)
+    kafka = kafka_options(config.broker, bootstrap)
+    pipeline = Pipeline(config, bootstrap)
+    key = os.environ[KEY_ENV].encode()
+    rows: list[dict[str, Any]] = []
+    timeline: list[tuple[float, float, float]] = []
+    collector = ResultCollector(kafka, config.layout)
+    stop = asyncio.Event()
+    load = Load(config, kafka, args.rate)
+    try:
+        await pipeline.start()
+        await collector.start()
+        collected: list[Result] = []
+        sender = asyncio.create_task(load.run(stop))
+
+        async def collect_for(seconds: float) -> None:
+            deadline = time.time() + seconds
+            while time.time() < deadline:
+                results = collector.collected.results
+                collected.extend(results[i] for i in await collector.poll() if i in results)
+
+        t0 = time.time()
+        await collect_for(args.calibrate)
+        measured = [r.total_cost for r in window(collected, t0 + 5, time.time())]
+        free_cost = free_cost if free_cost is not None else float(np.mean(measured))
+        print(f"[{'on' if controller else 'off'}] free cost per request: {free_cost:.5f}", flush=True)
+        for name, share, hard in PHASES:
+            target = free_cost * share
+            if controller:
+                command = new_command(
+                    Action.SET_TARGETS, "default", key, now=time.time(), targets=Targets(cost_per_request=target)
+                )
+                reply = await send_command(kafka, config.layout.control, command, timeout_s=30)
+                assert reply.accepted, reply.reason
+            load.hard = hard
+            start = time.time()
+            await collect_for(args.phase)
+            end = time.time()
+            tail = window(collected, end - args.measure, end)
+            observed = float(np.mean([r.total_cost for r in tail]))
+            row = {
+                "name": name,
+                "controller": "on" if controller else "off",
+                "target_cost_per_request": target,
+                "observed_cost_per_request": observed,
+                "error_pct": 100.0 * (observed / target - 1),
+                "settling_s": settling_s(collected, start, end, target),
+                "accuracy": float(np.mean([r.output == simulated_gold_label(r.request_id) for r in tail])),
+                "p95_ms": float(np.quantile([r.latency_ms for r in tail], 0.95)),
+                "results": len(tail),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            for s in range(int(end - start)):
+                chunk = window(collected, start + s, start + s + 1)
+                if chunk:
+                    timeline.append((start + s - t0, float(np.mean([r.total_cost for r in chunk])), target))
+        stop.set()
+        await sender
+    finally:
+        stop.set()
+        await collector.stop()
+        await pipeline.stop()
+        await delete_topics(kafka, config.layout.all_topics())
+    return free_cost, rows, timeline
+
+
+def plot(path: str, timelines: dict[str, list[tuple[float, float, float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for label, points in timelines.items():
+        t = np.array([p[0] for p in points])
+        cost = np.array([p[1] for p in points])
+        rolling = np.convolve(cost, np.ones(10) / 10, "same")
+        ax.plot(t, rolling * 1000, label=f"observed, controller {label} (10 s mean)")
+    target_points = timelines.get("on") or next(iter(timelines.values()))
+    ax.step([p[0] for p in target_points], [p[2] * 1000 for p in target_points], "k--", where="post", label="target")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("cost per request (x 1e-3)")
+    ax.set_title("budget tracking: steady → step down → harder queries → step up")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ.setdefault(KEY_ENV, secrets.token_hex(16))
+    broker = EmbeddedBroker(tempfile.mkdtemp(prefix="tierflow-budget-"))
+    started = False
+    try:
+        bootstrap = broker.start()
+        started = start_ray(RayConfig(num_cpus=16))
+        free, on_rows, on_line = await scenario(bootstrap, True, args, None)
+        _, off_rows, off_line = await scenario(bootstrap, False, args, free)
+    finally:
+        stop_ray(started)
+        broker.stop()
+    report = {
+        "rate": args.rate,
+        "phase_s": args.phase,
+        "measure_s": args.measure,
+        "free_cost_per_request": free,
+        "phases": on_rows + off_rows,
+        "goal_met": all(abs(r["error_pct"]) <= 5 and (r["settling_s"] or 1e9) <= 60 for r in on_rows),
+    }
+    if args.plot:
+        plot(args.plot, {"on": on_line, "off": off_line})
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", default="", metavar="PATH", help="write the report here")
+    parser.add_argument("--plot", default="", metavar="PATH", help="target vs observed cost over time (PNG)")
+    parser.add_argument("--rate", type=float, default=300.0, help="requests per second (default 300)")
+    parser.add_argument("--phase", type=float, default=75.0, metavar="S", help="seconds per phase (default 75)")
+    parser.add_argument("--measure", type=float, default=15.0, metavar="S", help="last S seconds measured (15)")
+    parser.add_argument("--calibrate", type=float, default=15.0, metavar="S", help="free-running seconds (15)")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        report = asyncio.run(main_async(args))
+        print(json.dumps(report, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0 if report["goal_met"] else 1
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
