@@ -391,15 +391,15 @@ def _bootstrap(config: Config, given: str) -> str:
 
 def _budget(args: argparse.Namespace) -> int:
     from infra.broker import kafka_options
-    from infra.control_client import new_command, read_control, send_command, signing_key, targets_from_args
+    from infra.control_client import new_command, send_command, signing_key, targets_from_args
+    from infra.status import collect_status
     from topics.control import Action
 
     config = load_config(args.config)
     kafka = kafka_options(config.broker, _bootstrap(config, args.bootstrap))
     topic = config.layout.control
     if args.action == "show":
-        view = asyncio.run(read_control(kafka, topic, timeout_s=args.timeout))
-        _print_budget(view, args.json)
+        _print_budget(asyncio.run(collect_status(kafka, config)), args.json)
         return 0
     kid, key = signing_key(config, args.key_id)
     fields: dict[str, Any] = {}
@@ -427,42 +427,40 @@ def _budget(args: argparse.Namespace) -> int:
     return 1
 
 
-def _print_budget(view: Any, as_json: bool) -> None:
+def _print_budget(snapshot: Any, as_json: bool) -> None:
+    """The controller part of a status snapshot: targets, observed values, state and the newest update."""
     from rich.console import Console
     from rich.table import Table
 
-    from infra.control_client import view_json
+    from infra.status import status_json
 
     if as_json:
-        print(json.dumps(view_json(view), indent=2))
+        doc = status_json(snapshot)
+        print(json.dumps({key: doc[key] for key in ("controller", "policy", "replies")}, indent=2))
         return
     console = Console()
-    report = view.report
+    report, policy = snapshot.control.report, snapshot.control.policy
     if report is None:
         console.print("controller: no report yet (is the pipeline up?)")
-    else:
-        t, o = report.targets, report.observed
-        table = Table(title=f"budget controller — policy v{report.version}{' (pinned)' if report.pinned else ''}")
-        for column in ("", "target", "observed"):
-            table.add_column(column)
-        table.add_row("cost / request", _fmt(t.cost_per_request), f"{o.cost_per_request:.4g}")
-        table.add_row("cost / second", _fmt(t.cost_per_second), f"{o.cost_per_second:.4g}")
-        table.add_row(f"latency p{t.latency_quantile * 100:g} (ms)", _fmt(t.latency_ms), f"{o.latency_ms:.0f}")
-        table.add_row("quality (mean confidence)", _fmt(t.quality_floor), f"{o.mean_confidence:.3f}")
-        table.add_row("escalation rate", "", f"{o.escalation_rate:.1%}")
-        table.add_row("results / s", "", f"{o.rate:.1f} over {o.window_s:.1f}s")
-        table.add_row("λ (cost) / μ (latency)", "", f"{report.lam:+.3f} / {report.mu:.3f}")
-        table.add_row("paused tiers", "", ", ".join(report.paused) or "none")
-        table.add_row("refused commands", "", ", ".join(f"{k}: {v}" for k, v in report.rejected.items()) or "none")
-        console.print(table)
-    if view.updates:
-        updates = Table(title="last policy updates")
-        for column in ("version", "thresholds", "allowed", "reason"):
-            updates.add_column(column)
-        for u in view.updates[-5:]:
-            thresholds = ", ".join(f"{k} {v:.3f}" for k, v in u.thresholds.items())
-            updates.add_row(str(u.version), thresholds, ", ".join(u.allowed_tiers), u.reason)
-        console.print(updates)
+        return
+    t, o = report.targets, report.observed
+    table = Table(title=f"budget controller — policy v{report.version}{' (pinned)' if report.pinned else ''}")
+    for column in ("", "target", f"observed ({o.window_s:.0f} s)"):
+        table.add_column(column)
+    table.add_row("cost / request", _fmt(t.cost_per_request), f"{o.cost_per_request:.4g}")
+    table.add_row("cost / second", _fmt(t.cost_per_second), f"{o.cost_per_second:.4g}")
+    table.add_row(f"latency p{t.latency_quantile * 100:g} (ms)", _fmt(t.latency_ms), f"{o.latency_ms:.0f}")
+    table.add_row("quality (mean confidence)", _fmt(t.quality_floor), f"{o.mean_confidence:.3f}")
+    table.add_row("escalation rate", "", f"{o.escalation_rate:.1%}")
+    table.add_row("results / s", "", f"{o.rate:.1f}")
+    table.add_row("λ (cost) / μ (latency)", "", f"{report.lam:+.3f} / {report.mu:.3f}")
+    if policy is not None:
+        thresholds = ", ".join(f"{k} {v:.3f}" for k, v in policy.thresholds.items())
+        table.add_row("thresholds", "", f"{thresholds} (base {', '.join(f'{v:.2f}' for v in report.base.values())})")
+        table.add_row("last update", "", policy.reason)
+    table.add_row("paused tiers", "", ", ".join(report.paused) or "none")
+    table.add_row("refused commands", "", ", ".join(f"{k}: {v}" for k, v in report.rejected.items()) or "none")
+    console.print(table)
 
 
 def _fmt(value: float | None) -> str:

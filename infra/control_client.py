@@ -1,4 +1,6 @@
-"""What ``tierflow budget`` does on the wire: sign and send a command, wait for its reply, read state.
+"""What ``tierflow budget`` does on the wire: sign and send a command and wait for its reply.
+
+(``budget show`` reads the control topic with ``tierflow status``'s reader, ``infra/status.py``.)
 
 Sequence numbers are nanoseconds since the epoch, so an operator's commands grow
 without any state on the operator's machine; two operators use two key ids.
@@ -11,22 +13,13 @@ import contextlib
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from infra.config import Config
-from topics.control import (
-    Action,
-    ControlCommand,
-    ControllerReport,
-    ControlReply,
-    PolicyUpdate,
-    Targets,
-    decode_control,
-)
+from topics.control import Action, ControlCommand, ControlReply, Targets, decode_control
 from topics.errors import BrokerError, ConfigError, DecodeError
 
 DEFAULT_VALIDITY_S = 300.0
@@ -103,62 +96,6 @@ async def _reply_to(consumer: AIOKafkaConsumer, offset: int) -> ControlReply:
                     message = decode_control(record.value or b"")
                     if isinstance(message, ControlReply) and message.offset == offset:
                         return message
-
-
-@dataclass
-class ControlView:
-    """The control topic as ``budget show`` and ``status`` present it."""
-
-    report: ControllerReport | None = None
-    updates: list[PolicyUpdate] = field(default_factory=list)
-    replies: list[ControlReply] = field(default_factory=list)
-    undecodable: int = 0
-
-
-async def read_control(kafka: dict[str, Any], topic: str, keep: int = 10, timeout_s: float = 10.0) -> ControlView:
-    """Read the control topic to its end: the newest report, the last ``keep`` updates and replies."""
-    partition = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=20)
-    view = ControlView()
-    try:
-        await asyncio.wait_for(consumer.start(), timeout=timeout_s)
-        consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
-        end = (await consumer.end_offsets([partition]))[partition]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = (await consumer.getmany(partition, timeout_ms=200, max_records=5000)).get(partition, [])
-            for record in batch:
-                try:
-                    message = decode_control(record.value or b"")
-                except DecodeError:
-                    view.undecodable += 1
-                    continue
-                if isinstance(message, ControllerReport):
-                    view.report = message
-                elif isinstance(message, PolicyUpdate):
-                    view.updates = [*view.updates[-(keep - 1) :], message]
-                elif isinstance(message, ControlReply):
-                    view.replies = [*view.replies[-(keep - 1) :], message]
-            if not batch and await consumer.position(partition) >= end:
-                break
-    except (KafkaError, TimeoutError) as exc:
-        raise BrokerError(f"cannot read the control topic {topic}: {exc!r}") from exc
-    finally:
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
-    return view
-
-
-def view_json(view: ControlView) -> dict[str, Any]:
-    """Plain JSON of a view (for ``--json``)."""
-    import msgspec
-
-    return {
-        "report": msgspec.to_builtins(view.report) if view.report else None,
-        "updates": [msgspec.to_builtins(u) for u in view.updates],
-        "replies": [msgspec.to_builtins(r) for r in view.replies],
-    }
 
 
 def targets_from_args(

@@ -12,15 +12,24 @@ The scenario runs twice, with the controller on and off:
    accuracy drops by 0.15, so more answers escalate and cost rises unless held.
 5. ``step_up``: target 0.8·c₀, hard traffic.
 
-The "off" run uses the c₀ measured by the "on" run, so both report the same
-targets. Per phase: ``observed_cost_per_request`` is the mean over the phase's
-last ``--measure`` seconds; ``error_pct`` its error against the target;
-``settling_s`` the first second from which every 10 s rolling mean of the cost per
-request stays within ±5% of the target to the phase's end (``null`` if it never
-does); ``accuracy`` and ``p95_ms`` over the same last seconds. Cost and accuracy
-are computed here from the results this script reads, not from what the controller
-reports. Goal: with the controller on, ``|error_pct| <= 5`` and ``settling_s <= 60``
-in every phase.
+The "off" run uses the c₀ measured by the "on" run, so both report the same targets.
+Per phase: ``observed_cost_per_request`` is the mean over the phase's last
+``--measure`` seconds; ``error_pct`` its error against the target; ``settling_s``
+the first second of the phase from which every ``--measure``-second window that
+starts then or later has its mean cost per request within ±5% of the target
+(``null`` if none does; windows as long as the measurement, so noise at this rate,
+about 2%, does not count as leaving the band); ``accuracy`` and ``p95_ms`` over the
+same last seconds. Cost and accuracy are computed here from the results this script
+reads, not from what the controller reports. Goal: with the controller on,
+``|error_pct| <= 5`` and ``settling_s <= 60`` in every phase.
+
+Why 150 requests/s and ``fetch_max_wait_ms = 50`` by default: on the 2-core
+development machine the embedded broker itself takes about 1.3 cores at 150-200
+pipeline requests/s (each request is about five Kafka requests per hop: produce,
+fetch, commit; idle polling is only 0.1-0.3 cores), and the stage actors, which Ray
+runs at niceness 15, get the rest. At 200 requests/s they fell behind within minutes
+— end-to-end p95 grew from 0.7 s to 12 s with the controller on and off alike —
+which measures the machine, not the law.
 
 Usage::
 
@@ -65,7 +74,7 @@ PHASES = (("steady", 0.75, False), ("step_down", 0.5, False), ("harder", 0.5, Tr
 KEY_ENV = "TIERFLOW_CONTROL_KEY"
 
 
-def ladder(namespace: str, controller: bool) -> Config:
+def ladder(namespace: str, controller: bool, fetch_wait_ms: int) -> Config:
     def tier(name: str, accuracy: float, seed: int, cost: float) -> dict[str, Any]:
         options = {"accuracy": accuracy, "hard_accuracy": accuracy - 0.15, "cost": cost, "seed": seed}
         return {"name": name, "backend": "simulated", "cost": cost, "threshold": 0.8, "partitions": 2} | {
@@ -76,7 +85,7 @@ def ladder(namespace: str, controller: bool) -> Config:
     return parse_config(
         {
             "namespace": namespace,
-            "broker": {"session_timeout_ms": 2000, "fetch_max_wait_ms": 10},
+            "broker": {"session_timeout_ms": 2000, "fetch_max_wait_ms": fetch_wait_ms},
             "router": {"partitions": 2},
             "verifier": {"partitions": 2},
             "control": {"enabled": controller, "window_s": 3.0},
@@ -117,22 +126,22 @@ def window(results: list[Result], since: float, until: float) -> list[Result]:
     return [r for r in results if since <= r.completed_at < until]
 
 
-def settling_s(results: list[Result], start: float, end: float, target: float) -> float | None:
-    """First second from which every 10 s rolling mean cost stays within ±5% of the target."""
-    seconds = int(end - start)
-    per_second = [window(results, start + s, start + s + 1) for s in range(seconds)]
+def settling_s(results: list[Result], start: float, end: float, target: float, span: float) -> float | None:
+    """Seconds from the phase's start to the first second from which the mean cost per request of
+    every ``span``-second window that starts there or later (inside the phase) is within ±5%."""
+    seconds = int(end - start - span)
     inside = []
-    for s in range(10, seconds + 1):
-        costs = [r.total_cost for chunk in per_second[s - 10 : s] for r in chunk]
-        inside.append(bool(costs) and abs(np.mean(costs) / target - 1) <= 0.05)
-    return next((float(i + 10) for i in range(len(inside)) if all(inside[i:])), None)
+    for s in range(seconds + 1):
+        costs = [r.total_cost for r in window(results, start + s, start + s + span)]
+        inside.append(bool(costs) and abs(float(np.mean(costs)) / target - 1) <= 0.05)
+    return next((float(s) for s in range(len(inside)) if all(inside[s:])), None)
 
 
 async def scenario(
     bootstrap: str, controller: bool, args: argparse.Namespace, free_cost: float | None
 ) -> tuple[float, list[dict[str, Any]], list[tuple[float, float, float]]]:
     """Run the phases; return the free cost, the phase rows and (t, cost, target) per second."""
-    config = ladder(f"budget-{secrets.token_hex(4)}", controller)
+    config = ladder(f"budget-{secrets.token_hex(4)}", controller, args.fetch_wait_ms)
     kafka = kafka_options(config.broker, bootstrap)
     pipeline = Pipeline(config, bootstrap)
     key = os.environ[KEY_ENV].encode()
@@ -178,7 +187,7 @@ async def scenario(
                 "target_cost_per_request": target,
                 "observed_cost_per_request": observed,
                 "error_pct": 100.0 * (observed / target - 1),
-                "settling_s": settling_s(collected, start, end, target),
+                "settling_s": settling_s(collected, start, end, target, args.measure),
                 "accuracy": float(np.mean([r.output == simulated_gold_label(r.request_id) for r in tail])),
                 "p95_ms": float(np.quantile([r.latency_ms for r in tail], 0.95)),
                 "results": len(tail),
@@ -209,8 +218,8 @@ def plot(path: str, timelines: dict[str, list[tuple[float, float, float]]]) -> N
     for label, points in timelines.items():
         t = np.array([p[0] for p in points])
         cost = np.array([p[1] for p in points])
-        rolling = np.convolve(cost, np.ones(10) / 10, "same")
-        ax.plot(t, rolling * 1000, label=f"observed, controller {label} (10 s mean)")
+        rolling = np.convolve(cost, np.ones(10) / 10, "valid")
+        ax.plot(t[9:], rolling * 1000, label=f"observed, controller {label} (10 s mean)")
     target_points = timelines.get("on") or next(iter(timelines.values()))
     ax.step([p[0] for p in target_points], [p[2] * 1000 for p in target_points], "k--", where="post", label="target")
     ax.set_xlabel("seconds")
@@ -250,8 +259,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default="", metavar="PATH", help="write the report here")
     parser.add_argument("--plot", default="", metavar="PATH", help="target vs observed cost over time (PNG)")
-    parser.add_argument("--rate", type=float, default=300.0, help="requests per second (default 300)")
+    parser.add_argument("--rate", type=float, default=150.0, help="requests per second (default 150)")
     parser.add_argument("--phase", type=float, default=75.0, metavar="S", help="seconds per phase (default 75)")
+    parser.add_argument(
+        "--fetch-wait-ms", type=int, default=50, help="consumers' fetch_max_wait_ms (default 50, see the docstring)"
+    )
     parser.add_argument("--measure", type=float, default=15.0, metavar="S", help="last S seconds measured (15)")
     parser.add_argument("--calibrate", type=float, default=15.0, metavar="S", help="free-running seconds (15)")
     args = parser.parse_args()

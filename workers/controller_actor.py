@@ -35,6 +35,8 @@ from workers.controller import ControllerCore
 from workers.telemetry import record_controller_state, setup_telemetry
 
 log = logging.getLogger("tierflow.controller")
+CONTROLLER_FETCH_WAIT_MS = 100
+"""The controller works on 1 s periods and 3 s windows: polling every 10 ms would only burn a core's share."""
 
 
 def controller_name(config: Config) -> str:
@@ -112,7 +114,7 @@ class ControllerLoop:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest" if from_end else "earliest",
-            fetch_max_wait_ms=self.config.broker.fetch_max_wait_ms,
+            fetch_max_wait_ms=max(self.config.broker.fetch_max_wait_ms, CONTROLLER_FETCH_WAIT_MS),
         )
         await consumer.start()
         self._consumers.append(consumer)

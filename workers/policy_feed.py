@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from topics.control import PolicyUpdate, decode_control
 from topics.errors import DecodeError
+from workers.stage import Handler
 
 log = logging.getLogger("tierflow.policy_feed")
+M = TypeVar("M")
 CATCH_UP_TIMEOUT_S = 10.0
 
 
@@ -36,7 +38,7 @@ class PolicyFeed:
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            **self.kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=20
+            **self.kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50
         )
         await self._consumer.start()
         self._consumer.assign([self.partition])
@@ -84,3 +86,17 @@ class PolicyFeed:
             if isinstance(message, PolicyUpdate) and (self.current is None or message.version > self.current.version):
                 self.current = message
         return len(records)
+
+
+class FollowsPolicy(Handler[M]):
+    """A stage that applies policy updates (router, verifier): its feed lives as long as the stage."""
+
+    feed: PolicyFeed | None = None
+
+    async def start(self) -> None:
+        if self.feed is not None:
+            await self.feed.start()
+
+    async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()

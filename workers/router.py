@@ -8,11 +8,11 @@ from policies.base import PreCallPolicy, TierInfo
 from topics.messages import Request, Status, Task
 from workers.context import StageContext
 from workers.decisions import route_request
-from workers.policy_feed import PolicyFeed
-from workers.stage import Handler, Inbound, Outbound
+from workers.policy_feed import FollowsPolicy, PolicyFeed
+from workers.stage import Inbound, Outbound
 
 
-class Router(Handler[Request]):
+class Router(FollowsPolicy[Request]):
     stage = "router"
 
     def __init__(self, context: StageContext, policy: PreCallPolicy, feed: PolicyFeed | None = None) -> None:
@@ -22,14 +22,6 @@ class Router(Handler[Request]):
 
     def topics(self) -> list[str]:
         return [self.context.layout.requests]
-
-    async def start(self) -> None:
-        if self.feed is not None:
-            await self.feed.start()
-
-    async def stop(self) -> None:
-        if self.feed is not None:
-            await self.feed.stop()
 
     def decode(self, raw: bytes) -> Request:
         return Request.from_wire(raw, self.context.config.limits.max_payload_bytes)

@@ -14,11 +14,11 @@ from topics.control import PolicyUpdate
 from topics.messages import Answer
 from workers.context import StageContext
 from workers.decisions import final_result, verify_answer
-from workers.policy_feed import PolicyFeed
-from workers.stage import Handler, Inbound, Outbound
+from workers.policy_feed import FollowsPolicy, PolicyFeed
+from workers.stage import Inbound, Outbound
 
 
-class Verifier(Handler[Answer]):
+class Verifier(FollowsPolicy[Answer]):
     stage = "verifier"
 
     def __init__(self, context: StageContext, policy: PostHocPolicy, feed: PolicyFeed | None = None) -> None:
@@ -29,14 +29,6 @@ class Verifier(Handler[Answer]):
 
     def topics(self) -> list[str]:
         return [self.context.layout.answers]
-
-    async def start(self) -> None:
-        if self.feed is not None:
-            await self.feed.start()
-
-    async def stop(self) -> None:
-        if self.feed is not None:
-            await self.feed.stop()
 
     def decode(self, raw: bytes) -> Answer:
         answer = Answer.from_wire(raw, self.context.config.limits.max_payload_bytes)

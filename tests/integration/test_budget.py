@@ -9,7 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,8 +26,9 @@ import ray
 
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config
-from infra.control_client import new_command, read_control, send_command, send_raw
+from infra.control_client import new_command, send_command, send_raw
 from infra.pipeline import Pipeline
+from infra.status import collect_status
 from topics import Request, Result
 from topics.control import Action, ControlCommand, Targets
 from workers.backends.simulated import simulated_gold_label
@@ -189,8 +194,8 @@ async def test_bad_commands_change_nothing_and_are_answered_and_counted(
     for key in ("thresholds", "paused", "pinned", "version"):
         assert after[key] == before[key], key
     assert sum(after["rejected"].values()) - sum(before["rejected"].values()) == len(records) - 1
-    view = await read_control(kafka, topic)
-    assert [r.accepted for r in view.replies[-3:]] == [False, False, False]
+    snapshot = await asyncio.wait_for(collect_status(kafka, config), WAIT_S)
+    assert [reply.accepted for _, reply in snapshot.control.replies[:3]] == [False, False, False]  # newest first
     await command(config, kafka, Action.SET_TARGETS, targets=Targets(quality_floor=0.0))  # no cost target again
 
 
@@ -294,3 +299,42 @@ async def test_a_restarted_controller_resumes_from_the_control_topic(pipeline: P
     await wait_until(recovered, "the restarted controller to recover its targets")
     replay = await send_raw(kafka, config.layout.control, accepted.to_wire(), WAIT_S)
     assert replay.reason == "replayed"  # replay protection survived the restart
+
+
+def _budget_cli(config_path: Path, bootstrap: str, *args: str, key: str = KEY) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"TIERFLOW_CONTROL_KEY": key}
+    cli = [sys.executable, "-c", "import sys; from infra.cli import main; sys.exit(main())", "budget", *args]
+    return subprocess.run(
+        [*cli, "--config", str(config_path), "--bootstrap", bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+        env=env,
+    )
+
+
+async def test_the_budget_cli_sets_shows_and_refuses_in_one_line(
+    pipeline: Pipeline, bootstrap: str, tmp_path: Path
+) -> None:
+    config = pipeline.config
+    path = tmp_path / "tierflow.toml"
+    tiers = "".join(f'[[tiers]]\nname = "{t.name}"\nbackend = "simulated"\n\n' for t in config.tiers)
+    path.write_text(f'namespace = "{config.namespace}"\n\n{tiers}')
+
+    done = await asyncio.to_thread(
+        _budget_cli, path, bootstrap, "set", "--cost-per-request", "0.005", "--p95-ms", "900"
+    )
+    assert done.returncode == 0 and "accepted" in done.stdout, done.stderr
+    await asyncio.sleep(config.control.report_every_s + 1.5)  # the next report carries the new targets
+    shown = await asyncio.to_thread(_budget_cli, path, bootstrap, "show", "--json")
+    targets = json.loads(shown.stdout)["controller"]["targets"]
+    assert targets["cost_per_request"] == 0.005 and targets["latency_ms"] == 900.0
+
+    forged = await asyncio.to_thread(_budget_cli, path, bootstrap, "set", "--cost-per-request", "1", key="guess")
+    assert forged.returncode == 1 and forged.stderr.strip() == "tierflow: refused by the controller: bad_signature"
+    for bad in ("-1", "nan", "1e99"):
+        refused = await asyncio.to_thread(_budget_cli, path, bootstrap, "set", "--cost-per-request", bad)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "--cost-per-request" in refused.stderr
+    assert (await state(pipeline))["targets"].cost_per_request == 0.005  # none of them changed anything

@@ -10,9 +10,11 @@ import pytest
 
 from policies import CheapestFirst, ConfidenceThreshold
 from topics import Answer, DecodeError, Hints, HistoryEntry, Request, Result, Status, Task
+from topics.control import PolicyUpdate
 from workers.backends.base import Backend, Completion, Query
 from workers.context import StageContext
 from workers.model_worker import ModelWorker
+from workers.policy_feed import PolicyFeed
 from workers.router import Router
 from workers.verifier import Verifier
 
@@ -149,3 +151,32 @@ def test_worker_rejects_tasks_for_another_tier() -> None:
     worker = ModelWorker(_ctx(), "small", ScriptedBackend())
     with pytest.raises(DecodeError):
         worker.decode(Task(_request(), "large").to_wire())
+
+
+def _following(update: PolicyUpdate) -> PolicyFeed:
+    """A feed that has already read ``update`` (never started: no broker in unit tests)."""
+    feed = PolicyFeed({}, "unit.control")
+    feed.current = update
+    return feed
+
+
+async def test_verifier_applies_the_newest_policy_update_and_stamps_its_version() -> None:
+    update = PolicyUpdate(
+        version=7, thresholds={"small": 0.2}, allowed_tiers=("small", "large"), reason="", issued_at=0
+    )
+    verifier = Verifier(_ctx(), ConfidenceThreshold(thresholds={"small": 0.8}), _following(update))
+    (out,) = await verifier.process([inbound(_answer("small", 0.5))])  # 0.5 < 0.8, but >= the update's 0.2
+    result = Result.from_wire(out.value)
+    assert result.status is Status.OK and result.policy_version == 7
+
+
+async def test_a_paused_tier_is_skipped_by_routing_and_escalation() -> None:
+    ladder = (("small", 0.01), ("medium", 0.1), ("large", 1.0))
+    ctx = _ctx(tiers=[{"name": name, "backend": "simulated", "cost": cost} for name, cost in ladder])
+    update = PolicyUpdate(version=4, thresholds={}, allowed_tiers=("small", "large"), reason="", issued_at=0)
+    (routed,) = await Router(ctx, CheapestFirst(), _following(update)).process([inbound(_request())])
+    task = Task.from_wire(routed.value)
+    assert (task.tier, task.allowed, task.policy_version) == ("small", ("small", "large"), 4)
+    verifier = Verifier(ctx, ConfidenceThreshold(thresholds={"small": 0.8, "medium": 0.8}), _following(update))
+    (escalated,) = await verifier.process([inbound(_answer("small", 0.3))])
+    assert escalated.topic == "unit.escalate.large" and Task.from_wire(escalated.value).policy_version == 4
