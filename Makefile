@@ -9,7 +9,7 @@ ARGS ?=
 # llama-cpp-python compiles from source; only the library is needed, not llama.cpp's tools.
 export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
 
-.PHONY: demo demo-llm test lint bench bench-llm clean
+.PHONY: demo demo-llm test lint bench bench-budget bench-llm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python load_tests/pipeline_throughput.py --json pipeline_throughput.json
+
+bench-budget: $(VENV)/.installed-test
+	$(BIN)/python load_tests/budget_tracking.py --json budget_tracking.json --plot budget_tracking.png
 
 bench-llm: $(VENV)/.installed-test
 	$(BIN)/python load_tests/llm_tiers.py --json llm_tiers.json
