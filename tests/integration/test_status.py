@@ -76,6 +76,10 @@ TARGETS = Targets(cost_per_request=0.02, latency_ms=500.0, latency_quantile=0.5)
 
 @pytest.fixture
 async def deployment(kafka: dict[str, Any]) -> AsyncIterator[Config]:
+    # Records are stamped relative to NOW and the CLI reads the wall clock: NOW must be the time of
+    # filling, not of collection (a full run reaches this module minutes after collecting it).
+    global NOW
+    NOW = time.time()
     config = parse_config(_config(f"st-{uuid.uuid4().hex[:10]}"))
     await asyncio.wait_for(ensure_topics(kafka, config.partitions()), WAIT_S)
     try:
