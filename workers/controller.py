@@ -39,6 +39,7 @@ from topics.control import (
     PolicyUpdate,
     Targets,
 )
+from topics.errors import DecodeError
 from topics.messages import Result
 
 CLOCK_SKEW_S = 30.0
@@ -173,9 +174,17 @@ class ControllerCore:
 
     # --- recovery -------------------------------------------------------------------------------
 
-    def recover(self, records: Iterable[tuple[int, ControlRecord]]) -> None:
-        """Rebuild state from the control topic read from its beginning: the newest report gives
-        targets, multipliers, pause/pin state and replay counters, the updates give the versions."""
+    def recover(
+        self, records: Iterable[tuple[int, ControlRecord | DecodeError]]
+    ) -> list[tuple[int, ControlCommand | DecodeError]]:
+        """Rebuild state from the control topic read from its beginning; return what still needs an answer.
+
+        The newest report gives targets, multipliers, pause/pin state and replay counters, the
+        updates give the versions. Commands after that report that were already answered are
+        replayed silently as their reply says (an accepted one is applied again without a new
+        check: its expiry may have passed since); unanswered ones are returned, to be handled now.
+        """
+        records = list(records)
         report: ControllerReport | None = None
         for _, record in records:
             if isinstance(record, PolicyUpdate):
@@ -196,6 +205,22 @@ class ControllerCore:
             self.rejected = Counter(report.rejected)
             if report.base:
                 self.base = dict(report.base)
+        replies = {r.offset: r for _, r in records if isinstance(r, ControlReply)}
+        pending: list[tuple[int, ControlCommand | DecodeError]] = []
+        for offset, record in records:
+            if offset <= self.processed_offset or not isinstance(record, ControlCommand | DecodeError):
+                continue
+            reply = replies.get(offset)
+            if reply is None:
+                pending.append((offset, record))
+                continue
+            self.processed_offset = offset
+            if not reply.accepted:
+                self.rejected[reply.reason] += 1
+            elif isinstance(record, ControlCommand):
+                self.last_seq[record.key_id] = max(self.last_seq.get(record.key_id, -1), record.seq)
+                self._apply(record)
+        return pending
 
     # --- commands -------------------------------------------------------------------------------
 

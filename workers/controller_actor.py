@@ -135,8 +135,7 @@ class ControllerLoop:
             seen += [(record.offset, _decode(record)) for record in batch]
             if not batch and await control.position(partition) >= end:
                 break
-        self.core.recover((offset, r) for offset, r in seen if not isinstance(r, DecodeError))
-        pending = [(offset, r) for offset, r in seen if offset > self.core.processed_offset]
+        pending = self.core.recover(seen)
         for offset, record in pending:
             await self._handle(offset, record)
         log.info(

@@ -172,12 +172,18 @@ def test_a_restarted_controller_recovers_its_state_from_the_control_topic() -> N
     c.targets = Targets(cost_per_request=0.003)
     drive(c, plant, 10, NOW)
     records.append((3, c.report(NOW + 10)))
+    # After the last report: one command answered (accepted) before the crash, one never answered.
+    answered = command(Action.RESUME_TIER, tier="medium", seq=32)
+    reply, update = c.handle(4, answered, NOW)
+    records += [(4, answered), (5, reply), (6, update), (7, command(Action.PAUSE_TIER, tier="small", seq=33))]
     fresh = core()
-    fresh.recover((offset, r) for offset, r in records if r is not None)
-    assert (fresh.targets, fresh.lam, fresh.version, fresh.paused) == (c.targets, c.lam, c.version, c.paused)
-    assert fresh.last_seq == {"ops": 31} and fresh.processed_offset == 2
-    reply, _ = fresh.handle(4, command(seq=31), NOW)
-    assert reply.reason == "replayed"  # replay protection survives the restart
+    pending = fresh.recover((offset, r) for offset, r in records if r is not None)
+    assert (fresh.targets, fresh.lam, fresh.version) == (c.targets, c.lam, c.version)
+    assert fresh.paused == set()  # the answered resume is applied again, without a second reply
+    assert fresh.last_seq == {"ops": 32} and fresh.processed_offset == 4
+    assert [offset for offset, _ in pending] == [7]  # only the unanswered command is left to answer
+    replay, _ = fresh.handle(8, command(seq=31), NOW)
+    assert replay.reason == "replayed"  # replay protection survives the restart
 
 
 finite = st.floats(allow_nan=True, allow_infinity=True)
