@@ -302,6 +302,7 @@ def _up(args: argparse.Namespace) -> int:
     from infra.broker import make_provider
     from infra.pipeline import check_backends
     from infra.ray_cluster import start_ray, stop_ray
+    from workers.controller_actor import resolve_keys
 
     check_backends(config)
     provider = make_provider(config.broker)
@@ -313,6 +314,9 @@ def _up(args: argparse.Namespace) -> int:
             f"tierflow send --config {args.config} --bootstrap {bootstrap}",
             file=sys.stderr,
         )
+        if config.control.enabled and not resolve_keys(config):
+            names = ", ".join(config.control.keys.values())
+            print(f"tierflow: no control key set ({names}): budget commands will be refused", file=sys.stderr)
         ray_started = start_ray(config.ray)
         asyncio.run(_serve(config, bootstrap, args.status_every))
     finally:
