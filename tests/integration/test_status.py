@@ -63,14 +63,17 @@ def _result(n: int, age_s: float, *, latency: float, cost: float, path: tuple[st
     )
 
 
-# In the window (10 s): 4 results, latencies 100..400, costs 0.01/0.02/0.03/0.04, produced oldest first.
-RECENT = [
-    (1, _result(4, 4.0, latency=400.0, cost=0.04, path=("small", "large"), status=Status.EXHAUSTED)),
-    (0, _result(3, 3.0, latency=300.0, cost=0.03, path=("small",), status=Status.OK)),
-    (1, _result(2, 2.0, latency=200.0, cost=0.02, path=("small", "large"), status=Status.OK)),
-    (0, _result(1, 1.0, latency=100.0, cost=0.01, path=("small",), status=Status.OK)),
-]
-OLD = [(p, _result(10 + p, 100.0, latency=9999.0, cost=9.0, path=("large",), status=Status.OK)) for p in (0, 1)]
+def _results() -> list[tuple[int, Result]]:
+    """(partition, result), oldest first, stamped relative to NOW: two old ones outside every window,
+    then 4 in the 10 s window with latencies 100..400 and costs 0.01/0.02/0.03/0.04."""
+    old = [(p, _result(10 + p, 100.0, latency=9999.0, cost=9.0, path=("large",), status=Status.OK)) for p in (0, 1)]
+    return [
+        *old,
+        (1, _result(4, 4.0, latency=400.0, cost=0.04, path=("small", "large"), status=Status.EXHAUSTED)),
+        (0, _result(3, 3.0, latency=300.0, cost=0.03, path=("small",), status=Status.OK)),
+        (1, _result(2, 2.0, latency=200.0, cost=0.02, path=("small", "large"), status=Status.OK)),
+        (0, _result(1, 1.0, latency=100.0, cost=0.01, path=("small",), status=Status.OK)),
+    ]
 TARGETS = Targets(cost_per_request=0.02, latency_ms=500.0, latency_quantile=0.5)
 
 
@@ -99,7 +102,7 @@ async def _fill(kafka: dict[str, Any], config: Config) -> None:
             for _ in range(count):  # one batch per record: the end offset Tansu reports is then exact
                 await producer.send_and_wait(topic, value, partition=partition)
 
-        for partition, result in OLD + RECENT:
+        for partition, result in _results():
             await put(layout.results, partition, result.to_wire())
         await put(layout.results, 0, b"not msgpack")
         await put(layout.requests, 0, b"q", 5)
