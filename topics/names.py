@@ -45,7 +45,12 @@ class TopicLayout:
         return f"{self.namespace}.tier.{self._require(name)}"
 
     def escalate(self, name: str) -> str:
-        return f"{self.namespace}.escalate.{self._require(name)}"
+        return f"{self.escalate_prefix}{self._require(name)}"
+
+    @property
+    def escalate_prefix(self) -> str:
+        """What every escalation topic's name starts with (the tier name follows)."""
+        return f"{self.namespace}.escalate."
 
     @property
     def answers(self) -> str:

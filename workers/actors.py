@@ -60,14 +60,21 @@ def post_hoc_policy(config: Config) -> PostHocPolicy:
     return make_post_hoc(config.policies.post_hoc, params)
 
 
+def _policy_feed(spec: StageSpec) -> PolicyFeed | None:
+    """Routers and verifiers follow the controller's updates when it runs."""
+    config = spec.config
+    if not config.control.enabled:
+        return None
+    return PolicyFeed(kafka_options(config.broker, spec.bootstrap), config.layout.control)
+
+
 def build_handler(spec: StageSpec, context: StageContext) -> Handler[Any]:
     config = spec.config
-    feed = PolicyFeed(kafka_options(config.broker, spec.bootstrap), config.layout.control)
     if spec.kind == "router":
         policy = make_pre_call(config.policies.pre_call, config.policies.pre_call_params)
-        return Router(context, policy, feed if config.control.enabled else None)
+        return Router(context, policy, _policy_feed(spec))
     if spec.kind == "verifier":
-        return Verifier(context, post_hoc_policy(config), feed if config.control.enabled else None)
+        return Verifier(context, post_hoc_policy(config), _policy_feed(spec))
     if spec.kind == "worker":
         return ModelWorker(context, spec.tier)
     if spec.kind == "sink":

@@ -32,6 +32,7 @@ from topics.messages import Result
 from topics.wire import Message
 from workers.actors import post_hoc_policy
 from workers.controller import ControllerCore
+from workers.policy_feed import read_to_end
 from workers.telemetry import record_controller_state, setup_telemetry
 
 log = logging.getLogger("tierflow.controller")
@@ -128,13 +129,9 @@ class ControllerLoop:
     async def _recover(self, control: AIOKafkaConsumer) -> None:
         """Read the control topic to its end; restore state; answer commands nobody answered yet."""
         partition = TopicPartition(self.config.layout.control, 0)
-        end = (await control.end_offsets([partition]))[partition]
         seen: list[tuple[int, ControlRecord | DecodeError]] = []
-        while True:
-            batch = (await control.getmany(partition, timeout_ms=200, max_records=5000)).get(partition, [])
+        async for batch in read_to_end(control, partition, timeout_ms=200):
             seen += [(record.offset, _decode(record)) for record in batch]
-            if not batch and await control.position(partition) >= end:
-                break
         pending = self.core.recover(seen)
         for offset, record in pending:
             await self._handle(offset, record)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from topics.control import PolicyUpdate, decode_control
@@ -24,6 +25,20 @@ from workers.stage import Handler
 log = logging.getLogger("tierflow.policy_feed")
 M = TypeVar("M")
 CATCH_UP_TIMEOUT_S = 10.0
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer, partition: TopicPartition, timeout_ms: int = 100
+) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
+    """Batches of ``partition`` from the consumer's position up to the end offset seen at the start
+    (Tansu's end can lag its last records, so it also stops only on an empty fetch)."""
+    end = (await consumer.end_offsets([partition]))[partition]
+    while True:
+        batch = (await consumer.getmany(partition, timeout_ms=timeout_ms, max_records=5000)).get(partition, [])
+        if batch:
+            yield batch
+        elif await consumer.position(partition) >= end:
+            return
 
 
 class PolicyFeed:
@@ -60,24 +75,21 @@ class PolicyFeed:
 
     async def _catch_up(self) -> None:
         assert self._consumer is not None
-        end = (await self._consumer.end_offsets([self.partition]))[self.partition]
-        while True:
-            got = await self._read(timeout_ms=100)
-            if not got and await self._consumer.position(self.partition) >= end:
-                return
+        async for batch in read_to_end(self._consumer, self.partition):
+            self._take(batch)
 
     async def _follow(self) -> None:
+        assert self._consumer is not None
         while True:
             try:
-                await self._read(timeout_ms=200)
+                batches = await self._consumer.getmany(self.partition, timeout_ms=200, max_records=1000)
             except KafkaError as exc:  # the broker is away: keep the newest update and retry
                 log.warning("policy feed: %r", exc)
                 await asyncio.sleep(0.5)
+                continue
+            self._take(batches.get(self.partition, []))
 
-    async def _read(self, timeout_ms: int) -> int:
-        assert self._consumer is not None
-        batches = await self._consumer.getmany(self.partition, timeout_ms=timeout_ms, max_records=1000)
-        records = batches.get(self.partition, [])
+    def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         for record in records:
             try:
                 message = decode_control(record.value or b"")
@@ -85,7 +97,6 @@ class PolicyFeed:
                 continue  # the controller answers bad commands; a stage only looks for updates
             if isinstance(message, PolicyUpdate) and (self.current is None or message.version > self.current.version):
                 self.current = message
-        return len(records)
 
 
 class FollowsPolicy(Handler[M]):

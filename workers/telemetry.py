@@ -51,6 +51,7 @@ from opentelemetry.trace import Span, Tracer
 
 from topics.errors import ConfigError, DecodeError
 from topics.messages import DeadLetter, Result, Status, Task
+from topics.names import TopicLayout
 
 if TYPE_CHECKING:
     from infra.config import TelemetryConfig
@@ -393,11 +394,11 @@ class StageTelemetry:
         self.stage = stage
         self.kind = stage.split(".", 1)[0]
         self.tier = _stage_tier(stage)
-        namespace = dlq_topic.removesuffix(".dlq")
-        self.dlq_topic = dlq_topic
-        self.results_topic = f"{namespace}.results"
-        self.answers_topic = f"{namespace}.answers"
-        self.escalate_prefix = f"{namespace}.escalate."
+        layout = TopicLayout(dlq_topic.removesuffix(".dlq"), ())
+        self.dlq_topic = layout.dlq
+        self.results_topic = layout.results
+        self.answers_topic = layout.answers
+        self.escalate_prefix = layout.escalate_prefix
         self.lag: dict[tuple[str, int], int] = {}
         """Replaced whole by the loop, read by the exporter thread."""
         self._lag_at = 0.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from topics.messages import Request, Result, Status
+from topics.messages import Result, Status
 
 TIERS = ("small", "medium", "large")
 ACCURACY = {"small": 0.6, "medium": 0.75, "large": 0.9}
@@ -21,27 +21,24 @@ class Plant:
     """Harder queries: every tier's accuracy drops by 0.15, so more answers escalate."""
     latency_scale: dict[str, float] | None = None
 
-    def confidence(self, tier: str) -> tuple[float, bool]:
+    def confidence(self, tier: str) -> float:
         accuracy = ACCURACY[tier] - (0.15 if self.hard else 0.0)
         a, b = accuracy * 2, (1 - accuracy) * 2
         correct = self.rng.random() < accuracy
-        return (self.rng.betavariate(a + 1, b) if correct else self.rng.betavariate(a, b + 1)), correct
+        return self.rng.betavariate(a + 1, b) if correct else self.rng.betavariate(a, b + 1)
 
-    def run(self, request_id: str, thresholds: dict[str, float]) -> tuple[Result, list[tuple[str, float]], bool]:
-        """One request through the ladder: its Result, the answers' (tier, latency) and correctness."""
+    def run(self, request_id: str, thresholds: dict[str, float]) -> Result:
+        """One request through the ladder under ``thresholds``."""
         cost = latency = 0.0
         path: list[str] = []
-        answers = []
         for tier in TIERS:
-            c, correct = self.confidence(tier)
-            tier_latency = LATENCY_MS[tier] * (self.latency_scale or {}).get(tier, 1.0)
+            c = self.confidence(tier)
             cost += COST[tier]
-            latency += tier_latency
+            latency += LATENCY_MS[tier] * (self.latency_scale or {}).get(tier, 1.0)
             path.append(tier)
-            answers.append((tier, tier_latency))
             if tier == TIERS[-1] or c >= thresholds.get(tier, 0.5):
                 break
-        result = Result(
+        return Result(
             request_id=request_id,
             status=Status.OK,
             tier=path[-1],
@@ -50,8 +47,4 @@ class Plant:
             latency_ms=latency,
             path=tuple(path),
         )
-        return result, answers, correct
 
-
-def request(i: int) -> Request:
-    return Request(id=f"r{i}", input="x", created_at=0.0)

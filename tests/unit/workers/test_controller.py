@@ -36,7 +36,7 @@ def drive(c: ControllerCore, plant: Plant, seconds: int, start: float) -> tuple[
         spent = []
         for i in range(RATE):
             now += 1 / RATE
-            result, _, _ = plant.run(f"r{i}", c.thresholds)
+            result = plant.run(f"r{i}", c.thresholds)
             spent.append(result.total_cost)
             c.observe(result, now)
         c.step(now)
