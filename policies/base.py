@@ -10,10 +10,11 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from policies.features import FloatVector
 from topics.errors import ConfigError
 from topics.messages import Answer, Request
 
@@ -36,6 +37,8 @@ class Route:
     start: str | None
     """``None`` rejects the request (no allowed tier)."""
     reason: str = ""
+    estimates: Mapping[str, float] = field(default_factory=dict)
+    """Ex-ante quality estimates per tier, carried in the task for a post-hoc policy that reads them."""
 
 
 class Action(StrEnum):
@@ -51,6 +54,10 @@ class Verdict:
     target: str | None = None
     """The tier to escalate to (only with ``ESCALATE``)."""
     reason: str = ""
+    estimates: Mapping[str, float] | None = None
+    """With ``ESCALATE``: the quality estimates the escalated task carries (``None`` keeps the task's)."""
+    deliver: str = ""
+    """With ``ACCEPT``: the tier (this one or one in the history) whose answer is delivered; "" means this answer."""
 
 
 class PreCallPolicy(ABC):
@@ -58,10 +65,14 @@ class PreCallPolicy(ABC):
 
     name: str = ""
     family: str = "pre-call"
+    needs_features: bool = False
+    """True when ``route`` reads the query vector (``policies/features.py``); the router computes it."""
 
     @abstractmethod
-    def route(self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random) -> Route:
-        """Choose the allowed tiers and the start tier for ``request``."""
+    def route(
+        self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
+    ) -> Route:
+        """Choose the allowed tiers and the start tier for ``request`` (``features``: its query vector)."""
 
     def params(self) -> dict[str, Any]:
         """Fitted parameters, for the policy file."""

@@ -38,6 +38,7 @@ from policies.base import (
     accept_or_escalate,
     allowed_tiers,
 )
+from policies.features import FloatVector
 from policies.scoring import Calibrator, LinearScorer, answer_signal
 from topics.messages import Answer, Request
 
@@ -211,7 +212,9 @@ class ChainRouter(PreCallPolicy):
     def __post_init__(self) -> None:
         object.__setattr__(self, "chain", tuple(self.chain))
 
-    def route(self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random) -> Route:
+    def route(
+        self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
+    ) -> Route:
         allowed = tuple(t for t in allowed_tiers(request, tiers) if not self.chain or t in self.chain)
         if not allowed:
             return Route(allowed=(), start=None, reason="no tier of the chain is allowed")

@@ -18,6 +18,7 @@ from policies.base import (
     accept_or_escalate,
     allowed_tiers,
 )
+from policies.features import FloatVector
 from topics.messages import Answer, Request
 
 
@@ -27,7 +28,9 @@ class CheapestFirst(PreCallPolicy):
 
     name = "cheapest_first"
 
-    def route(self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random) -> Route:
+    def route(
+        self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
+    ) -> Route:
         allowed = allowed_tiers(request, tiers)
         if not allowed:
             return Route(allowed=(), start=None, reason="no allowed tier is configured")

@@ -6,17 +6,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from policies.base import PostHocPolicy, PreCallPolicy
+from policies.cascade_routing import CascadeRouter, CascadeRouting
 from policies.cascades import AutoMix, ChainRouter, FrugalGPT, Gatekeeper, LMCascade
 from policies.defaults import CheapestFirst, ConfidenceThreshold
+from policies.routers import AcceptAnswer, Agreement, Cargo, HybridLLM, OptLLM, RouteLLM, SelectThenRoute
 from topics.errors import ConfigError
 
-PRE_CALL: dict[str, Callable[..., PreCallPolicy]] = {"cheapest_first": CheapestFirst, "chain": ChainRouter}
+PRE_CALL: dict[str, Callable[..., PreCallPolicy]] = {
+    policy.name: policy
+    for policy in (CheapestFirst, ChainRouter, RouteLLM, HybridLLM, OptLLM, Cargo, SelectThenRoute, CascadeRouter)
+}
 POST_HOC: dict[str, Callable[..., PostHocPolicy]] = {
-    "threshold": ConfidenceThreshold,
-    "gatekeeper": Gatekeeper,
-    "lm_cascade": LMCascade,
-    "frugalgpt": FrugalGPT,
-    "automix": AutoMix,
+    policy.name: policy
+    for policy in (
+        ConfidenceThreshold, Gatekeeper, LMCascade, FrugalGPT, AutoMix, AcceptAnswer, Agreement, CascadeRouting
+    )
 }
 
 

@@ -14,19 +14,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from topics.errors import ConfigError
 from topics.messages import Answer
 
 
 def answer_signal(answer: Answer, name: str) -> float:
-    """One number read off an answer: ``confidence``, ``neg_entropy``, ``query_chars`` or a feature (0 if absent)."""
+    """One number read off an answer: ``confidence``, ``neg_entropy``, ``query_chars``, ``ex_ante`` (the
+    router's estimate for this tier, which cascade routing keeps in the task) or a feature (0 if absent)."""
     if name == "confidence":
         return answer.confidence
     if name == "neg_entropy":
         return -answer.features.get("entropy", 0.0)
     if name == "query_chars":
         return math.log1p(len(answer.task.request.input))
+    if name == "ex_ante":
+        return answer.task.estimates.get(answer.tier, 0.0)
     return answer.features.get(name, 0.0)
 
 
@@ -117,3 +121,142 @@ class LinearScorer:
         if any(s <= 0 for s in scorer.scale):
             raise ConfigError("a scorer's scales must be > 0")
         return scorer
+
+
+def _matrix(data: Any, rows: int | None, cols: int, what: str) -> npt.NDArray[np.float64]:
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be numbers: {exc}") from exc
+    shape = (cols,) if rows is None else (rows, cols)
+    if array.shape != shape:
+        raise ConfigError(f"{what} has shape {array.shape}, expected {shape}")
+    if not np.isfinite(array).all():
+        raise ConfigError(f"{what} must be finite numbers")
+    return array
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """(x - mean) / scale over the query vector: the first step of every router model."""
+
+    mean: npt.NDArray[np.float64]
+    scale: npt.NDArray[np.float64]
+
+    def __call__(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        return (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+
+    @classmethod
+    def fit(cls, x: npt.NDArray[np.float64]) -> Standardiser:
+        scale = x.std(axis=0)
+        scale[scale < 1e-9] = 1.0
+        return cls(x.mean(axis=0), scale)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Standardiser:
+        try:
+            mean = np.asarray(data["mean"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"bad standardiser: {exc}") from exc
+        scale = _matrix(data.get("scale"), None, mean.size, "standardiser scale")
+        if (scale <= 0).any():
+            raise ConfigError("a standardiser's scales must be > 0")
+        return cls(_matrix(mean, None, mean.size, "standardiser mean"), scale)
+
+
+@dataclass(frozen=True)
+class LinearHeads:
+    """One linear model per head over the standardised query vector: ``coef · z + intercept``.
+
+    Logistic heads read ``probs``; regression heads read ``values``. Fitted by
+    scikit-learn in the lab and exported as plain numbers.
+    """
+
+    heads: tuple[str, ...]
+    coef: npt.NDArray[np.float64]
+    intercept: npt.NDArray[np.float64]
+    standardiser: Standardiser
+
+    def values(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Raw outputs, one per head (a 1-d vector in, 1-d out; a matrix in, a matrix out)."""
+        result: npt.NDArray[np.float64] = self.standardiser(x) @ self.coef.T + self.intercept
+        return result
+
+    def probs(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.clip(self.values(x), -500.0, 500.0)))
+        return result
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "heads": list(self.heads),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept.tolist(),
+            **self.standardiser.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> LinearHeads:
+        if isinstance(data, LinearHeads):
+            return data
+        try:
+            heads = tuple(map(str, data["heads"]))
+            standardiser = Standardiser.from_json(data)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"bad linear heads: {exc}") from exc
+        dim = standardiser.mean.size
+        coef = _matrix(data.get("coef"), len(heads), dim, "linear heads coef")
+        intercept = _matrix(data.get("intercept"), None, len(heads), "linear heads intercept")
+        return cls(heads, coef, intercept, standardiser)
+
+
+@dataclass(frozen=True)
+class MatrixFactorisation:
+    """RouteLLM's matrix-factorisation scorer: s(m, q) = w2 · (v_m ⊙ W1·z(q)), one score per tier.
+
+    P(tier a beats tier b on q) = sigmoid(s(a, q) - s(b, q)) (Bradley-Terry).
+    """
+
+    tiers: tuple[str, ...]
+    w1: npt.NDArray[np.float64]
+    """(k, d): projects the standardised query vector into the k-dimensional tier space."""
+    v: npt.NDArray[np.float64]
+    """(tiers, k): one embedding per tier."""
+    w2: npt.NDArray[np.float64]
+    standardiser: Standardiser
+
+    def scores(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """One score per tier for a query vector (or a row per query for a matrix)."""
+        projected = self.standardiser(x) @ self.w1.T
+        result: npt.NDArray[np.float64] = (projected[..., None, :] * self.v) @ self.w2
+        return result
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tiers": list(self.tiers),
+            "w1": self.w1.tolist(),
+            "v": self.v.tolist(),
+            "w2": self.w2.tolist(),
+            **self.standardiser.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> MatrixFactorisation:
+        if isinstance(data, MatrixFactorisation):
+            return data
+        try:
+            tiers = tuple(map(str, data["tiers"]))
+            standardiser = Standardiser.from_json(data)
+            k = len(data["w2"])
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"bad matrix factorisation: {exc}") from exc
+        dim = standardiser.mean.size
+        return cls(
+            tiers,
+            _matrix(data["w1"], k, dim, "mf w1"),
+            _matrix(data["v"], len(tiers), k, "mf v"),
+            _matrix(data["w2"], None, k, "mf w2"),
+            standardiser,
+        )

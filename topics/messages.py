@@ -103,6 +103,7 @@ class Task(
         "policy_version": "pv",
         "source_answer": "sa",
         "allowed": "al",
+        "estimates": "es",
     },
 ):
     """A request sent to one tier, on ``<ns>.tier.<T>`` or ``<ns>.escalate.<T>``."""
@@ -117,6 +118,9 @@ class Task(
     """The answer whose low confidence caused this escalation (``None`` on hop 0)."""
     allowed: tuple[str, ...] = ()
     """Tiers the router left for this request, cheapest first; empty means all."""
+    estimates: dict[Name, Confidence] = {}
+    """Quality estimates per tier that the policy keeps with the request (cascade routing):
+    ex ante from the router, replaced by post-hoc ones for the tiers that answered."""
 
 
 class Answer(

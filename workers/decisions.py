@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 
 from policies.base import Action, PostHocPolicy, PreCallPolicy, TierInfo
+from policies.features import FloatVector
 from topics.messages import Answer, HistoryEntry, Request, Result, Status, Task
 
 
@@ -27,11 +28,18 @@ def best(history: list[HistoryEntry]) -> HistoryEntry | None:
 
 
 def final_result(
-    task: Task, status: Status, answer: Answer | None, reason: str | None, now: float, policy_version: int | None = None
+    task: Task,
+    status: Status,
+    answer: Answer | None,
+    reason: str | None,
+    now: float,
+    policy_version: int | None = None,
+    deliver: str = "",
 ) -> Result:
     """The Result of a request that ends now; ``answer`` is the latest, if any.
 
     ``policy_version`` is the version that decided it (default: the one the task was routed with).
+    ``deliver`` names the tier whose answer an accepting policy chose, when not the latest.
 
     Without an accepted answer the best valid answer seen (highest confidence)
     is delivered, so ``exhausted`` and ``expired`` still carry an output.
@@ -39,7 +47,11 @@ def final_result(
     history: list[HistoryEntry] = list(task.history)
     if answer is not None:
         history.append(answer.as_history())
-    chosen = answer.as_history() if status is Status.OK and answer is not None else best(history)
+    chosen: HistoryEntry | None
+    if status is Status.OK and answer is not None:
+        chosen = next((e for e in history if e.tier == deliver), history[-1]) if deliver else history[-1]
+    else:
+        chosen = best(history)
     return Result(
         request_id=task.request.id,
         status=status,
@@ -65,11 +77,25 @@ class Routed:
     reason: str = ""
 
 
-def route_request(request: Request, policy: PreCallPolicy, tiers: tuple[TierInfo, ...], version: int) -> Routed:
-    route = policy.route(request, tiers, request_rng(request))
+def route_request(
+    request: Request,
+    policy: PreCallPolicy,
+    tiers: tuple[TierInfo, ...],
+    version: int,
+    features: FloatVector | None = None,
+) -> Routed:
+    """The first task of ``request`` (``features``: its query vector, for policies that read one)."""
+    route = policy.route(request, tiers, request_rng(request), features)
     if route.start is None:
         return Routed(Task(request=request, tier="", policy_version=version), Status.REJECTED, route.reason)
-    return Routed(Task(request=request, tier=route.start, allowed=route.allowed, policy_version=version))
+    first = Task(
+        request=request,
+        tier=route.start,
+        allowed=route.allowed,
+        policy_version=version,
+        estimates=dict(route.estimates),
+    )
+    return Routed(first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +105,8 @@ class Verified:
     status: Status | None
     reason: str | None = None
     escalation: Task | None = None
+    deliver: str = ""
+    """With ``Status.OK``: the tier whose answer is delivered ("" for the latest)."""
 
 
 def verify_answer(
@@ -95,7 +123,7 @@ def verify_answer(
     task = answer.task
     verdict = policy.decide(answer, tiers, now, request_rng(task.request, task.hop))
     if verdict.action is Action.ACCEPT:
-        return Verified(Status.OK)
+        return Verified(Status.OK, deliver=verdict.deliver)
     if expired:
         return Verified(Status.EXPIRED, "deadline passed")
     target = verdict.target
@@ -112,5 +140,6 @@ def verify_answer(
         policy_version=task.policy_version if policy_version is None else policy_version,
         source_answer=answer.answer_id,
         allowed=task.allowed,
+        estimates=task.estimates if verdict.estimates is None else dict(verdict.estimates),
     )
     return Verified(None, escalation=escalation)

@@ -66,5 +66,5 @@ class Verifier(FollowsPolicy[Answer]):
             target = step.escalation.tier
             return Outbound(ctx.layout.escalate(target), task.request.id, step.escalation.to_wire(), inbound.headers)
         assert step.status is not None
-        result = final_result(task, step.status, answer, step.reason, now, version or None)
+        result = final_result(task, step.status, answer, step.reason, now, version or None, step.deliver)
         return ctx.result(inbound, result)

@@ -19,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from infra.lab.features import query_vectors
 from infra.lab.fitters import Method, check_trace, params_of
 from infra.lab.metrics import Point, Reference, summary
 from infra.lab.registry import make_method, method_names
@@ -50,10 +51,16 @@ def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]
     return table, train, test
 
 
+def embed_first(names: Sequence[str], splits: Sequence[TraceTable], console: Console) -> None:
+    """Embed the splits' queries once, with a progress bar, when a method reads them (they are cached)."""
+    if any(make_method(name).reads_queries for name in names):
+        for split in splits:
+            query_vectors(split, console)
+
+
 def single_points(table: TraceTable) -> list[Point]:
     return [
-        Point(float(table.cost[:, t].mean()), float(table.correct[:, t].mean()), 1.0)
-        for t in range(len(table.tiers))
+        Point(float(table.cost[:, t].mean()), float(table.correct[:, t].mean()), 1.0) for t in range(len(table.tiers))
     ]
 
 
@@ -141,6 +148,7 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
         "policies": [],
     }
     every = options.policies.strip() == "all"
+    embed_first(method_names(options.policies), (train, test), console)
     for name in method_names(options.policies):
         try:
             with console.status(f"fitting and sweeping {name}…"):
@@ -161,6 +169,7 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
             **summary(result.test, ref, options.budgets),
         }
         report["policies"].append(entry)
+    report["highlights"] = highlights(report)
     return report
 
 
@@ -171,6 +180,7 @@ def fit(
         raise ConfigError("give --budget or --target-accuracy, not both")
     table, train, test = load_table(options)
     method = make_method(name)
+    embed_first([name], (train, test), console)
     with console.status(f"fitting {name} on {len(train)} train items…"):
         result = sweep(method, train, test, options.max_hops)
     train_strong = max(p.accuracy for p in single_points(train))
@@ -202,8 +212,60 @@ def fit(
     return policy
 
 
+def highlights(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The best policy of each family (by APGR) and its gain over the baselines and the best post-hoc policy."""
+
+    def best(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        rated = [e for e in entries if e["apgr"] is not None]
+        return max(rated, key=lambda e: e["apgr"]) if rated else None
+
+    baselines = {e["name"]: e for e in report["baselines"]}
+    singles = [e for e in report["baselines"] if e["name"].startswith("single:")]
+    best_single = max(singles, key=lambda e: e["best_accuracy"])
+    post_hoc = best([e for e in report["policies"] if e["family"] == "post-hoc"])
+    out = []
+    for family in dict.fromkeys(e["family"] for e in report["policies"]):
+        top = best([e for e in report["policies"] if e["family"] == family])
+        if top is None:
+            continue
+        random_apgr = baselines["random"]["apgr"]
+        out.append({
+            "family": family,
+            "policy": top["name"],
+            "apgr": top["apgr"],
+            "apgr_over_random": None if random_apgr is None else top["apgr"] - random_apgr,
+            "apgr_over_best_post_hoc": None if post_hoc is None or family == "post-hoc"
+            else top["apgr"] - post_hoc["apgr"],
+            "best_post_hoc": None if post_hoc is None else post_hoc["name"],
+            "accuracy_over_best_single": top["best_accuracy"] - best_single["best_accuracy"],
+            "best_single": best_single["name"].removeprefix("single:"),
+            "cost_at_strongest_accuracy_pct": top["cost_at_strongest_accuracy_pct"],
+        })  # fmt: skip
+    return out
+
+
+def highlight_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for h in report.get("highlights", []):
+        versus = "" if h["apgr_over_best_post_hoc"] is None else (
+            f", {h['apgr_over_best_post_hoc']:+.3f} over the best post-hoc ({h['best_post_hoc']})")  # fmt: skip
+        lines.append(
+            f"best {h['family']}: {h['policy']}, APGR {h['apgr']:.3f} "
+            f"({_signed(h['apgr_over_random'])} over the random mix{versus}); "
+            f"best accuracy {h['accuracy_over_best_single']:+.1%} against the best single tier ({h['best_single']}), "
+            f"cost at the strongest tier's accuracy {_pct(h['cost_at_strongest_accuracy_pct'])}"
+        )
+    return lines
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(metrics_table(report))
+    for line in highlight_lines(report):
+        console.print(line, highlight=False)
 
 
 def _fmt(value: object, spec: str) -> str:
@@ -242,7 +304,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{_fmt(e['aiq'], '.4f')} | {_pct(e['cost_at_strongest_accuracy_pct'])} | {e['best_accuracy']:.1%} |"
         for e in [*report["policies"], *report["baselines"]]
     )
-    return "\n".join(lines) + "\n"
+    extra = highlight_lines(report)
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(f"- {line}" for line in extra) + "\n" if extra else "")
 
 
 def plot(report: dict[str, Any], path: str) -> None:

@@ -99,6 +99,8 @@ class Method(ABC):
 
     name: str = ""
     family: str = "post-hoc"
+    reads_queries: bool = False
+    """True for methods fitted on the query vectors (the routers): ``eval`` embeds the trace first."""
 
     @abstractmethod
     def prepare(self, train: TraceTable) -> None:

@@ -5,12 +5,34 @@ from __future__ import annotations
 from infra.lab.automix import AutoMixPOMDP, AutoMixThreshold
 from infra.lab.fitters import FrugalGPTMethod, GatekeeperMethod, LMCascadeMethod, Method, Threshold
 from infra.lab.rational import RationalTuning
+from infra.lab.routing import (
+    CargoMethod,
+    CascadeRoutingMethod,
+    HybridLLMMethod,
+    OptLLMMethod,
+    RouteLLMClassifier,
+    RouteLLMMF,
+    SelectThenRouteMethod,
+)
 from topics.errors import ConfigError
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
     for m in (
-        Threshold, GatekeeperMethod, LMCascadeMethod, FrugalGPTMethod, RationalTuning, AutoMixThreshold, AutoMixPOMDP
+        Threshold,
+        GatekeeperMethod,
+        LMCascadeMethod,
+        FrugalGPTMethod,
+        RationalTuning,
+        AutoMixThreshold,
+        AutoMixPOMDP,
+        RouteLLMMF,
+        RouteLLMClassifier,
+        HybridLLMMethod,
+        OptLLMMethod,
+        CargoMethod,
+        SelectThenRouteMethod,
+        CascadeRoutingMethod,
     )
 }
 

@@ -1,6 +1,7 @@
 """Run policies over a trace with the stream's own decision code.
 
-Each item becomes a Request; the router's ``route_request`` picks the start tier,
+Each item becomes a Request; the router's ``route_request`` picks the start tier
+(reading the same query vector the router computes, for policies that read one),
 each tier "answers" with its recorded row (through the model worker's
 ``to_answer``), and the verifier's ``verify_answer`` accepts, escalates or stops —
 the very functions the stages call. What ``tierflow eval`` reports is therefore
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from infra.lab.features import query_vectors
 from infra.lab.table import TraceTable
 from policies.base import PostHocPolicy, PreCallPolicy
 from topics.messages import Request, Status
@@ -45,10 +47,11 @@ class Summary:
 def simulate(table: TraceTable, pre: PreCallPolicy, post: PostHocPolicy, max_hops: int = 8) -> list[Outcome]:
     tiers = table.tier_infos()
     index = {name: t for t, name in enumerate(table.tiers)}
+    vectors = query_vectors(table) if pre.needs_features else None
     outcomes = []
-    for item, rows in zip(table.items, table.rows, strict=True):
+    for i, (item, rows) in enumerate(zip(table.items, table.rows, strict=True)):
         request = Request(id=item, input=rows[0].input, created_at=0.0)
-        routed = route_request(request, pre, tiers, 0)
+        routed = route_request(request, pre, tiers, 0, None if vectors is None else vectors[i])
         if routed.status is not None:
             outcomes.append(Outcome(item, routed.status, (), "", "", False, 0.0))
             continue
@@ -61,7 +64,7 @@ def simulate(table: TraceTable, pre: PreCallPolicy, post: PostHocPolicy, max_hop
                 break
             task = step.escalation
         assert step.status is not None
-        result = final_result(task, step.status, answer, step.reason, 0.0)
+        result = final_result(task, step.status, answer, step.reason, 0.0, deliver=step.deliver)
         correct = bool(result.tier) and rows[index[result.tier]].correct
         delivered = Outcome(item, result.status, result.path, result.tier, result.output, correct, result.total_cost)
         outcomes.append(delivered)

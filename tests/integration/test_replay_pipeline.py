@@ -91,11 +91,15 @@ async def test_replayed_trace_streams_to_the_recorded_answers(
     assert 0 < escalated < len(requests)  # the run exercised both accepting and escalating
 
 
-@pytest.mark.parametrize("policy_name", ["frugalgpt", "lm_cascade"])
+@pytest.mark.parametrize("policy_name", ["frugalgpt", "lm_cascade", "optllm", "cascade_routing"])
 async def test_a_fitted_policy_file_decides_in_the_stream_exactly_as_in_eval(
     policy_name: str, tmp_path: Path, bootstrap: str, kafka: dict[str, Any], ray_session: None
 ) -> None:
-    """``tierflow fit`` writes the file; the pipeline runs it; every path and answer equals the lab's simulation."""
+    """``tierflow fit`` writes the file; the pipeline runs it; every path and answer equals the lab's simulation.
+
+    Post-hoc cascades (FrugalGPT, LM Cascades), a pre-call router that embeds the query in the router actors
+    (OptLLM) and the hybrid whose router and verifier share state through the task (cascade routing).
+    """
     trace = tmp_path / "trace.jsonl"
     await asyncio.to_thread(run_trace, TraceOptions("simulated", n=150, seed=11, out=str(trace)), Console(quiet=True))
     policy_path = tmp_path / "policy.json"
@@ -117,7 +121,8 @@ async def test_a_fitted_policy_file_decides_in_the_stream_exactly_as_in_eval(
         }
     )
     config = with_policy_file(config, policy_path)
-    assert config.policies.post_hoc == policy_name
+    policy_file = load_policy(policy_path)
+    assert (config.policies.pre_call, config.policies.post_hoc) == (policy_file.pre_call, policy_file.post_hoc)
     now = time.time()
     inputs = [rows[0].input for rows in table.rows]
     requests = [Request(id=i, input=text, created_at=now) for i, text in zip(table.items, inputs, strict=True)]
@@ -133,3 +138,5 @@ async def test_a_fitted_policy_file_decides_in_the_stream_exactly_as_in_eval(
         ), item  # fmt: skip
         assert result.total_cost == pytest.approx(outcome.cost, rel=1e-12)
     assert len({o.path for o in expected.values()}) > 1  # the policy took different paths for different items
+    if policy_name in ("optllm", "cascade_routing"):
+        assert len({o.path[0] for o in expected.values()}) > 1  # the router started items at different tiers

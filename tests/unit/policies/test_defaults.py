@@ -79,9 +79,11 @@ def test_hop_limit_stops() -> None:
 
 
 def test_registry_lists_known_names() -> None:
-    with pytest.raises(ConfigError, match="known: chain, cheapest_first"):
+    pre_call = "cargo, cascade_router, chain, cheapest_first, hybrid_llm, optllm, routellm, select_then_route"
+    with pytest.raises(ConfigError, match=f"known: {pre_call}$"):
         make_pre_call("nope")
-    with pytest.raises(ConfigError, match="known: automix, frugalgpt, gatekeeper, lm_cascade, threshold"):
+    post_hoc = "accept, agreement, automix, cascade_routing, frugalgpt, gatekeeper, lm_cascade, threshold"
+    with pytest.raises(ConfigError, match=f"known: {post_hoc}$"):
         make_post_hoc("nope")
     with pytest.raises(ConfigError, match="bad parameters"):
         make_post_hoc("threshold", {"bogus": 1})

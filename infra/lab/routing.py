@@ -1,0 +1,407 @@
+"""Fitting the pre-call routers and the hybrids (``policies/routers.py``, ``policies/cascade_routing.py``).
+
+Every router reads the query vector (``infra/lab/features.py``: the embedding the
+router actors compute, plus text statistics) and is fitted on the train split only:
+
+* ``routellm_mf`` / ``routellm_clf`` — the matrix-factorisation scorer is fitted
+  by L-BFGS (scipy) on Bradley-Terry pairs (items where two tiers disagree on
+  correctness); the classifier is one logistic head per tier for "the strong tier
+  is right and this one is wrong". The sweep is the share of traffic sent to the
+  strong tier; α is the train quantile that sends that share.
+* ``hybrid_llm`` — one logistic head per tier below the strong one for
+  quality(t) >= quality(strong) - r, quality being the probability a tier put on
+  the answer it gave when right (0 when wrong); r is chosen per tier so the labels
+  are as balanced as possible, as in the paper. The sweep is τ.
+* ``optllm`` — per-tier success heads averaged over a bootstrap ensemble; the
+  sweep is λ, which traces the Pareto front of (cost, expected accuracy).
+* ``cargo`` — one ridge regressor for every tier's score, pairwise logistic
+  tie-breakers trained on the items where the pair disagrees; τ is fitted to the
+  train accuracy, the sweep is λ.
+* ``select_then_route`` — k-means categories of the train queries (the taxonomy),
+  a shortlist per category of the tiers within a tolerance of its best train
+  accuracy, and a 2-of-3 agreement check; the sweep is the tolerance (0: only the
+  category's best tier; 1: every tier, cheapest first).
+* ``cascade_routing`` — ex-ante heads per tier (cross-validated predictions feed
+  the post-hoc scorers, which read the answer's signals plus the ex-ante estimate);
+  σ is each estimator's root-mean-square error on train; the sweep is λ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from infra.lab.features import query_vectors
+from infra.lab.fitters import (
+    Method,
+    Pair,
+    answers_of,
+    fit_scorer,
+    scorer_signals,
+    signal_matrix,
+    threshold_grid,
+)
+from infra.lab.table import TraceTable
+from policies.cascade_routing import MAX_TIERS, CascadeRouter, CascadeRouting
+from policies.routers import AcceptAnswer, Agreement, Cargo, HybridLLM, OptLLM, RouteLLM, SelectThenRoute
+from policies.scoring import LinearHeads, MatrixFactorisation, Standardiser
+from topics.errors import DataError
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+"""Inverse L2 strengths tried (3-fold CV) for the logistic heads: a 391-dimensional vector and a few
+hundred train items need strong regularisation."""
+BOOTSTRAPS = 8
+BOOTSTRAP_C = 0.03
+"""One regularisation for every bootstrap fit (cross-validating each would cost 8x as much)."""
+TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5, 1.0)
+"""How far below a category's best train accuracy a tier may be and still be shortlisted."""
+AGREEMENT = (2, 3)
+"""k of n: Select-Then-Route's judges must agree 2 of 3 times."""
+SEED = 0
+
+
+def fit_logistic_heads(
+    x: FloatArray,
+    labels: Mapping[str, BoolArray],
+    mask: Mapping[str, BoolArray] | None = None,
+    c: float | None = None,
+    standardiser: Standardiser | None = None,
+) -> LinearHeads:
+    """One L2 logistic regression per head on standardised ``x`` (rows limited by ``mask[head]``);
+    ``c`` fixes the regularisation, else 3-fold CV over ``C_GRID`` picks it per head."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    standardiser = standardiser or Standardiser.fit(x)
+    z = standardiser(x)
+    coef, intercept = [], []
+    for head, y in labels.items():
+        target = y[mask[head]] if mask is not None else y
+        rows = z[mask[head]] if mask is not None else z
+        if min(int(target.sum()), int((~target).sum())) < 3:  # (nearly) one class: its rate, as a constant
+            rate = min(max(float(target.mean()) if target.size else 0.5, 1e-4), 1 - 1e-4)
+            coef.append(np.zeros(z.shape[1]))
+            intercept.append(float(np.log(rate / (1 - rate))))
+            continue
+        model: Any = (
+            LogisticRegressionCV(
+                Cs=list(C_GRID),
+                cv=3,
+                max_iter=3000,
+                scoring="neg_log_loss",
+                l1_ratios=(0.0,),
+                use_legacy_attributes=False,
+            )
+            if c is None
+            else LogisticRegression(C=c, max_iter=3000)
+        )
+        model.fit(rows, target.astype(int))
+        coef.append(np.asarray(model.coef_[0], dtype=np.float64))
+        intercept.append(float(model.intercept_[0]))
+    return LinearHeads(tuple(labels), np.vstack(coef), np.asarray(intercept), standardiser)
+
+
+def strongest(table: TraceTable) -> int:
+    """The tier with the best train accuracy (the cheaper one on ties)."""
+    accuracy = table.correct.mean(axis=0)
+    cost = table.cost.mean(axis=0)
+    return max(range(len(table.tiers)), key=lambda t: (accuracy[t], -cost[t]))
+
+
+def lambda_grid(costs: FloatArray, n: int = 24) -> list[float]:
+    """λ from 0 (quality only) to where a cost gap outweighs any quality gap."""
+    spread = float(costs.max() - costs.min()) or float(costs.max()) or 1.0
+    return [0.0, *map(float, np.geomspace(1e-3, 4.0, n) / spread)]
+
+
+class _RouterMethod(Method):
+    """Shared preparation: the train split's query vectors, correctness and mean costs."""
+
+    family = "pre-call"
+    reads_queries = True
+
+    def prepare(self, train: TraceTable) -> None:
+        self.table = train
+        self.tiers = train.tiers
+        self.x = query_vectors(train)
+        self.correct = train.correct
+        self.costs = train.cost.mean(axis=0)
+        self.cost_of = {t: float(c) for t, c in zip(self.tiers, self.costs, strict=True)}
+        self.strong = strongest(train)
+        self.fit()
+
+    def fit(self) -> None:
+        """Fit the method's models (after the shared preparation)."""
+
+
+def _fit_mf(x: FloatArray, correct: BoolArray, k: int = 16, l2: float = 1e-3) -> tuple[FloatArray, ...]:
+    """W1, v, w2 of s(m, q) = w2 · (v_m ⊙ W1·x) by L-BFGS on the Bradley-Terry log loss of disagreeing pairs."""
+    from scipy.optimize import minimize
+
+    d = x.shape[1]
+    tiers = correct.shape[1]
+    rows: list[int] = []
+    winners: list[int] = []
+    losers: list[int] = []
+    for a in range(tiers):
+        for b in range(tiers):
+            wins = correct[:, a] & ~correct[:, b]
+            rows.extend(np.flatnonzero(wins))
+            winners.extend([a] * int(wins.sum()))
+            losers.extend([b] * int(wins.sum()))
+    if not rows:
+        raise DataError("no train item where one tier is right and another wrong: nothing to learn a win rate from")
+    idx, win, lose = np.asarray(rows), np.asarray(winners), np.asarray(losers)
+    rng = np.random.default_rng(SEED)
+    sizes = (k * d, tiers * k, k)
+    theta0 = np.concatenate([rng.normal(0, 0.01, k * d), rng.normal(0, 0.1, tiers * k), np.ones(k)])
+
+    def unpack(theta: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+        w1 = theta[: sizes[0]].reshape(k, d)
+        v = theta[sizes[0] : sizes[0] + sizes[1]].reshape(tiers, k)
+        return w1, v, theta[sizes[0] + sizes[1] :]
+
+    def loss(theta: FloatArray) -> tuple[float, FloatArray]:
+        w1, v, w2 = unpack(theta)
+        h = x[idx] @ w1.T  # (pairs, k)
+        u = v[win] - v[lose]
+        z = (u * h) @ w2  # s(winner) - s(loser)
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+        g = (p - 1.0) / len(idx)  # d(-log p)/dz, averaged
+        value = float(-np.log(np.maximum(p, 1e-12)).mean() + l2 * (theta @ theta))
+        d_w2 = (g[:, None] * u * h).sum(axis=0)
+        d_u = g[:, None] * (w2 * h)
+        d_v = np.zeros_like(v)
+        np.add.at(d_v, win, d_u)
+        np.add.at(d_v, lose, -d_u)
+        d_w1 = (g[:, None] * (w2 * u)).T @ x[idx]
+        grad = np.concatenate([d_w1.ravel(), d_v.ravel(), d_w2]) + 2 * l2 * theta
+        return value, grad
+
+    result = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 300})
+    return unpack(np.asarray(result.x))
+
+
+def _share_quantile(values: FloatArray, share: float) -> float:
+    """The α at which the items whose ``values`` are >= α make up ``share`` of them."""
+    if share <= 0.0:
+        return float(values.max()) + 1e-9
+    return float(np.quantile(values, 1.0 - share, method="higher")) if share < 1.0 else float(values.min())
+
+
+class RouteLLMMethod(_RouterMethod):
+    """RouteLLM's win-rate router; ``kind`` picks the matrix-factorisation or the classifier model."""
+
+    kind = "mf"
+
+    def fit(self) -> None:
+        s = self.strong
+        below = self.tiers[:s]
+        if not below:
+            raise DataError(f"the cheapest tier ({self.tiers[0]}) is also the most accurate: nothing to route")
+        if self.kind == "mf":
+            standardiser = Standardiser.fit(self.x)
+            w1, v, w2 = _fit_mf(standardiser(self.x), self.correct)
+            self.model: dict[str, Any] = {"mf": MatrixFactorisation(self.tiers, w1, v, w2, standardiser)}
+        else:
+            labels = {t: self.correct[:, s] & ~self.correct[:, i] for i, t in enumerate(below)}
+            self.model = {"classifier": fit_logistic_heads(self.x, labels)}
+        probe = RouteLLM(tiers=self.tiers, strong=self.tiers[s], **self.model)
+        # An item goes to the strong tier when every cheaper tier's win rate is >= α.
+        self.lowest_win = np.array([min(probe.win_rates(row)[t] for t in below) for row in self.x])
+
+    def settings(self) -> list[float]:
+        return [float(s) for s in np.linspace(0.0, 1.0, 21)]
+
+    def policies(self, setting: float) -> Pair:
+        alpha = _share_quantile(self.lowest_win, setting)
+        router = RouteLLM(tiers=self.tiers, strong=self.tiers[self.strong], alpha=alpha, **self.model)
+        return router, AcceptAnswer()
+
+
+class RouteLLMMF(RouteLLMMethod):
+    name = "routellm_mf"
+    kind = "mf"
+
+
+class RouteLLMClassifier(RouteLLMMethod):
+    name = "routellm_clf"
+    kind = "classifier"
+
+
+class HybridLLMMethod(_RouterMethod):
+    name = "hybrid_llm"
+
+    def fit(self) -> None:
+        quality = np.where(self.correct, self.table.confidence, 0.0)
+        s = self.strong
+        labels, self.relaxation = {}, {}
+        for t, tier in enumerate(self.tiers[:s]):
+            grid = np.linspace(0.0, 1.0, 21)
+            balance = [abs(float((quality[:, t] >= quality[:, s] - r).mean()) - 0.5) for r in grid]
+            r = float(grid[int(np.argmin(balance))])
+            labels[tier] = quality[:, t] >= quality[:, s] - r
+            self.relaxation[tier] = r
+        if not labels:
+            raise DataError("hybrid_llm needs a tier cheaper than the most accurate one")
+        self.classifier = fit_logistic_heads(self.x, labels)
+        self.grid = threshold_grid(self.classifier.probs(self.x).ravel())
+
+    def settings(self) -> list[float]:
+        return self.grid
+
+    def policies(self, setting: float) -> Pair:
+        router = HybridLLM(tiers=self.tiers, strong=self.tiers[self.strong], tau=setting, classifier=self.classifier,
+                           relaxation=self.relaxation)  # fmt: skip
+        return router, AcceptAnswer()
+
+
+def bootstrap_heads(x: FloatArray, correct: BoolArray, tiers: tuple[str, ...], n: int = BOOTSTRAPS) -> LinearHeads:
+    """Per-tier success heads averaged over ``n`` fits on bootstrap resamples (OptLLM's robust predictor).
+
+    All fits share one standardisation, so averaging coefficients averages the ensemble's logits.
+    """
+    standardiser = Standardiser.fit(x)
+    rng = np.random.default_rng(SEED)
+    fits = []
+    for _ in range(n):
+        rows = rng.integers(0, len(x), len(x))
+        fits.append(fit_logistic_heads(x[rows], {t: correct[rows, i] for i, t in enumerate(tiers)}, c=BOOTSTRAP_C,
+                                       standardiser=standardiser))  # fmt: skip
+    coef = np.mean([f.coef for f in fits], axis=0)
+    return LinearHeads(tiers, coef, np.mean([f.intercept for f in fits], axis=0), standardiser)
+
+
+class OptLLMMethod(_RouterMethod):
+    name = "optllm"
+
+    def fit(self) -> None:
+        self.predictor = bootstrap_heads(self.x, self.correct, self.tiers)
+        self.lambdas = lambda_grid(self.costs)
+
+    def settings(self) -> list[float]:
+        return self.lambdas
+
+    def policies(self, setting: float) -> Pair:
+        return OptLLM(tiers=self.tiers, lam=setting, predictor=self.predictor, costs=self.cost_of), AcceptAnswer()
+
+    def front(self) -> list[dict[str, float]]:
+        """The Pareto front on train as the predictor sees it: (λ, mean cost, expected accuracy)."""
+        p = self.predictor.probs(self.x)
+        points = []
+        for lam in self.lambdas:
+            pick = np.argmax(p - lam * self.costs, axis=1)
+            rows = np.arange(len(pick))
+            points.append({"lam": lam, "cost": float(self.costs[pick].mean()), "expected_accuracy":
+                           float(p[rows, pick].mean())})  # fmt: skip
+        return points
+
+
+class CargoMethod(_RouterMethod):
+    name = "cargo"
+    TAUS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
+
+    def fit(self) -> None:
+        from sklearn.linear_model import RidgeCV
+
+        standardiser = Standardiser.fit(self.x)
+        ridge = RidgeCV(alphas=(1.0, 10.0, 100.0, 1000.0)).fit(standardiser(self.x), self.correct.astype(float))
+        self.regressor = LinearHeads(self.tiers, np.asarray(ridge.coef_, dtype=np.float64).reshape(len(self.tiers), -1),
+                                     np.asarray(ridge.intercept_, dtype=np.float64).ravel(), standardiser)  # fmt: skip
+        labels, mask = {}, {}
+        for a in range(len(self.tiers)):
+            for b in range(a + 1, len(self.tiers)):
+                head = f"{self.tiers[a]}|{self.tiers[b]}"
+                labels[head] = self.correct[:, b] & ~self.correct[:, a]
+                mask[head] = self.correct[:, a] != self.correct[:, b]
+        self.pairwise = fit_logistic_heads(self.x, labels, mask)
+        self.lambdas = lambda_grid(self.costs)
+        self.tau = max(self.TAUS, key=self._train_accuracy)
+
+    def _policy(self, lam: float, tau: float) -> Cargo:
+        return Cargo(tiers=self.tiers, lam=lam, tau=tau, regressor=self.regressor, pairwise=self.pairwise,
+                     costs=self.cost_of)  # fmt: skip
+
+    def _train_accuracy(self, tau: float) -> float:
+        """Train accuracy of quality-only routing (λ = 0), where the tie-break matters most."""
+        from infra.lab.simulate import simulate, summarise
+
+        return summarise(simulate(self.table, self._policy(0.0, tau), AcceptAnswer())).accuracy
+
+    def settings(self) -> list[float]:
+        return self.lambdas
+
+    def policies(self, setting: float) -> Pair:
+        return self._policy(setting, self.tau), AcceptAnswer()
+
+
+class SelectThenRouteMethod(_RouterMethod):
+    """Categories by k-means; the sweep is the tolerance that admits a tier to a category's shortlist."""
+
+    name = "select_then_route"
+    family = "hybrid"
+
+    def fit(self) -> None:
+        from sklearn.cluster import KMeans
+
+        self.standardiser = Standardiser.fit(self.x)
+        k = int(np.clip(len(self.x) // 60, 2, 12))
+        kmeans = KMeans(n_clusters=k, n_init=4, random_state=SEED).fit(self.standardiser(self.x))
+        self.centroids = kmeans.cluster_centers_
+        self.accuracy = np.vstack([
+            self.correct[kmeans.labels_ == c].mean(axis=0) if (kmeans.labels_ == c).any() else self.correct.mean(axis=0)
+            for c in range(k)
+        ])  # fmt: skip
+
+    def settings(self) -> list[float]:
+        return list(TOLERANCES)
+
+    def policies(self, setting: float) -> Pair:
+        shortlists = [
+            [t for i, t in enumerate(self.tiers) if row[i] >= row.max() - setting - 1e-12] for row in self.accuracy
+        ]
+        router = SelectThenRoute(tiers=self.tiers, centroids=self.centroids, standardiser=self.standardiser,
+                                 shortlists=shortlists)  # fmt: skip
+        return router, Agreement(k=AGREEMENT[0], n=AGREEMENT[1])
+
+
+class CascadeRoutingMethod(_RouterMethod):
+    name = "cascade_routing"
+    family = "hybrid"
+
+    def fit(self) -> None:
+        from sklearn.model_selection import KFold
+
+        if len(self.tiers) > MAX_TIERS:
+            raise DataError(f"cascade routing handles up to {MAX_TIERS} tiers; choose some with --tiers")
+        labels = {t: self.correct[:, i] for i, t in enumerate(self.tiers)}
+        self.ex_ante = fit_logistic_heads(self.x, labels)
+        held_out = np.zeros(self.correct.shape)
+        for fit_rows, held_rows in KFold(5, shuffle=True, random_state=SEED).split(self.x):
+            fold = fit_logistic_heads(self.x[fit_rows], {t: y[fit_rows] for t, y in labels.items()}, c=0.03)
+            held_out[held_rows] = fold.probs(self.x[held_rows])
+        answers = answers_of(self.table)
+        self.post_hoc, self.sigma_ante, self.sigma_post = {}, {}, {}
+        for t, tier in enumerate(self.tiers):
+            names = scorer_signals(self.table, t)
+            x = np.column_stack([signal_matrix(answers, t, names), held_out[:, t]])
+            scorer = fit_scorer(x, self.correct[:, t], [*names, "ex_ante"])
+            self.post_hoc[tier] = scorer
+            y = self.correct[:, t].astype(float)
+            self.sigma_ante[tier] = float(np.sqrt(np.mean((y - held_out[:, t]) ** 2)))
+            self.sigma_post[tier] = float(np.sqrt(np.mean((y - [scorer.p_correct_of(r) for r in x]) ** 2)))
+        self.lambdas = lambda_grid(self.costs)
+
+    def settings(self) -> list[float]:
+        return self.lambdas
+
+    def policies(self, setting: float) -> Pair:
+        router = CascadeRouter(tiers=self.tiers, lam=setting, ex_ante=self.ex_ante, sigma_ante=self.sigma_ante,
+                               costs=self.cost_of)  # fmt: skip
+        verifier = CascadeRouting(tiers=self.tiers, lam=setting, post_hoc=self.post_hoc, sigma_ante=self.sigma_ante,
+                                  sigma_post=self.sigma_post, costs=self.cost_of)  # fmt: skip
+        return router, verifier
