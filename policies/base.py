@@ -78,6 +78,19 @@ class PreCallPolicy(ABC):
         """Fitted parameters, for the policy file."""
         return {}
 
+    live_window: int = 0
+    """> 0: the router re-calibrates this policy's threshold on the scores of the last ``live_window``
+    requests it routed, so the share of traffic it sends up holds on live traffic (see ``share_score``)."""
+    target_share: float = 0.0
+
+    def share_score(self, features: FloatVector) -> float:
+        """The score whose quantile is the threshold (only for policies with a ``live_window``)."""
+        raise ConfigError(f"policy {self.name!r} has no threshold to re-calibrate on live traffic")
+
+    def with_share_threshold(self, threshold: float) -> PreCallPolicy:
+        """This policy with the threshold the live scores gave."""
+        raise ConfigError(f"policy {self.name!r} has no threshold to re-calibrate on live traffic")
+
 
 class PostHocPolicy(ABC):
     """Decides, after a tier answered, whether to accept, escalate or stop."""

@@ -4,12 +4,21 @@ At each step the policy picks the set S of tiers maximising
 
     Q̂(S) - λ · Σ cost(t), t in S and not yet run,
 
-where Q̂(S) = E[max over t in S of q_t], each q_t ~ N(μ_t, σ_t²): ex-ante estimates
-(from the query vector) for tiers that have not run, post-hoc ones (from the answer's
-signals and the ex-ante estimate) for tiers that have. It runs the cheapest tier of
-S that has not run, and stops when S holds only tiers that ran, delivering the
-answer with the best estimated quality. The expectation uses a fixed table of
-normal draws, so the decision is a pure function of the estimates.
+where Q̂(S) is the expected quality of the best answer in S as the policy will judge
+it: a tier that ran has its post-hoc estimate (from the answer's signals and the
+ex-ante estimate), known; a tier that has not run has its ex-ante estimate μ_t (from
+the query vector), and running it reveals a post-hoc estimate ~ N(μ_t, σ_t²), σ_t
+being how far post-hoc estimates of that tier stray from ex-ante ones (fitted on
+the train split). So Q̂(S) = E[max over t in S], the value of the information the
+calls would buy. It runs the cheapest tier of S that has not run, and stops when S
+holds only tiers that ran, delivering the answer with the best estimated quality.
+The expectation uses a fixed table of normal draws: the decision is a pure
+function of the estimates.
+
+Why not σ = the estimators' error against correctness, as one might read the
+paper: for a yes/no outcome that error is mostly the outcome's own noise
+(sqrt(p(1 - p)), about 0.4), not uncertainty the next call can remove, and it made
+every extra call look worth about 0.2 in quality — the cascade ran every tier.
 
 The router makes the first step (``cascade_router``) and records the ex-ante
 estimates in the task; the verifier (``cascade_routing``) makes the others,
@@ -71,13 +80,13 @@ def best_set(
     return best[2]
 
 
-def _sigmas(data: Mapping[str, float], tiers: Sequence[str], what: str) -> dict[str, float]:
+def _sigmas(data: Mapping[str, float], tiers: Sequence[str]) -> dict[str, float]:
     missing = [t for t in tiers if t not in data]
     if missing:
-        raise ConfigError(f"cascade routing lacks the {what} of tier {missing[0]!r}")
+        raise ConfigError(f"cascade routing lacks the sigma of tier {missing[0]!r}")
     out = {t: float(data[t]) for t in tiers}
     if any(not 0.0 <= s <= 1.0 for s in out.values()):
-        raise ConfigError(f"cascade routing's {what} must be in [0, 1]")
+        raise ConfigError("cascade routing's sigma must be in [0, 1]")
     return out
 
 
@@ -95,7 +104,8 @@ class CascadeRouter(PreCallPolicy):
     lam: float = 0.0
     ex_ante: Any = None
     """``LinearHeads``, one logistic head per tier: P(correct | query vector)."""
-    sigma_ante: Mapping[str, float] = field(default_factory=dict)
+    sigma: Mapping[str, float] = field(default_factory=dict)
+    """Per tier, the spread of its post-hoc estimate around the ex-ante one."""
     costs: Mapping[str, float] = field(default_factory=dict)
 
     name = "cascade_router"
@@ -105,7 +115,7 @@ class CascadeRouter(PreCallPolicy):
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiers", _check_size(self.tiers))
         object.__setattr__(self, "ex_ante", LinearHeads.from_json(self.ex_ante))
-        object.__setattr__(self, "sigma_ante", _sigmas(self.sigma_ante, self.tiers, "sigma_ante"))
+        object.__setattr__(self, "sigma", _sigmas(self.sigma, self.tiers))
         object.__setattr__(self, "costs", _costs(self.costs, self.tiers, self.name))
 
     def route(
@@ -116,13 +126,13 @@ class CascadeRouter(PreCallPolicy):
         ladder = tuple(t for t in allowed_tiers(request, tiers) if t in self.tiers)
         if not ladder:
             return Route(allowed=(), start=None, reason="cascade routing: no fitted tier is allowed")
-        chosen = best_set((), ladder, mu, self.sigma_ante, self.costs, self.lam)
+        chosen = best_set((), ladder, mu, self.sigma, self.costs, self.lam)
         start = min(chosen, key=lambda t: self.costs[t]) if chosen else min(ladder, key=lambda t: self.costs[t])
         return Route(allowed=ladder, start=start, reason=f"best set {'+'.join(chosen)}", estimates=mu)
 
     def params(self) -> dict[str, Any]:
         return {"tiers": list(self.tiers), "lam": self.lam, "ex_ante": self.ex_ante.to_json(),
-                "sigma_ante": dict(self.sigma_ante), "costs": dict(self.costs)}  # fmt: skip
+                "sigma": dict(self.sigma), "costs": dict(self.costs)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -133,8 +143,7 @@ class CascadeRouting(PostHocPolicy):
     lam: float = 0.0
     post_hoc: Mapping[str, Any] = field(default_factory=dict)
     """Per tier, a ``LinearScorer`` of P(correct) on the answer's signals and ``ex_ante``."""
-    sigma_ante: Mapping[str, float] = field(default_factory=dict)
-    sigma_post: Mapping[str, float] = field(default_factory=dict)
+    sigma: Mapping[str, float] = field(default_factory=dict)
     costs: Mapping[str, float] = field(default_factory=dict)
     max_hops: int = 16
 
@@ -145,8 +154,7 @@ class CascadeRouting(PostHocPolicy):
         object.__setattr__(self, "tiers", _check_size(self.tiers))
         scorers = {t: v if isinstance(v, LinearScorer) else LinearScorer.from_json(v) for t, v in self.post_hoc.items()}
         object.__setattr__(self, "post_hoc", scorers)
-        object.__setattr__(self, "sigma_ante", _sigmas(self.sigma_ante, self.tiers, "sigma_ante"))
-        object.__setattr__(self, "sigma_post", _sigmas(self.sigma_post, self.tiers, "sigma_post"))
+        object.__setattr__(self, "sigma", _sigmas(self.sigma, self.tiers))
         object.__setattr__(self, "costs", _costs(self.costs, self.tiers, self.name))
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
@@ -160,7 +168,7 @@ class CascadeRouting(PostHocPolicy):
         ran = [t for t in dict.fromkeys([*(e.tier for e in task.history), answer.tier]) if t in self.tiers]
         allowed = set(task.allowed or self.tiers)
         unrun = [t.name for t in tiers if t.name in self.tiers and t.name in allowed and t.name not in ran]
-        sigma = {t: self.sigma_post[t] if t in ran else self.sigma_ante[t] for t in self.tiers}
+        sigma = {t: 0.0 if t in ran else self.sigma[t] for t in self.tiers}  # what ran is known
         chosen = best_set(ran, unrun, mu, sigma, self.costs, self.lam)
         if chosen and task.hop + 1 < self.max_hops:
             target = min(chosen, key=lambda t: self.costs[t])
@@ -178,8 +186,7 @@ class CascadeRouting(PostHocPolicy):
             "tiers": list(self.tiers),
             "lam": self.lam,
             "post_hoc": {t: s.to_json() for t, s in self.post_hoc.items()},
-            "sigma_ante": dict(self.sigma_ante),
-            "sigma_post": dict(self.sigma_post),
+            "sigma": dict(self.sigma),
             "costs": dict(self.costs),
             "max_hops": self.max_hops,
         }

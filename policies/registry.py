@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from policies.answer_signals import SelfRef, SemanticEntropy
 from policies.base import PostHocPolicy, PreCallPolicy
 from policies.cascade_routing import CascadeRouter, CascadeRouting
 from policies.cascades import AutoMix, ChainRouter, FrugalGPT, Gatekeeper, LMCascade
@@ -19,7 +20,16 @@ PRE_CALL: dict[str, Callable[..., PreCallPolicy]] = {
 POST_HOC: dict[str, Callable[..., PostHocPolicy]] = {
     policy.name: policy
     for policy in (
-        ConfidenceThreshold, Gatekeeper, LMCascade, FrugalGPT, AutoMix, AcceptAnswer, Agreement, CascadeRouting
+        ConfidenceThreshold,
+        Gatekeeper,
+        LMCascade,
+        FrugalGPT,
+        AutoMix,
+        SemanticEntropy,
+        SelfRef,
+        AcceptAnswer,
+        Agreement,
+        CascadeRouting,
     )
 }
 

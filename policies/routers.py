@@ -28,12 +28,15 @@ The fitted models are plain numbers (``policies/scoring.py``); fitting lives in
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from policies.base import (
     PostHocPolicy,
@@ -86,6 +89,10 @@ class RouteLLM(PreCallPolicy):
     """A ``MatrixFactorisation`` (the MF router) ..."""
     classifier: Any = None
     """... or ``LinearHeads`` with one head per tier: P(strong beats it) (the classifier router)."""
+    target_share: float = 0.0
+    """The share of traffic α was calibrated to send to the strong tier."""
+    live_window: int = 0
+    """> 0: re-calibrate α on the last this-many routed requests, holding ``target_share`` live."""
 
     name = "routellm"
     needs_features = True
@@ -100,6 +107,8 @@ class RouteLLM(PreCallPolicy):
             object.__setattr__(self, "classifier", LinearHeads.from_json(self.classifier))
         if self.strong not in self.tiers:
             raise ConfigError(f"routellm's strong tier {self.strong!r} is not among its tiers")
+        if not 0.0 <= self.target_share <= 1.0 or self.live_window < 0:
+            raise ConfigError("routellm needs 0 <= target_share <= 1 and live_window >= 0")
 
     def win_rates(self, x: FloatVector) -> dict[str, float]:
         """P(strong beats t | q) for each tier t below the strong one."""
@@ -116,9 +125,25 @@ class RouteLLM(PreCallPolicy):
         ladder = _known(request, tiers, self.tiers)
         return _first_below_strong(ladder, self.strong, lambda t: wins.get(t, 1.0) < self.alpha, self.name)
 
+    def share_score(self, features: FloatVector) -> float:
+        """The lowest win rate over the cheaper tiers: the request goes strong when it is >= α."""
+        return min(self.win_rates(features).values(), default=1.0)
+
+    def with_share_threshold(self, threshold: float) -> PreCallPolicy:
+        return dataclasses.replace(self, alpha=threshold)
+
     def params(self) -> dict[str, Any]:
         model = {"mf": self.mf.to_json()} if self.mf is not None else {"classifier": self.classifier.to_json()}
-        return {"tiers": list(self.tiers), "strong": self.strong, "alpha": self.alpha, **model}
+        return {"tiers": list(self.tiers), "strong": self.strong, "alpha": self.alpha,
+                "target_share": self.target_share, "live_window": self.live_window, **model}  # fmt: skip
+
+
+def share_threshold(scores: npt.ArrayLike, share: float) -> float:
+    """The threshold at which the scores >= it make up ``share`` of ``scores`` (RouteLLM's α calibration)."""
+    values = np.asarray(scores, dtype=np.float64)
+    if share <= 0.0:
+        return float(values.max()) + 1e-9
+    return float(np.quantile(values, 1.0 - share, method="higher")) if share < 1.0 else float(values.min())
 
 
 @dataclass(frozen=True)
@@ -297,11 +322,21 @@ class SelectThenRoute(PreCallPolicy):
         }
 
 
-def agreement_share(answer: Answer) -> float:
-    """The share of n samples that agree with the answer: measured (``agreement``) when the tier
-    sampled, else its expectation, the probability of the answer (``max_prob``, else confidence)."""
+def agreement_passes(answer: Answer, k: int, n: int) -> tuple[bool, str]:
+    """Whether at least ``k`` of ``n`` samples agree with the answer, and why.
+
+    A tier that sampled reports the share that agreed (``agreement``): the check is
+    that share. Otherwise the check is the one n samples would pass more often than
+    not: P(Binomial(n, p) >= k) >= 1/2, p being the answer's probability
+    (``max_prob``, else its confidence).
+    """
     features = answer.features
-    return float(features.get("agreement", features.get("max_prob", answer.confidence)))
+    if "agreement" in features:
+        share = features["agreement"]
+        return share * n >= k - 1e-9, f"{share:.2f} of samples agree, need {k}/{n}"
+    p = min(max(float(features.get("max_prob", answer.confidence)), 0.0), 1.0)
+    chance = sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+    return chance >= 0.5, f"P({k} of {n} agree) {chance:.2f}"
 
 
 @dataclass(frozen=True)
@@ -322,9 +357,8 @@ class Agreement(PostHocPolicy):
             raise ConfigError(f"agreement needs 0 <= k <= n, got k={self.k}, n={self.n}")
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
-        share = agreement_share(answer)
-        ok = share * self.n >= self.k - 1e-9
-        return accept_or_escalate(answer, tiers, ok, f"agreement {share:.2f} vs {self.k}/{self.n}", self.max_hops)
+        ok, why = agreement_passes(answer, self.k, self.n)
+        return accept_or_escalate(answer, tiers, ok, why, self.max_hops)
 
     def params(self) -> dict[str, Any]:
         return {"k": self.k, "n": self.n, "max_hops": self.max_hops}

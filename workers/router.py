@@ -1,11 +1,19 @@
-"""Router stage: applies the pre-call policy and sends each request to its start tier."""
+"""Router stage: applies the pre-call policy and sends each request to its start tier.
+
+Policies that read the query vector get it from a ``QueryFeaturizer`` (one embedding
+call per batch). A policy with a ``live_window`` has its threshold re-calibrated on
+the scores of the requests this replica routed last, so the share it sends up holds
+when live traffic differs from the train split.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from policies.base import PreCallPolicy, TierInfo
 from policies.features import FloatVector
+from policies.routers import share_threshold
 from topics.messages import Request, Status, Task
 from workers.context import StageContext
 from workers.decisions import route_request
@@ -22,6 +30,7 @@ class Router(FollowsPolicy[Request]):
         self.policy = policy
         self.feed = feed
         self.featurizer = QueryFeaturizer() if policy.needs_features else None
+        self.live = LiveShare(policy.live_window) if policy.live_window else None
 
     def topics(self) -> list[str]:
         return [self.context.layout.requests]
@@ -32,20 +41,44 @@ class Router(FollowsPolicy[Request]):
     async def process(self, batch: Sequence[Inbound[Request]]) -> list[Outbound]:
         update = self.feed.current if self.feed is not None else None
         version, tiers = (0, self.context.tiers) if update is None else (update.version, self.context.allowed(update))
+        policy = self.policy
         vectors: Sequence[FloatVector | None] = [None] * len(batch)
         if self.featurizer is not None:
-            vectors = await self.featurizer.vectors_async([(i.message.id, i.message.input) for i in batch])
-        return [self._route(inbound, tiers, version, v) for inbound, v in zip(batch, vectors, strict=True)]
+            embedded = await self.featurizer.vectors_async([(i.message.id, i.message.input) for i in batch])
+            policy = self.live.update(policy, embedded) if self.live is not None else policy
+            vectors = embedded
+        return [self._route(policy, inbound, tiers, version, v) for inbound, v in zip(batch, vectors, strict=True)]
 
     def _route(
-        self, inbound: Inbound[Request], tiers: tuple[TierInfo, ...], version: int, features: FloatVector | None
+        self,
+        policy: PreCallPolicy,
+        inbound: Inbound[Request],
+        tiers: tuple[TierInfo, ...],
+        version: int,
+        features: FloatVector | None,
     ) -> Outbound:
         ctx = self.context
         request = ctx.with_deadline(inbound.message)
         task = Task(request=request, tier="", policy_version=version)
         if ctx.expired(request):
             return ctx.result(inbound, ctx.final(task, Status.EXPIRED, reason="deadline passed before routing"))
-        routed = route_request(request, self.policy, tiers, version, features)
+        routed = route_request(request, policy, tiers, version, features)
         if routed.status is not None:
             return ctx.result(inbound, ctx.final(routed.task, routed.status, reason=routed.reason))
         return Outbound(ctx.layout.tier(routed.task.tier), request.id, routed.task.to_wire(), inbound.headers)
+
+
+class LiveShare:
+    """The share scores of the last ``window`` requests, and the policy re-calibrated on them."""
+
+    MIN_SCORES = 100
+    """Below this many scores (or a full window, if smaller) the fitted threshold stands."""
+
+    def __init__(self, window: int) -> None:
+        self.scores: deque[float] = deque(maxlen=window)
+
+    def update(self, policy: PreCallPolicy, vectors: Sequence[FloatVector]) -> PreCallPolicy:
+        self.scores.extend(policy.share_score(v) for v in vectors)
+        if len(self.scores) < min(self.MIN_SCORES, self.scores.maxlen or 1):
+            return policy
+        return policy.with_share_threshold(share_threshold(list(self.scores), policy.target_share))

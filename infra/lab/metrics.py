@@ -126,7 +126,5 @@ def summary(points: Sequence[Point], ref: Reference, budgets: Sequence[float] = 
         "cost_at_strongest_accuracy_pct": None if at_strong is None else 100.0 * at_strong / ref.strong_cost,
         "accuracy_at_budget": {str(b): best_at(points, b) for b in budgets},
         "best_accuracy": max(p.accuracy for p in points),
-        "points": [
-            {"cost": p.cost, "accuracy": p.accuracy, "calls": p.calls, "setting": p.setting} for p in points
-        ],
+        "points": [{"cost": p.cost, "accuracy": p.accuracy, "calls": p.calls, "setting": p.setting} for p in points],
     }

@@ -53,9 +53,7 @@ def copula_draws(p: FloatArray, draws: int = DRAWS, seed: int = 0) -> FloatArray
     return np.column_stack([np.quantile(p[:, j], u[:, j]) for j in range(k)])
 
 
-def expected_error_and_cost(
-    samples: FloatArray, costs: FloatArray, thresholds: FloatArray
-) -> tuple[float, float]:
+def expected_error_and_cost(samples: FloatArray, costs: FloatArray, thresholds: FloatArray) -> tuple[float, float]:
     """E[1 - p at the stopping tier] and E[cost up to it] for per-tier thresholds (last tier always answers)."""
     n, k = samples.shape
     open_ = np.ones(n, dtype=bool)

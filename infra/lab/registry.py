@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from infra.lab.answer_signal_methods import SelfRefMethod, SemanticEntropyMethod
 from infra.lab.automix import AutoMixPOMDP, AutoMixThreshold
 from infra.lab.fitters import FrugalGPTMethod, GatekeeperMethod, LMCascadeMethod, Method, Threshold
 from infra.lab.rational import RationalTuning
@@ -26,6 +27,8 @@ METHODS: dict[str, type[Method]] = {
         RationalTuning,
         AutoMixThreshold,
         AutoMixPOMDP,
+        SemanticEntropyMethod,
+        SelfRefMethod,
         RouteLLMMF,
         RouteLLMClassifier,
         HybridLLMMethod,

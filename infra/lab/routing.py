@@ -19,11 +19,14 @@ router actors compute, plus text statistics) and is fitted on the train split on
   train accuracy, the sweep is λ.
 * ``select_then_route`` — k-means categories of the train queries (the taxonomy),
   a shortlist per category of the tiers within a tolerance of its best train
-  accuracy, and a 2-of-3 agreement check; the sweep is the tolerance (0: only the
-  category's best tier; 1: every tier, cheapest first).
+  accuracy that no cheaper tier matches (category accuracies shrunk toward the
+  overall ones), and a k-of-5 agreement check; the sweep is a grid of tolerance
+  (0: only the category's best tier; 1: every tier on the category's
+  cost-accuracy front, cheapest first) and k.
 * ``cascade_routing`` — ex-ante heads per tier (cross-validated predictions feed
   the post-hoc scorers, which read the answer's signals plus the ex-ante estimate);
-  σ is each estimator's root-mean-square error on train; the sweep is λ.
+  σ is the root-mean-square gap between a tier's post-hoc and ex-ante estimates on
+  train (what running it reveals); the sweep is λ.
 """
 
 from __future__ import annotations
@@ -46,7 +49,16 @@ from infra.lab.fitters import (
 )
 from infra.lab.table import TraceTable
 from policies.cascade_routing import MAX_TIERS, CascadeRouter, CascadeRouting
-from policies.routers import AcceptAnswer, Agreement, Cargo, HybridLLM, OptLLM, RouteLLM, SelectThenRoute
+from policies.routers import (
+    AcceptAnswer,
+    Agreement,
+    Cargo,
+    HybridLLM,
+    OptLLM,
+    RouteLLM,
+    SelectThenRoute,
+    share_threshold,
+)
 from policies.scoring import LinearHeads, MatrixFactorisation, Standardiser
 from topics.errors import DataError
 
@@ -58,10 +70,11 @@ hundred train items need strong regularisation."""
 BOOTSTRAPS = 8
 BOOTSTRAP_C = 0.03
 """One regularisation for every bootstrap fit (cross-validating each would cost 8x as much)."""
-TOLERANCES = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 0.2, 0.3, 0.5, 1.0)
+TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.2, 1.0)
 """How far below a category's best train accuracy a tier may be and still be shortlisted."""
-AGREEMENT = (2, 3)
-"""k of n: Select-Then-Route's judges must agree 2 of 3 times."""
+AGREEMENT_N = 5
+PRIOR_ITEMS = 30
+"""A category's accuracies count as this many items of the overall accuracy (small categories are noisy)."""
 SEED = 0
 
 
@@ -112,10 +125,15 @@ def strongest(table: TraceTable) -> int:
     return max(range(len(table.tiers)), key=lambda t: (accuracy[t], -cost[t]))
 
 
-def lambda_grid(costs: FloatArray, n: int = 24) -> list[float]:
-    """λ from 0 (quality only) to where a cost gap outweighs any quality gap."""
-    spread = float(costs.max() - costs.min()) or float(costs.max()) or 1.0
-    return [0.0, *map(float, np.geomspace(1e-3, 4.0, n) / spread)]
+def lambda_grid(costs: FloatArray, n: int = 32) -> list[float]:
+    """λ (quality per unit of cost) from 0 to where even the smallest cost gap between two tiers
+    outweighs any quality gap: tiers' prices can span orders of magnitude (the sarcasm ladder's
+    top tier costs 100x the middle one), and each pair's trade-off lies at its own scale."""
+    unique = np.unique(costs)
+    gaps = np.diff(unique)
+    widest = float(unique[-1] - unique[0]) or float(unique[-1]) or 1.0
+    narrowest = float(gaps[gaps > 0].min()) if (gaps > 0).any() else widest
+    return [0.0, *map(float, np.geomspace(1e-3 / widest, 4.0 / narrowest, n))]
 
 
 class _RouterMethod(Method):
@@ -186,13 +204,6 @@ def _fit_mf(x: FloatArray, correct: BoolArray, k: int = 16, l2: float = 1e-3) ->
     return unpack(np.asarray(result.x))
 
 
-def _share_quantile(values: FloatArray, share: float) -> float:
-    """The α at which the items whose ``values`` are >= α make up ``share`` of them."""
-    if share <= 0.0:
-        return float(values.max()) + 1e-9
-    return float(np.quantile(values, 1.0 - share, method="higher")) if share < 1.0 else float(values.min())
-
-
 class RouteLLMMethod(_RouterMethod):
     """RouteLLM's win-rate router; ``kind`` picks the matrix-factorisation or the classifier model."""
 
@@ -211,15 +222,15 @@ class RouteLLMMethod(_RouterMethod):
             labels = {t: self.correct[:, s] & ~self.correct[:, i] for i, t in enumerate(below)}
             self.model = {"classifier": fit_logistic_heads(self.x, labels)}
         probe = RouteLLM(tiers=self.tiers, strong=self.tiers[s], **self.model)
-        # An item goes to the strong tier when every cheaper tier's win rate is >= α.
-        self.lowest_win = np.array([min(probe.win_rates(row)[t] for t in below) for row in self.x])
+        self.lowest_win = np.array([probe.share_score(row) for row in self.x])
 
     def settings(self) -> list[float]:
         return [float(s) for s in np.linspace(0.0, 1.0, 21)]
 
     def policies(self, setting: float) -> Pair:
-        alpha = _share_quantile(self.lowest_win, setting)
-        router = RouteLLM(tiers=self.tiers, strong=self.tiers[self.strong], alpha=alpha, **self.model)
+        alpha = share_threshold(self.lowest_win, setting)
+        router = RouteLLM(tiers=self.tiers, strong=self.tiers[self.strong], alpha=alpha, target_share=setting,
+                          **self.model)  # fmt: skip
         return router, AcceptAnswer()
 
 
@@ -349,24 +360,39 @@ class SelectThenRouteMethod(_RouterMethod):
         from sklearn.cluster import KMeans
 
         self.standardiser = Standardiser.fit(self.x)
-        k = int(np.clip(len(self.x) // 60, 2, 12))
+        k = int(np.clip(len(self.x) // 100, 2, 8))
         kmeans = KMeans(n_clusters=k, n_init=4, random_state=SEED).fit(self.standardiser(self.x))
         self.centroids = kmeans.cluster_centers_
-        self.accuracy = np.vstack([
-            self.correct[kmeans.labels_ == c].mean(axis=0) if (kmeans.labels_ == c).any() else self.correct.mean(axis=0)
-            for c in range(k)
-        ])  # fmt: skip
+        overall = self.correct.mean(axis=0)
+        rows = []
+        for c in range(k):
+            members = self.correct[kmeans.labels_ == c]
+            # Shrunk toward the overall accuracy: a tier is "proven" on a category by its evidence there.
+            rows.append((members.sum(axis=0) + PRIOR_ITEMS * overall) / (len(members) + PRIOR_ITEMS))
+        self.accuracy = np.vstack(rows)
 
     def settings(self) -> list[float]:
-        return list(TOLERANCES)
+        """Indices into the (tolerance, k) grid: both knobs move cost and accuracy."""
+        self.grid = [(tolerance, k) for tolerance in TOLERANCES for k in range(1, AGREEMENT_N + 1)]
+        return [float(i) for i in range(len(self.grid))]
 
     def policies(self, setting: float) -> Pair:
-        shortlists = [
-            [t for i, t in enumerate(self.tiers) if row[i] >= row.max() - setting - 1e-12] for row in self.accuracy
-        ]
+        tolerance, k = self.grid[int(setting)]
+        shortlists = [self._shortlist(row, tolerance) for row in self.accuracy]
         router = SelectThenRoute(tiers=self.tiers, centroids=self.centroids, standardiser=self.standardiser,
                                  shortlists=shortlists)  # fmt: skip
-        return router, Agreement(k=AGREEMENT[0], n=AGREEMENT[1])
+        return router, Agreement(k=k, n=AGREEMENT_N)
+
+    def _shortlist(self, accuracy: FloatArray, tolerance: float) -> list[str]:
+        """The tiers within ``tolerance`` of the category's best that no cheaper tier matches or beats
+        (an expensive tier no better than a cheaper shortlisted one would only add cost)."""
+        keep = []
+        for i, tier in enumerate(self.tiers):
+            cheaper = [j for j in range(len(self.tiers)) if self.costs[j] < self.costs[i]]
+            dominated = any(accuracy[j] >= accuracy[i] for j in cheaper)
+            if accuracy[i] >= accuracy.max() - tolerance - 1e-12 and not dominated:
+                keep.append(tier)
+        return keep
 
 
 class CascadeRoutingMethod(_RouterMethod):
@@ -385,23 +411,22 @@ class CascadeRoutingMethod(_RouterMethod):
             fold = fit_logistic_heads(self.x[fit_rows], {t: y[fit_rows] for t, y in labels.items()}, c=0.03)
             held_out[held_rows] = fold.probs(self.x[held_rows])
         answers = answers_of(self.table)
-        self.post_hoc, self.sigma_ante, self.sigma_post = {}, {}, {}
+        self.post_hoc, self.sigma = {}, {}
         for t, tier in enumerate(self.tiers):
             names = scorer_signals(self.table, t)
             x = np.column_stack([signal_matrix(answers, t, names), held_out[:, t]])
             scorer = fit_scorer(x, self.correct[:, t], [*names, "ex_ante"])
             self.post_hoc[tier] = scorer
-            y = self.correct[:, t].astype(float)
-            self.sigma_ante[tier] = float(np.sqrt(np.mean((y - held_out[:, t]) ** 2)))
-            self.sigma_post[tier] = float(np.sqrt(np.mean((y - [scorer.p_correct_of(r) for r in x]) ** 2)))
+            post = np.array([scorer.p_correct_of(row) for row in x])
+            self.sigma[tier] = float(np.sqrt(np.mean((post - held_out[:, t]) ** 2)))
         self.lambdas = lambda_grid(self.costs)
 
     def settings(self) -> list[float]:
         return self.lambdas
 
     def policies(self, setting: float) -> Pair:
-        router = CascadeRouter(tiers=self.tiers, lam=setting, ex_ante=self.ex_ante, sigma_ante=self.sigma_ante,
+        router = CascadeRouter(tiers=self.tiers, lam=setting, ex_ante=self.ex_ante, sigma=self.sigma,
                                costs=self.cost_of)  # fmt: skip
-        verifier = CascadeRouting(tiers=self.tiers, lam=setting, post_hoc=self.post_hoc, sigma_ante=self.sigma_ante,
-                                  sigma_post=self.sigma_post, costs=self.cost_of)  # fmt: skip
+        verifier = CascadeRouting(tiers=self.tiers, lam=setting, post_hoc=self.post_hoc, sigma=self.sigma,
+                                  costs=self.cost_of)  # fmt: skip
         return router, verifier

@@ -94,8 +94,8 @@ async def test_option_logprobs_over_http_equal_in_process_within_the_top_k(serve
 
 
 async def test_choice_mode_over_http_gives_the_same_features(server: str) -> None:
-    # all three letters, and Yes / No after the verification prompt, are in SmolLM2's top 20 here
-    local, remote = _both(server, {"choices": ["A", "C", "D"], "verify": True})
+    # all three letters, and Yes / No after the verification and self_ref prompts, are in SmolLM2's top 20 here
+    local, remote = _both(server, {"choices": ["A", "C", "D"], "verify": True, "self_ref": True})
     queries = [Query(f"q{i}", q) for i, q in enumerate(QUESTIONS)]
     here, there = await _answers(local, queries), await _answers(remote, queries)
     await remote.close()
@@ -103,7 +103,7 @@ async def test_choice_mode_over_http_gives_the_same_features(server: str) -> Non
         assert b.error is None, b.error
         assert a.output == b.output
         assert a.tokens_in == b.tokens_in
-        for key in ("max_prob", "margin", "entropy", "option_mass", "verify_p"):
+        for key in ("max_prob", "margin", "entropy", "option_mass", "verify_p", "self_ref"):
             assert b.features[key] == pytest.approx(a.features[key], abs=2e-3), key
 
 

@@ -138,5 +138,5 @@ async def test_a_fitted_policy_file_decides_in_the_stream_exactly_as_in_eval(
         ), item  # fmt: skip
         assert result.total_cost == pytest.approx(outcome.cost, rel=1e-12)
     assert len({o.path for o in expected.values()}) > 1  # the policy took different paths for different items
-    if policy_name in ("optllm", "cascade_routing"):
+    if policy_name == "optllm":
         assert len({o.path[0] for o in expected.values()}) > 1  # the router started items at different tiers

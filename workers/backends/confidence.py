@@ -14,6 +14,17 @@ outputs, and the policy lab can recompute them from a trace.
   something else, itself a sign of confusion.
 * Sample agreement (n > 1 samples): the share of samples whose normalised answer
   equals the majority's.
+* Semantic entropy (n > 1 samples; Kuhn et al.): the entropy (nats) of the
+  distribution of the samples over meaning clusters. Here two answers mean the
+  same when their normalised texts are equal (``normalise_answer``), the cheap
+  stand-in for the paper's bidirectional-entailment clustering, exact for short
+  answers such as a letter or a number. In choice mode the option distribution is
+  read exactly rather than sampled, each option being its own cluster, so the
+  option ``entropy`` above *is* its semantic entropy (the limit of the sampled
+  estimate as n grows); no second feature is computed for it.
+* Two-token self-assessment (AutoMix's ``verify_p``, Self-REF's ``self_ref``): the
+  share P(yes) / (P(yes) + P(no)) of two answer tokens after a question the model
+  is asked about its own answer (``binary_share``).
 """
 
 from __future__ import annotations
@@ -87,6 +98,31 @@ def normalise_answer(text: str) -> str:
     return _SPACES.sub(" ", text).strip().strip(_EDGE_PUNCTUATION).strip().lower()
 
 
+def semantic_entropy(outputs: Sequence[str], normalised: bool = False) -> float:
+    """Entropy (nats) of the outputs' normalised-answer clusters: 0 when all agree, ``log n`` when all differ.
+
+    ``normalised`` divides by ``log n`` (the maximum for n outputs), giving [0, 1]
+    comparable across sample counts; one output has entropy 0 either way.
+    """
+    if not outputs:
+        raise ValueError("no outputs")
+    counts = np.asarray(list(Counter(normalise_answer(o) for o in outputs).values()), dtype=np.float64)
+    shares = counts / counts.sum()
+    entropy = float(-(shares * np.log(shares)).sum()) + 0.0  # + 0.0: no -0.0 for one cluster
+    if normalised:
+        return entropy / math.log(len(outputs)) if len(outputs) > 1 else 0.0
+    return entropy
+
+
+def binary_share(yes_logprob: float, no_logprob: float) -> float:
+    """P(yes) / (P(yes) + P(no)) from two log-probs, stable for tiny probabilities; 0 when both are 0."""
+    if yes_logprob == -math.inf:
+        return 0.0
+    if no_logprob == -math.inf:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(min(700.0, no_logprob - yes_logprob)))
+
+
 def agreement(outputs: Sequence[str]) -> tuple[int, float]:
     """Index of the first output of the majority answer, and the share of outputs that agree with it."""
     if not outputs:
@@ -94,4 +130,3 @@ def agreement(outputs: Sequence[str]) -> tuple[int, float]:
     normalised = [normalise_answer(o) for o in outputs]
     majority, count = Counter(normalised).most_common(1)[0]
     return normalised.index(majority), count / len(outputs)
-

@@ -19,7 +19,10 @@ read only the last position's logits (``llama_get_logits_ith(ctx, -1)``), and
 log-softmax them ourselves; choice mode needs exactly one such read, generate mode
 one per token. Sampling is seeded per request and sample, so a replayed request
 gets the same answer. The log-probs reported are those of the untempered
-distribution, as an OpenAI-compatible server reports them.
+distribution, as an OpenAI-compatible server reports them. The questions asked
+about an answer afterwards (``verify``, ``self_ref``: ``workers.backends.llm.Probe``)
+start with the prompt just evaluated, so they evaluate only the tokens after the
+longest prefix still in the KV cache.
 
 The model is loaded once in ``load()`` (when the worker actor starts); inference
 runs in a thread so the stage loop stays responsive, one query at a time under a
@@ -42,13 +45,12 @@ from workers.artifacts import resolve_model
 from workers.backends.base import Backend, Completion, Query, register_backend
 from workers.backends.confidence import log_softmax
 from workers.backends.llm import (
-    VERIFY_CHOICES,
     Sample,
     choice_completion,
     generate_completion,
     parse_llm_options,
     request_seed,
-    with_verification,
+    with_probe,
 )
 
 BACKEND_KEYS = ("n_ctx", "n_batch", "n_threads", "gpu_layers")
@@ -80,7 +82,7 @@ class LlamaCppBackend(Backend):
         self._llm: Any = None
         self._lock = threading.Lock()
         self._option_tokens: dict[str, int] = {}
-        self._verify_tokens: dict[str, int] = {}
+        self._probe_tokens: dict[str, dict[str, int]] = {}
 
     def load(self) -> None:
         try:
@@ -103,7 +105,10 @@ class LlamaCppBackend(Backend):
         )
         opts = self.llm_options
         self._option_tokens = {c: self._first_token(opts.spelling(c)) for c in opts.choices}
-        self._verify_tokens = {c: self._first_token(" " + c) for c in VERIFY_CHOICES}
+        self._probe_tokens = {probe.feature: {t: self._first_token(t) for t in probe.tokens} for probe in opts.probes()}
+        for feature, tokens in self._probe_tokens.items():
+            if len(set(tokens.values())) < 2:
+                raise ConfigError(f"tier {self.tier!r}: the two {feature} tokens {list(tokens)} start with one token")
 
     def _first_token(self, text: str) -> int:
         """The token a choice is read as: the first of its spelling (one token for letters)."""
@@ -137,13 +142,17 @@ class LlamaCppBackend(Backend):
         else:
             samples = self._generate(query.request_id, prompt)
             completion = generate_completion(opts, samples, len(prompt), time.perf_counter() - started)
-        if not opts.verify or completion.error is not None:
-            return completion
-        check = self._prompt_tokens_raw(opts.verification(opts.render(query.input), completion.output))
-        if len(check) >= self.n_ctx:
-            return completion
-        verdict = self._option_logprobs(check, self._verify_tokens)
-        return with_verification(opts, completion, verdict, len(check), time.perf_counter() - started)
+        for probe in opts.probes():
+            if completion.error is not None:
+                break
+            question = self._prompt_tokens_raw(probe.text(opts.render(query.input), completion.output))
+            if len(question) >= self.n_ctx:
+                continue  # no room to ask: the feature is missing, which the policies treat as low confidence
+            logprobs = self._next_logprobs_cached(question)
+            tokens = self._probe_tokens[probe.feature]
+            answer = {spelling: float(logprobs[token]) for spelling, token in tokens.items()}
+            completion = with_probe(opts, completion, probe, answer, len(question), time.perf_counter() - started)
+        return completion
 
     def _prompt_tokens(self, text: str) -> list[int]:
         """The rendered prompt as llama.cpp's server tokenizes it."""
@@ -159,10 +168,10 @@ class LlamaCppBackend(Backend):
         with self._lock:
             return self._option_logprobs(self._prompt_tokens(text))
 
-    def _option_logprobs(self, prompt: Sequence[int], tokens: Mapping[str, int] | None = None) -> dict[str, float]:
-        """Next-token log-prob of each option (default: the choices) after ``prompt``."""
+    def _option_logprobs(self, prompt: Sequence[int]) -> dict[str, float]:
+        """Next-token log-prob of each choice after ``prompt``."""
         logprobs = self._next_logprobs(prompt, reset=True)
-        return {option: float(logprobs[token]) for option, token in (tokens or self._option_tokens).items()}
+        return {option: float(logprobs[token]) for option, token in self._option_tokens.items()}
 
     def _next_logprobs(self, tokens: Sequence[int], reset: bool) -> npt.NDArray[np.float64]:
         """Evaluate ``tokens`` (after the cache, or from scratch) and return the next token's log-probs."""
@@ -174,6 +183,24 @@ class LlamaCppBackend(Backend):
         llm.eval(tokens)
         pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
         return log_softmax(np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)))
+
+    def _next_logprobs_cached(self, tokens: Sequence[int]) -> npt.NDArray[np.float64]:
+        """Like ``_next_logprobs(tokens, reset=True)``, but keep the KV cache's longest common prefix.
+
+        A probe's question starts with the prompt just evaluated (and the answer
+        after it), so only its tail is new; re-reading the whole question would
+        double the cost of a probe on a CPU, where prompt evaluation dominates.
+        """
+        llm = self.loaded
+        cached = llm.input_ids[: llm.n_tokens]
+        keep = 0
+        limit = min(len(cached), len(tokens) - 1)  # evaluate at least the last token: its logits are the answer
+        while keep < limit and cached[keep] == tokens[keep]:
+            keep += 1
+        if keep == 0:
+            return self._next_logprobs(tokens, reset=True)
+        llm.n_tokens = keep  # eval() drops the cache after n_tokens before it appends
+        return self._next_logprobs(tokens[keep:], reset=False)
 
     def _generate(self, request_id: str, prompt: Sequence[int]) -> list[Sample]:
         opts = self.llm_options
@@ -220,4 +247,3 @@ class LlamaCppBackend(Backend):
         scaled = logprobs / temperature
         probs = np.exp(scaled - scaled.max())
         return int(rng.choice(probs.size, p=probs / probs.sum()))
-

@@ -23,10 +23,25 @@ Options (``[[tiers]] options = {...}``):
   `` Yes`` against `` No`` becomes the ``verify_p`` feature. AutoMix draws k sampled
   verifications and counts the share that say yes; reading the probability itself
   is that share's limit as k grows, at the price of one prompt evaluation.
+* ``self_ref`` (false): Self-REF's confidence tokens. After answering, the model is
+  asked ``self_ref_prompt`` (default ``SELF_REF_PROMPT``; ``{prompt}`` is the
+  rendered prompt, ``{answer}`` the answer) and the ``self_ref`` feature is
+  P(confident) / (P(confident) + P(unconfident)) of the two next tokens
+  ``self_ref_tokens`` (default `` Yes``, `` No``, each read as its first token).
+  Self-REF fine-tunes the model to emit dedicated confidence tokens after its
+  answer; an untuned model is *prompted* here, so the signal is only as good as
+  the model's reading of the question.
+
+``verify`` and ``self_ref`` are the same computation — a yes/no question about the
+answer, read off one next-token distribution — with different prompts and tokens:
+both are a ``Probe``, and each costs one more prompt evaluation (the llamacpp
+backend reuses the prompt's cached prefix).
 
 Confidence: in choice mode the renormalised probability of the chosen option
 (``max_prob``); in generate mode with one sample, the geometric mean of the tokens'
-probabilities, ``exp(logprob_mean)``; with several samples, their agreement.
+probabilities, ``exp(logprob_mean)``; with several samples, their agreement,
+and the ``semantic_entropy`` feature (nats over normalised-answer clusters; see
+``workers.backends.confidence``). Choice mode's ``entropy`` is its exact analogue.
 """
 
 from __future__ import annotations
@@ -34,19 +49,47 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from topics.errors import ConfigError
 from workers.backends.base import Completion
-from workers.backends.confidence import agreement, logprob_features, option_features
+from workers.backends.confidence import agreement, binary_share, logprob_features, option_features, semantic_entropy
 
 Mode = Literal["choice", "generate"]
 DEFAULT_CHOICES: tuple[str, ...] = ("A", "B", "C", "D")
 DEFAULT_PRICE_PER_CPU_SECOND = 1e-4
 VERIFY_PROMPT = "{prompt} {answer}\n\nIs the answer above correct? Reply Yes or No.\nReply:"
-VERIFY_CHOICES: tuple[str, str] = ("Yes", "No")
+SELF_REF_PROMPT = "{prompt} {answer}\nAre you confident your answer is correct? Answer Yes or No:"
+YES_NO: tuple[str, str] = (" Yes", " No")
+_PROBE_FIELDS = re.compile(r"\{(prompt|answer)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A yes/no question the model is asked about its own answer, read as P(yes) / (P(yes) + P(no)).
+
+    The answer to the question is never generated: the two tokens' log-probs are
+    read off the next-token distribution after ``template``, so one prompt
+    evaluation gives an exact probability rather than a sampled vote.
+    """
+
+    feature: str
+    """The feature the share is reported as (``verify_p``, ``self_ref``)."""
+    template: str
+    """The question; ``{prompt}`` is the rendered prompt, ``{answer}`` the answer."""
+    tokens: tuple[str, str]
+    """The spellings of the yes (confident) and the no (unconfident) token."""
+
+    def text(self, rendered_prompt: str, answer: str) -> str:
+        """The question about ``answer`` (one pass, so braces inside the prompt or answer stay as they are)."""
+        fields = {"prompt": rendered_prompt, "answer": answer}
+        return _PROBE_FIELDS.sub(lambda match: fields[match.group(1)], self.template)
+
+
+VERIFY_PROBE = Probe("verify_p", VERIFY_PROMPT, YES_NO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +107,9 @@ class LLMOptions:
     price_per_output_token: float = 0.0
     price_per_cpu_second: float = DEFAULT_PRICE_PER_CPU_SECOND
     verify: bool = False
+    self_ref: bool = False
+    self_ref_prompt: str = SELF_REF_PROMPT
+    self_ref_tokens: tuple[str, str] = YES_NO
 
     def render(self, text: str) -> str:
         return self.prompt.replace("{input}", text)
@@ -72,9 +118,12 @@ class LLMOptions:
         """The text of the token that stands for ``choice`` after the prompt."""
         return self.choice_prefix + choice
 
-    def verification(self, rendered_prompt: str, answer: str) -> str:
-        """The prompt under which the model judges its own ``answer``."""
-        return VERIFY_PROMPT.format(prompt=rendered_prompt, answer=answer)
+    def probes(self) -> tuple[Probe, ...]:
+        """The questions asked about every answer after it is given: ``verify``, then ``self_ref``."""
+        probes = [VERIFY_PROBE] if self.verify else []
+        if self.self_ref:
+            probes.append(Probe("self_ref", self.self_ref_prompt, self.self_ref_tokens))
+        return tuple(probes)
 
     def cost(self, tokens_in: int, tokens_out: int, seconds: float) -> float:
         if self.price_per_input_token or self.price_per_output_token:
@@ -84,7 +133,8 @@ class LLMOptions:
 
 _COMMON = {
     "mode", "prompt", "choices", "choice_prefix", "max_tokens", "temperature", "samples", "stop", "seed",
-    "price_per_input_token", "price_per_output_token", "price_per_cpu_second", "model", "verify",
+    "price_per_input_token", "price_per_output_token", "price_per_cpu_second", "model", "verify", "self_ref",
+    "self_ref_prompt", "self_ref_tokens",
 }  # fmt: skip
 
 
@@ -124,6 +174,12 @@ def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Seque
         raise ConfigError(f"{key('choice_prefix')} must be a string")
     if mode == "choice" and len(set(choices)) < 2:
         raise ConfigError(f"{key('choices')} needs at least two distinct options")
+    self_ref_prompt = options.get("self_ref_prompt", SELF_REF_PROMPT)
+    if not isinstance(self_ref_prompt, str) or "{answer}" not in self_ref_prompt:
+        raise ConfigError(f"{key('self_ref_prompt')} must be a string containing {{answer}}")
+    self_ref_tokens = strings("self_ref_tokens", YES_NO)
+    if len(self_ref_tokens) != 2 or self_ref_tokens[0] == self_ref_tokens[1]:
+        raise ConfigError(f"{key('self_ref_tokens')} must be two different tokens: [confident, unconfident]")
     return LLMOptions(
         mode=mode,
         prompt=prompt,
@@ -138,6 +194,9 @@ def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Seque
         price_per_output_token=number("price_per_output_token", float, 0.0, 0.0, 1.0),
         price_per_cpu_second=number("price_per_cpu_second", float, DEFAULT_PRICE_PER_CPU_SECOND, 0.0, 1e3),
         verify=_flag(options, "verify", key("verify")),
+        self_ref=_flag(options, "self_ref", key("self_ref")),
+        self_ref_prompt=self_ref_prompt,
+        self_ref_tokens=(self_ref_tokens[0], self_ref_tokens[1]),
     )
 
 
@@ -182,6 +241,7 @@ def generate_completion(opts: LLMOptions, samples: Sequence[Sample], tokens_in: 
     features = logprob_features(chosen.token_logprobs)
     if len(samples) > 1:
         features["agreement"] = agree
+        features["semantic_entropy"] = semantic_entropy([s.text for s in samples])
         confidence = agree
     else:
         confidence = math.exp(features["logprob_mean"]) if "logprob_mean" in features else 0.0
@@ -203,16 +263,24 @@ def request_seed(seed: int, request_id: str, sample: int) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
 
 
-def with_verification(
-    opts: LLMOptions, completion: Completion, verdict_logprobs: Mapping[str, float], tokens_in: int, seconds: float
+def with_probe(
+    opts: LLMOptions,
+    completion: Completion,
+    probe: Probe,
+    token_logprobs: Mapping[str, float],
+    tokens_in: int,
+    seconds: float,
 ) -> Completion:
-    """``completion`` plus the ``verify_p`` feature, with the verification's tokens, time and cost added."""
-    yes, no = (math.exp(verdict_logprobs[c]) for c in VERIFY_CHOICES)
-    verify_p = yes / (yes + no) if yes + no > 0 else 0.0
+    """``completion`` plus ``probe``'s feature, with the probe's tokens, time and cost added.
+
+    ``token_logprobs`` maps each of ``probe.tokens`` to its next-token log-prob after
+    the probe's question; ``seconds`` is the time since the query started.
+    """
+    yes, no = (token_logprobs[t] for t in probe.tokens)
     tokens_total = completion.tokens_in + tokens_in
     return dataclasses.replace(
         completion,
-        features={**completion.features, "verify_p": verify_p},
+        features={**completion.features, probe.feature: binary_share(yes, no)},
         tokens_in=tokens_total,
         tokens_out=completion.tokens_out + 1,
         cost=opts.cost(tokens_total, completion.tokens_out + 1, seconds),

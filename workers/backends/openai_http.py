@@ -27,6 +27,9 @@ Options (besides the common LLM options):
   with jitter; a ``Retry-After`` header wins), ``concurrency`` (4 requests in
   flight per worker replica).
 
+The ``verify`` and ``self_ref`` questions are one more one-token call each; a
+token outside the top k counts as probability 0 (both outside: the share is 0).
+
 Connection errors, timeouts and 408/409/429/5xx answers are retried; other 4xx are
 not. A query that still fails becomes a Completion with ``error`` set (escalated by
 the verifier); the rest of the batch is unaffected.
@@ -45,13 +48,12 @@ from typing import Any
 from topics.errors import ConfigError
 from workers.backends.base import Backend, Completion, Query, register_backend
 from workers.backends.llm import (
-    VERIFY_CHOICES,
     Sample,
     choice_completion,
     generate_completion,
     parse_llm_options,
     request_seed,
-    with_verification,
+    with_probe,
 )
 
 BACKEND_KEYS = (
@@ -144,12 +146,14 @@ class OpenAIBackend(Backend):
                     tokens_in, positions = self._parse(body)
                     samples.append(Sample(self._text(body), tuple(lp for lp, _ in positions)))
                 completion = generate_completion(opts, samples, tokens_in, time.perf_counter() - started)
-            if not opts.verify or completion.error is not None:
-                return completion
-            spellings = [f" {c}" for c in VERIFY_CHOICES]
-            check_tokens, verdict = await self._option_logprobs(opts.verification(prompt, completion.output), spellings)
-            verdict_by_choice = dict(zip(VERIFY_CHOICES, verdict.values(), strict=True))
-            return with_verification(opts, completion, verdict_by_choice, check_tokens, time.perf_counter() - started)
+            for probe in opts.probes():
+                if completion.error is not None:
+                    break
+                question = probe.text(prompt, completion.output)
+                question_tokens, answer = await self._option_logprobs(question, probe.tokens)
+                elapsed = time.perf_counter() - started
+                completion = with_probe(opts, completion, probe, answer, question_tokens, elapsed)
+            return completion
         except EndpointError as exc:
             return Completion("", 0.0, latency_ms=(time.perf_counter() - started) * 1000, error=str(exc))
 

@@ -37,22 +37,21 @@ def test_best_set_prices_only_the_tiers_not_yet_run() -> None:
     assert best_set((), NAMES, mu, SIGMA, COSTS, 0.0) == NAMES  # free calls: everything helps
     assert best_set((), NAMES, mu, SIGMA, COSTS, 10.0) == ()  # nothing is worth its price
     assert best_set((), NAMES, mu, SIGMA, COSTS, 0.01) == ("c",) or "c" in best_set((), NAMES, mu, SIGMA, COSTS, 0.01)
-    # Once a ran with a confident post-hoc estimate, c's price is not worth the small gain.
-    assert best_set(("a",), ("b", "c"), {**mu, "a": 0.97}, {**SIGMA, "a": 0.02}, COSTS, 0.01) == ()
+    # Once a ran with a confident post-hoc estimate (known: σ 0), c's price is not worth the small gain.
+    assert best_set(("a",), ("b", "c"), {**mu, "a": 0.97}, {**SIGMA, "a": 0.0}, COSTS, 0.01) == ()
 
 
 def router(lam: float) -> CascadeRouter:
     # Ex ante: a 0.5, b sigmoid(x0), c 0.9 (identity standardisation of a 2-d query vector).
     ex_ante = LinearHeads(NAMES, np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]),
                           np.array([0.0, 0.0, float(np.log(9.0))]), Standardiser(np.zeros(2), np.ones(2)))  # fmt: skip
-    return CascadeRouter(tiers=NAMES, lam=lam, ex_ante=ex_ante, sigma_ante=SIGMA, costs=COSTS)
+    return CascadeRouter(tiers=NAMES, lam=lam, ex_ante=ex_ante, sigma=SIGMA, costs=COSTS)
 
 
 def verifier(lam: float) -> CascadeRouting:
     # Post hoc: P(correct) = sigmoid(4·(confidence - 0.5) + 2·(ex_ante - 0.5)), the same for every tier.
     scorer = LinearScorer(("confidence", "ex_ante"), (4.0, 2.0), -3.0, (0.0, 0.0), (1.0, 1.0))
-    return CascadeRouting(tiers=NAMES, lam=lam, post_hoc=dict.fromkeys(NAMES, scorer), sigma_ante=SIGMA,
-                          sigma_post={"a": 0.05, "b": 0.05, "c": 0.05}, costs=COSTS)  # fmt: skip
+    return CascadeRouting(tiers=NAMES, lam=lam, post_hoc=dict.fromkeys(NAMES, scorer), sigma=SIGMA, costs=COSTS)
 
 
 def first_task(lam: float, x: list[float]) -> Task:
@@ -121,7 +120,7 @@ def test_params_round_trip_and_bad_params_fail_in_one_line() -> None:
     for row in x:
         assert rebuilt.route(request, TIERS, RNG, row) == router(0.02).route(request, TIERS, RNG, row)
     assert make_post_hoc("cascade_routing", verifier(0.02).params()) == verifier(0.02)
-    with pytest.raises(ConfigError, match="sigma_post"):
-        make_post_hoc("cascade_routing", {**verifier(0.0).params(), "sigma_post": {"a": 0.1}})
+    with pytest.raises(ConfigError, match="sigma of tier 'b'"):
+        make_post_hoc("cascade_routing", {**verifier(0.0).params(), "sigma": {"a": 0.1}})
     with pytest.raises(ConfigError, match="in \\[0, 1\\]"):
-        make_pre_call("cascade_router", {**router(0.0).params(), "sigma_ante": {"a": 2.0, "b": 0.1, "c": 0.1}})
+        make_pre_call("cascade_router", {**router(0.0).params(), "sigma": {"a": 2.0, "b": 0.1, "c": 0.1}})

@@ -82,7 +82,8 @@ def test_registry_lists_known_names() -> None:
     pre_call = "cargo, cascade_router, chain, cheapest_first, hybrid_llm, optllm, routellm, select_then_route"
     with pytest.raises(ConfigError, match=f"known: {pre_call}$"):
         make_pre_call("nope")
-    post_hoc = "accept, agreement, automix, cascade_routing, frugalgpt, gatekeeper, lm_cascade, threshold"
+    post_hoc = "accept, agreement, automix, cascade_routing, frugalgpt, gatekeeper, lm_cascade, self_ref, "
+    post_hoc += "semantic_entropy, threshold"
     with pytest.raises(ConfigError, match=f"known: {post_hoc}$"):
         make_post_hoc("nope")
     with pytest.raises(ConfigError, match="bad parameters"):

@@ -93,8 +93,8 @@ def test_routers_refuse_a_missing_vector_and_bad_models() -> None:
     with pytest.raises(ConfigError, match="strong tier"):
         RouteLLM(tiers=NAMES, strong="zz", classifier=heads(("a",), [[0.0, 0.0]], [0.0]))
     with pytest.raises(ConfigError, match="shape"):
-        make_pre_call("hybrid_llm", {"tiers": NAMES, "strong": "c", "classifier": {
-            "heads": ["a"], "coef": [[1.0, 2.0, 3.0]], "intercept": [0.0], "mean": [0, 0], "scale": [1, 1]}})  # fmt: skip
+        wrong = {"heads": ["a"], "coef": [[1.0, 2.0, 3.0]], "intercept": [0.0], "mean": [0, 0], "scale": [1, 1]}
+        make_pre_call("hybrid_llm", {"tiers": NAMES, "strong": "c", "classifier": wrong})
 
 
 def test_hybrid_llm_starts_at_the_cheapest_tier_likely_good_enough() -> None:
@@ -154,8 +154,9 @@ def answer(tier: str, confidence: float, features: dict[str, float] | None = Non
     [
         ({"agreement": 0.6}, 0.1, 3, True),  # 3 of 5 sampled answers agree: exactly k
         ({"agreement": 0.4}, 0.99, 3, False),  # sampled agreement wins over confidence
-        ({"max_prob": 0.8}, 0.1, 4, True),  # expected share from the answer's probability
-        ({}, 0.59, 3, False),  # no features: the confidence
+        ({"max_prob": 0.8}, 0.1, 4, True),  # P(4 of 5 samples agree | p = .8) = .74
+        ({"max_prob": 0.65}, 0.9, 4, False),  # P(4 of 5 | .65) = .43: the confidence is not read
+        ({}, 0.4, 3, False),  # no features: the confidence; P(3 of 5 | .4) = .32
         ({}, 0.0, 0, True),  # k = 0 accepts everything
     ],
 )

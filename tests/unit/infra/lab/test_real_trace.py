@@ -2,8 +2,9 @@
 
 The trace is recorded here from the real models (trained once into the cache), the
 methods are fitted on its train split and judged on its test split.
-AutoMix needs self-verification, which these classifiers cannot give; it is
-exercised on LLM traces (README) and on simulated ones (test_lab.py).
+AutoMix needs self-verification and Self-REF a confidence prompt, which these
+classifiers cannot give; they are exercised on LLM traces (README), AutoMix also on
+simulated ones (test_lab.py) and Self-REF on built rows (test_answer_signal_methods.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from infra.trace import TraceOptions, run_trace
 
 pytestmark = pytest.mark.slow
 QUIET = Console(quiet=True)
-REAL_METHODS = sorted(name for name in METHODS if not name.startswith("automix"))
+REAL_METHODS = sorted(name for name in METHODS if not name.startswith("automix") and name != "self_ref")
 
 
 @pytest.fixture(scope="module")

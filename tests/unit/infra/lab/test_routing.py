@@ -14,7 +14,6 @@ from infra.lab.routing import (
     RouteLLMClassifier,
     RouteLLMMF,
     _fit_mf,
-    _share_quantile,
     bootstrap_heads,
 )
 from infra.lab.simulate import simulate
@@ -68,13 +67,6 @@ def test_bootstrap_heads_separate_the_clusters_like_the_labels_do() -> None:
     first = x[:, 0] > 0
     assert p[first, 0].mean() > 0.7 and p[~first, 0].mean() < 0.3
     assert p[:, 1].min() > 0.9  # the strong tier is always right
-
-
-@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.9, 1.0])
-def test_share_quantile_sends_the_chosen_share(share: float) -> None:
-    values = np.random.default_rng(1).random(200)
-    alpha = _share_quantile(values, share)
-    assert np.mean(values >= alpha) == pytest.approx(share, abs=1 / 200)
 
 
 @pytest.mark.parametrize("method_class", [RouteLLMMF, RouteLLMClassifier])
