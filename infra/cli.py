@@ -264,6 +264,11 @@ def _lab(args: argparse.Namespace) -> int:
             f"{train['accuracy']:.1%} at {train['cost']:.3g}/request, held-out {test['accuracy']:.1%} at "
             f"{test['cost']:.3g}/request"
         )
+        if "pareto_front" in policy.fitted:
+            print("Pareto front on train (pick another point with --budget):")
+            for point in policy.fitted["pareto_front"]:
+                print(f"  λ {point['lam']:<10.4g} cost {point['cost']:<10.4g} expected accuracy "
+                      f"{point['expected_accuracy']:.1%}")  # fmt: skip
         return 0
     try:
         budgets = tuple(float(b) for b in args.budget.split(",") if b.strip())

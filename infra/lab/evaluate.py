@@ -206,6 +206,8 @@ def fit(
             "setting": picked.setting,
             "train": {"accuracy": picked.accuracy, "cost": picked.cost, "calls": picked.calls},
             "test": {"accuracy": held_out.accuracy, "cost": held_out.cost, "calls": held_out.calls},
+            "train_curve": [{"setting": p.setting, "cost": p.cost, "accuracy": p.accuracy} for p in result.train],
+            **method.describe(),
         },
     )
     policy.save(out)

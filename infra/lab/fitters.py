@@ -114,6 +114,10 @@ class Method(ABC):
     def policies(self, setting: float) -> Pair:
         """The policy pair for one setting."""
 
+    def describe(self) -> dict[str, Any]:
+        """What ``fit`` records about the fitted method besides the chosen policy (after ``prepare``)."""
+        return {}
+
 
 class Threshold(Method):
     """The raw-confidence threshold cascade (the default policy), one τ for every tier."""

@@ -300,15 +300,19 @@ class OptLLMMethod(_RouterMethod):
     def policies(self, setting: float) -> Pair:
         return OptLLM(tiers=self.tiers, lam=setting, predictor=self.predictor, costs=self.cost_of), AcceptAnswer()
 
+    def describe(self) -> dict[str, Any]:
+        return {"pareto_front": self.front()}
+
     def front(self) -> list[dict[str, float]]:
-        """The Pareto front on train as the predictor sees it: (λ, mean cost, expected accuracy)."""
+        """The Pareto front on train as the predictor sees it: (λ, mean cost, expected accuracy), one row per point."""
         p = self.predictor.probs(self.x)
-        points = []
+        rows = np.arange(len(p))
+        points: list[dict[str, float]] = []
         for lam in self.lambdas:
             pick = np.argmax(p - lam * self.costs, axis=1)
-            rows = np.arange(len(pick))
-            points.append({"lam": lam, "cost": float(self.costs[pick].mean()), "expected_accuracy":
-                           float(p[rows, pick].mean())})  # fmt: skip
+            cost, expected = float(self.costs[pick].mean()), float(p[rows, pick].mean())
+            if not points or (cost, expected) != (points[-1]["cost"], points[-1]["expected_accuracy"]):
+                points.append({"lam": lam, "cost": cost, "expected_accuracy": expected})
         return points
 
 

@@ -5,7 +5,7 @@ inside functions, so importing this package stays fast and works without the
 optional LLM runtime installed.
 """
 
-from workers.backends import headlines, llamacpp, openai_http, recorded, replay, simulated
+from workers.backends import headlines, llamacpp, openai_http, recorded, replay, simulated, speculative
 from workers.backends.base import Backend, Completion, Query, backend_names, create_backend, register_backend
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "register_backend",
     "replay",
     "simulated",
+    "speculative",
 ]
