@@ -111,11 +111,12 @@ class RouteLLM(PreCallPolicy):
             raise ConfigError("routellm needs 0 <= target_share <= 1 and live_window >= 0")
 
     def win_rates(self, x: FloatVector) -> dict[str, float]:
-        """P(strong beats t | q) for each tier t below the strong one."""
+        """P(strong beats t | q) for each tier t below the strong one (tiers above it are never routed to)."""
         if self.mf is not None:
             scores = dict(zip(self.mf.tiers, self.mf.scores(x), strict=True))
             top = scores[self.strong]
-            return {t: float(1.0 / (1.0 + np.exp(-(top - s)))) for t, s in scores.items() if t != self.strong}
+            below = self.tiers[: self.tiers.index(self.strong)]
+            return {t: float(1.0 / (1.0 + np.exp(-(top - scores[t])))) for t in below if t in scores}
         return dict(zip(self.classifier.heads, map(float, self.classifier.probs(x)), strict=True))
 
     def route(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable
@@ -43,6 +44,11 @@ class HistoryReport:
     bad_escalations: list[str] = field(default_factory=list)
     undecodable: int = 0
     seed: int | None = None
+    dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+    dead_letter_ids: dict[str, str] = field(default_factory=dict)
+    """Request id (where the record had one) -> the reason it was dead-lettered."""
+    completed_at: list[float] = field(default_factory=list)
+    """When each id's first result was made: throughput over time, for benchmarks."""
 
     def problems(self) -> list[str]:
         found = []
@@ -140,16 +146,22 @@ async def check_history(
     layout = config.layout
     topics = [layout.results, layout.dlq] + [layout.escalate(t) for t in layout.tiers]
     results: Counter[str] = Counter()
+    first_done: dict[str, float] = {}
     dead: set[str] = set()
     report = HistoryReport(sent=len(sent), results=0, dead_letters=0, seed=seed)
     for topic, value in await read_all(kafka, topics, config.partitions()):
         try:
             if topic == layout.results:
-                results[Result.from_wire(value).request_id] += 1
+                result = Result.from_wire(value)
+                results[result.request_id] += 1
+                first_done[result.request_id] = min(first_done.get(result.request_id, math.inf), result.completed_at)
             elif topic == layout.dlq:
                 letter = DeadLetter.from_wire(value)
                 report.dead_letters += 1
+                report.dead_letter_reasons[letter.reason] += 1
                 dead.add(letter.request_id or "")
+                if letter.request_id:
+                    report.dead_letter_ids[letter.request_id] = letter.reason
             else:
                 task = Task.from_wire(value)
                 previous = task.history[-1] if task.history else None
@@ -160,6 +172,7 @@ async def check_history(
             report.undecodable += 1
     wanted = set(sent)
     report.results = len(results)
+    report.completed_at = sorted(first_done.values())
     report.raw_duplicates = sum(count - 1 for count in results.values())
     report.missing = sorted(wanted - set(unknown) - set(results) - dead)
     report.phantom = sorted(set(results) - wanted - set(unknown))

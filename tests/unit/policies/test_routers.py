@@ -201,3 +201,13 @@ def test_every_router_round_trips_through_its_params() -> None:
             assert rebuilt.route(request(), TIERS, RNG, x) == router.route(request(), TIERS, RNG, x), router.name
     for post in (Agreement(k=2, n=4), AcceptAnswer()):
         assert make_post_hoc(post.name, post.params()) == post
+
+
+def test_routellm_ignores_tiers_dearer_than_its_strong_one() -> None:
+    """A dearer tier that is no better (the sarcasm ladder's embeddings) is never a candidate, nor in the share."""
+    mf = mf_router(0.5).mf
+    router = RouteLLM(tiers=NAMES, strong="b", alpha=0.5, mf=mf)
+    x = np.array([-3.0, 3.0])
+    assert set(router.win_rates(x)) == {"a"}
+    assert router.share_score(x) == pytest.approx(sigmoid(6.0))
+    assert router.route(request(), TIERS, RNG, x).start == "b"
