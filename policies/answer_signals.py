@@ -25,14 +25,13 @@ model is sure it is wrong). Both policies are pure: the answer in, a verdict out
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.base import Action, PostHocPolicy, TierInfo, Verdict, accept_or_escalate
+from policies.base import Action, PostHocPolicy, SteerableTau, TierInfo, Verdict, accept_or_escalate
 from topics.messages import Answer
 
 
@@ -73,7 +72,7 @@ class SemanticEntropy(PostHocPolicy):
 
 
 @dataclass(frozen=True)
-class SelfRef(PostHocPolicy):
+class SelfRef(SteerableTau, PostHocPolicy):
     """Accept when ``self_ref`` reaches the tier's τ; below ``reject_below``, reject (STOP); else escalate."""
 
     tau: float = 0.5
@@ -92,12 +91,6 @@ class SelfRef(PostHocPolicy):
         if scored and answer.error is None and confidence < self.reject_below:
             return Verdict(Action.STOP, reason=f"{why}; rejected below {self.reject_below:.3f}")
         return accept_or_escalate(answer, tiers, scored and confidence >= tau, why, self.max_hops)
-
-    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
-        return {tier: self.thresholds.get(tier, self.tau) for tier in tiers[:-1]}
-
-    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
-        return dataclasses.replace(self, thresholds={**self.thresholds, **thresholds})
 
     def params(self) -> dict[str, Any]:
         return {

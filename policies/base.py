@@ -7,6 +7,7 @@ evaluation over a recorded trace.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -116,6 +117,22 @@ class PostHocPolicy(ABC):
     def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
         """This policy with the given thresholds (only for steerable policies)."""
         raise ConfigError(f"policy {self.name!r} has no thresholds the budget controller can move")
+
+
+class SteerableTau:
+    """For policies that accept when a score in [0, 1] reaches ``thresholds[tier]`` (else ``tau``):
+    the budget controller reads and moves those thresholds. Mixed into frozen dataclasses."""
+
+    tau: float
+    thresholds: Mapping[str, float]
+
+    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
+        return {tier: self.thresholds.get(tier, self.tau) for tier in tiers[:-1]}
+
+    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
+        policy: Any = self  # a frozen dataclass, by the mixin's contract
+        replaced: PostHocPolicy = dataclasses.replace(policy, thresholds={**self.thresholds, **thresholds})
+        return replaced
 
 
 def allowed_tiers(request: Request, tiers: tuple[TierInfo, ...]) -> tuple[str, ...]:

@@ -33,6 +33,7 @@ from policies.base import (
     PostHocPolicy,
     PreCallPolicy,
     Route,
+    SteerableTau,
     TierInfo,
     Verdict,
     accept_or_escalate,
@@ -52,7 +53,7 @@ def _scorers(data: Mapping[str, Any]) -> dict[str, LinearScorer]:
 
 
 @dataclass(frozen=True)
-class Gatekeeper(PostHocPolicy):
+class Gatekeeper(SteerableTau, PostHocPolicy):
     """Accept when the tier's calibrated signal reaches its threshold (``thresholds``, else ``tau``).
 
     Rational Tuning fits per-tier ``thresholds`` for the same rule (``infra/lab/rational.py``).
@@ -77,12 +78,6 @@ class Gatekeeper(PostHocPolicy):
         p = self.p_correct(answer)
         tau = self.thresholds.get(answer.tier, self.tau)
         return accept_or_escalate(answer, tiers, p >= tau, f"calibrated {p:.3f} vs {tau:.3f}", self.max_hops)
-
-    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
-        return {tier: self.thresholds.get(tier, self.tau) for tier in tiers[:-1]}
-
-    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
-        return dataclasses.replace(self, thresholds={**self.thresholds, **thresholds})
 
     def params(self) -> dict[str, Any]:
         return {

@@ -117,4 +117,3 @@ def truncate_torn_tail(path: Path) -> None:
 def models_of(rows: Sequence[TraceRow]) -> list[str]:
     """The trace's tiers in first-appearance order (the portfolio's order when written by ``trace``)."""
     return list(dict.fromkeys(row.tier for row in rows))
-

@@ -70,6 +70,22 @@ class Backend(ABC):
         """Release connections; called once when the worker stops."""
 
 
+def int_option(tier: str, options: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    """A tier's integer option in [lo, hi], or a one-line ConfigError naming it."""
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"tier {tier!r} option {name!r} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def number_option(tier: str, options: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    """A tier's numeric option in [lo, hi], or a one-line ConfigError naming it."""
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ConfigError(f"tier {tier!r} option {name!r} must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
 BackendFactory = Callable[[str, Mapping[str, Any]], Backend]
 _REGISTRY: dict[str, BackendFactory] = {}
 

@@ -42,7 +42,7 @@ import numpy.typing as npt
 
 from topics.errors import ConfigError
 from workers.artifacts import resolve_model
-from workers.backends.base import Backend, Completion, Query, register_backend
+from workers.backends.base import Backend, Completion, Query, int_option, register_backend
 from workers.backends.confidence import log_softmax
 from workers.backends.llm import (
     Sample,
@@ -57,13 +57,6 @@ BACKEND_KEYS = ("n_ctx", "n_batch", "n_threads", "gpu_layers")
 INSTALL_HINT = "llama-cpp-python is not installed: pip install 'tierflow[llm]' (compiles for about 8 minutes)"
 
 
-def _int_option(tier: str, options: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(f"tier {tier!r} option {name!r} must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
-
-
 @register_backend("llamacpp")
 class LlamaCppBackend(Backend):
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
@@ -73,11 +66,11 @@ class LlamaCppBackend(Backend):
         if not isinstance(model, str) or not model:
             raise ConfigError(f"tier {tier!r} option 'model' must name a registry model or a .gguf file")
         self.model_spec = model
-        self.n_ctx = _int_option(tier, options, "n_ctx", 2048, 64, 1 << 20)
-        self.n_batch = _int_option(tier, options, "n_batch", 512, 1, 1 << 16)
-        self.n_threads = _int_option(tier, options, "n_threads", 0, 0, 1024)
+        self.n_ctx = int_option(tier, options, "n_ctx", 2048, 64, 1 << 20)
+        self.n_batch = int_option(tier, options, "n_batch", 512, 1, 1 << 16)
+        self.n_threads = int_option(tier, options, "n_threads", 0, 0, 1024)
         self.gpu_layers: int | None = (
-            _int_option(tier, options, "gpu_layers", 0, -1, 10_000) if "gpu_layers" in options else None
+            int_option(tier, options, "gpu_layers", 0, -1, 10_000) if "gpu_layers" in options else None
         )
         self._llm: Any = None
         self._lock = threading.Lock()

@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from topics.errors import ConfigError
-from workers.backends.base import Backend, Completion, Query, register_backend
+from workers.backends.base import Backend, Completion, Query, number_option, register_backend
 from workers.backends.llm import (
     Sample,
     choice_completion,
@@ -67,13 +67,6 @@ class EndpointError(Exception):
     """A call that failed for good (after retries, or not retriable)."""
 
 
-def _number(tier: str, options: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ConfigError(f"tier {tier!r} option {name!r} must be a number in [{lo}, {hi}], got {value!r}")
-    return float(value)
-
-
 @register_backend("openai")
 class OpenAIBackend(Backend):
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
@@ -86,12 +79,12 @@ class OpenAIBackend(Backend):
         self.endpoint = options.get("endpoint", "completions")
         if self.endpoint not in ("completions", "chat"):
             raise ConfigError(f"tier {tier!r} option 'endpoint' must be 'completions' or 'chat'")
-        self.top_logprobs = int(_number(tier, options, "top_logprobs", 20, 1, 20))
+        self.top_logprobs = int(number_option(tier, options, "top_logprobs", 20, 1, 20))
         self.api_key_env = str(options.get("api_key_env", ""))
-        self.timeout_s = _number(tier, options, "timeout_s", 30.0, 0.01, 3600)
-        self.max_retries = int(_number(tier, options, "max_retries", 3, 0, 20))
-        self.backoff_s = _number(tier, options, "backoff_s", 0.5, 0.0, 60)
-        self.concurrency = int(_number(tier, options, "concurrency", 4, 1, 1024))
+        self.timeout_s = number_option(tier, options, "timeout_s", 30.0, 0.01, 3600)
+        self.max_retries = int(number_option(tier, options, "max_retries", 3, 0, 20))
+        self.backoff_s = number_option(tier, options, "backoff_s", 0.5, 0.0, 60)
+        self.concurrency = int(number_option(tier, options, "concurrency", 4, 1, 1024))
         bias = options.get("choice_logit_bias", {})
         if not isinstance(bias, Mapping) or not all(
             str(k).isdigit() and isinstance(v, int | float) and not isinstance(v, bool) for k, v in bias.items()

@@ -26,16 +26,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from topics.errors import ConfigError
-from workers.backends.base import Backend, Completion, Query, register_backend
-from workers.backends.llamacpp import _int_option
+from workers.backends.base import Backend, Completion, Query, int_option, number_option, register_backend
 from workers.speculative import RULES, SpeculativeCascade
-
-
-def _number(tier: str, options: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise ConfigError(f"tier {tier!r} option {name!r} must be a number in [{lo}, {hi}], got {value!r}")
-    return float(value)
 
 
 @register_backend("speculative")
@@ -48,12 +40,12 @@ class SpeculativeBackend(Backend):
         self.rule = options.get("rule", "opt")
         if self.rule not in RULES:
             raise ConfigError(f"tier {tier!r} option 'rule' must be one of {', '.join(RULES)}, got {self.rule!r}")
-        self.alpha = _number(tier, options, "alpha", 0.5, 0.0, 1.0)
-        self.price = _number(tier, options, "price_per_cpu_second", 0.0, 0.0, 1e6)
-        self.gamma = _int_option(tier, options, "gamma", 4, 0, 64)
-        self.max_tokens = _int_option(tier, options, "max_tokens", 64, 1, 1 << 16)
-        self.n_ctx = _int_option(tier, options, "n_ctx", 2048, 64, 1 << 20)
-        self.n_threads = _int_option(tier, options, "n_threads", 2, 1, 1024)
+        self.alpha = number_option(tier, options, "alpha", 0.5, 0.0, 1.0)
+        self.price = number_option(tier, options, "price_per_cpu_second", 0.0, 0.0, 1e6)
+        self.gamma = int_option(tier, options, "gamma", 4, 0, 64)
+        self.max_tokens = int_option(tier, options, "max_tokens", 64, 1, 1 << 16)
+        self.n_ctx = int_option(tier, options, "n_ctx", 2048, 64, 1 << 20)
+        self.n_threads = int_option(tier, options, "n_threads", 2, 1, 1024)
         self.prompt = str(options.get("prompt", "{input}"))
         if "{input}" not in self.prompt:
             raise ConfigError(f"tier {tier!r} option 'prompt' must contain {{input}}")
