@@ -131,6 +131,19 @@ def choose(points: Sequence[Point], budget: float | None, target: float | None, 
     return max(points, key=lambda p: (p.accuracy, -p.cost))
 
 
+def compact(value: Any, longest: int = 32) -> Any:
+    """``value`` with every list longer than ``longest`` replaced by its size: a router's weights are
+    hundreds of numbers per tier, which belong in the policy file ``fit`` writes, not in a report."""
+    if isinstance(value, dict):
+        return {key: compact(item, longest) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        size = np.asarray(value, dtype=object).shape
+        if int(np.prod(size)) > longest:
+            return f"<{'x'.join(map(str, size))} numbers>"
+        return [compact(item, longest) for item in value]
+    return value
+
+
 def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
     table, train, test = load_table(options)
     ref = Reference.of(single_points(test))
@@ -165,7 +178,7 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
             "name": name,
             "family": result.method.family,
             "setting": picked.setting,
-            "params": params_of(result.method.policies(picked.setting)),
+            "params": compact(params_of(result.method.policies(picked.setting))),
             **summary(result.test, ref, options.budgets),
         }
         report["policies"].append(entry)
