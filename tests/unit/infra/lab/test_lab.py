@@ -118,3 +118,10 @@ def test_bad_input_is_one_clear_error(trace: Path, tmp_path: Path) -> None:
     tiny.write_text("".join(line for line in lines if json.loads(line)["item_id"] == first_item))
     with pytest.raises(DataError, match="the trace needs more items"):
         evaluate(LabOptions(str(tiny), "threshold"), QUIET)
+
+
+def test_reports_summarise_long_weight_lists_by_size() -> None:
+    from infra.lab.evaluate import compact
+
+    params = {"pre_call": {"params": {"coef": [[0.5] * 391] * 3, "tiers": ["a", "b"], "alpha": 0.3}}}
+    assert compact(params) == {"pre_call": {"params": {"coef": "<3x391 numbers>", "tiers": ["a", "b"], "alpha": 0.3}}}
