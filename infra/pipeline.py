@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import ActorDiedError, RayError
 
 from infra.broker import kafka_options
 from infra.config import Config
@@ -40,6 +40,17 @@ class Pool:
     actors: list[Any] = field(default_factory=list)
     runs: list[Any] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def _left_gracefully(run: Any) -> bool:
+    """Whether a finished ``run`` ended with the replica's own graceful exit (``exit_actor`` after SIGTERM)."""
+    try:
+        ray.get(run, timeout=0)
+    except ActorDiedError as exc:
+        return "INTENDED" in str(exc) or "exit_actor" in str(exc)
+    except RayError:
+        return False
+    return True
 
 
 class Pipeline:
@@ -91,13 +102,36 @@ class Pipeline:
         self._watching = asyncio.create_task(self._watch())
 
     async def _watch(self, interval_s: float = 1.0) -> None:
-        """Rebuild the topics whenever the broker turns out to have lost them."""
+        """Rebuild the topics whenever the broker turns out to have lost them; replace replicas that left."""
         while True:
             await asyncio.sleep(interval_s)
             if await self.watchdog.check():
                 for pool in self.pools.values():
                     for actor in pool.actors:
                         actor.rewind.remote()
+            self.replace_departed()
+
+    def replace_departed(self) -> list[str]:
+        """Start a new replica in the place of each one that stopped gracefully without our asking.
+
+        A SIGTERM (a node drained, a pod evicted) stops a replica for good: it finishes its
+        batch, commits and leaves, and Ray does not restart it. Without a replacement the
+        pool would shrink for the rest of the run, and to nothing after as many SIGTERMs as
+        it has replicas. A replica that failed (its run raised after Ray's restarts) is left
+        for its error to surface, not restarted in a loop. Returns the replaced replicas.
+        """
+        replaced = []
+        for pool in self.pools.values():
+            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0) if pool.runs else ([], [])
+            for ref in done:
+                if not _left_gracefully(ref):
+                    continue
+                i = pool.runs.index(ref)
+                ray.kill(pool.actors[i], no_restart=True)
+                actor = StageActor.options(**pool.options).remote(pool.specs[i])  # type: ignore[attr-defined]
+                pool.actors[i], pool.runs[i] = actor, actor.run.remote()
+                replaced.append(f"{pool.name}[{i}]")
+        return replaced
 
     def _launch_controller(self) -> None:
         """The budget controller: one named actor per namespace, keys read here from the environment."""
@@ -166,12 +200,15 @@ class Pipeline:
         pool = self.pools[pool_name]
         while len(pool.actors) < replicas:
             base = pool.specs[0]
-            spec = StageSpec(base.kind, base.config, base.bootstrap, base.tier, len(pool.actors))
+            spec = StageSpec(base.kind, base.config, base.bootstrap, base.tier, max(s.replica for s in pool.specs) + 1)
             pool.specs.append(spec)
             self._launch(pool, spec)
         while len(pool.actors) > replicas:
-            actor, run = pool.actors.pop(), pool.runs.pop()
-            pool.specs.pop()
+            # Remove a replica that already stopped, if any, rather than a working one.
+            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0)
+            i = pool.runs.index(done[-1]) if done else len(pool.runs) - 1
+            actor, run = pool.actors.pop(i), pool.runs.pop(i)
+            pool.specs.pop(i)
             await self._stop_actor(actor, run, timeout_s=30)
 
     async def _stop_actor(self, actor: Any, run: Any, timeout_s: float) -> None:

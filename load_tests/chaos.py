@@ -1,7 +1,7 @@
 """Chaos run: steady traffic while a seeded random schedule of faults hits the pipeline.
 
 Faults, one every ``--interval`` seconds: SIGKILL a random stage replica (Ray
-restarts it), SIGTERM one (graceful stop; a replacement joins), add or remove a
+restarts it), SIGTERM one (graceful stop; the pipeline starts a replacement), add or remove a
 replica of a random pool (rebalance mid-stream), SIGSTOP the embedded broker for a
 few seconds, or a burst of poison records (not msgpack, wrong types, missing
 fields, oversized, NaN) on the requests topic. Afterwards the history checker
@@ -133,10 +133,7 @@ async def inject(
     if not live:
         return f"{pool_name}: no live replica to signal"
     victim = rng.choice(live)
-    os.kill(victim["pid"], signal.SIGKILL if kind == "kill" else signal.SIGTERM)
-    if kind == "term":  # a graceful stop is final: keep the pool's size
-        await asyncio.sleep(1)
-        await pipeline.scale(pool_name, len(pool.actors) + 1)
+    os.kill(victim["pid"], signal.SIGKILL if kind == "kill" else signal.SIGTERM)  # SIGTERM: the pipeline replaces it
     return f"{kind} {pool_name}[{victim['replica']}] pid {victim['pid']}"
 
 
