@@ -39,7 +39,7 @@ import numpy as np
 
 from policies.base import Action, PostHocPolicy, PreCallPolicy, Route, TierInfo, Verdict, allowed_tiers
 from policies.features import FloatVector
-from policies.routers import _costs, _vector
+from policies.routers import require_vector, tier_costs
 from policies.scoring import LinearHeads, LinearScorer
 from topics.errors import ConfigError
 from topics.messages import Answer, Request
@@ -116,12 +116,12 @@ class CascadeRouter(PreCallPolicy):
         object.__setattr__(self, "tiers", _check_size(self.tiers))
         object.__setattr__(self, "ex_ante", LinearHeads.from_json(self.ex_ante))
         object.__setattr__(self, "sigma", _sigmas(self.sigma, self.tiers))
-        object.__setattr__(self, "costs", _costs(self.costs, self.tiers, self.name))
+        object.__setattr__(self, "costs", tier_costs(self.costs, self.tiers, self.name))
 
     def route(
         self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
     ) -> Route:
-        mu = {t: float(p) for t, p in zip(self.ex_ante.heads, self.ex_ante.probs(_vector(features, self.name)),
+        mu = {t: float(p) for t, p in zip(self.ex_ante.heads, self.ex_ante.probs(require_vector(features, self.name)),
                                            strict=True)}  # fmt: skip
         ladder = tuple(t for t in allowed_tiers(request, tiers) if t in self.tiers)
         if not ladder:
@@ -155,7 +155,7 @@ class CascadeRouting(PostHocPolicy):
         scorers = {t: v if isinstance(v, LinearScorer) else LinearScorer.from_json(v) for t, v in self.post_hoc.items()}
         object.__setattr__(self, "post_hoc", scorers)
         object.__setattr__(self, "sigma", _sigmas(self.sigma, self.tiers))
-        object.__setattr__(self, "costs", _costs(self.costs, self.tiers, self.name))
+        object.__setattr__(self, "costs", tier_costs(self.costs, self.tiers, self.name))
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
         task = answer.task

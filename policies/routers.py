@@ -48,7 +48,7 @@ from policies.base import (
     allowed_tiers,
 )
 from policies.features import FloatVector
-from policies.scoring import LinearHeads, MatrixFactorisation, Standardiser, _matrix
+from policies.scoring import LinearHeads, MatrixFactorisation, Standardiser, checked_array
 from topics.errors import ConfigError
 from topics.messages import Answer, Request
 
@@ -63,7 +63,8 @@ def _from(ladder: tuple[str, ...], start: str, reason: str) -> Route:
     return Route(allowed=ladder[ladder.index(start) :], start=start, reason=reason)
 
 
-def _vector(features: FloatVector | None, policy: str) -> FloatVector:
+def require_vector(features: FloatVector | None, policy: str) -> FloatVector:
+    """The query vector; a router that reads one and is given none is a wiring error, said in one line."""
     if features is None:
         raise ConfigError(f"policy {policy!r} reads the query vector, which the caller did not compute")
     return features
@@ -122,7 +123,7 @@ class RouteLLM(PreCallPolicy):
     def route(
         self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
     ) -> Route:
-        wins = self.win_rates(_vector(features, self.name))
+        wins = self.win_rates(require_vector(features, self.name))
         ladder = _known(request, tiers, self.tiers)
         return _first_below_strong(ladder, self.strong, lambda t: wins.get(t, 1.0) < self.alpha, self.name)
 
@@ -171,7 +172,7 @@ class HybridLLM(PreCallPolicy):
     def route(
         self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
     ) -> Route:
-        p = dict(zip(self.classifier.heads, self.classifier.probs(_vector(features, self.name)), strict=True))
+        p = dict(zip(self.classifier.heads, self.classifier.probs(require_vector(features, self.name)), strict=True))
         ladder = _known(request, tiers, self.tiers)
         return _first_below_strong(ladder, self.strong, lambda t: p.get(t, 0.0) >= self.tau, self.name)
 
@@ -185,7 +186,8 @@ class HybridLLM(PreCallPolicy):
         }
 
 
-def _costs(costs: Mapping[str, float], tiers: Sequence[str], name: str) -> dict[str, float]:
+def tier_costs(costs: Mapping[str, float], tiers: Sequence[str], name: str) -> dict[str, float]:
+    """The fitted cost of every tier (the policy's own, not the deployment's: λ was priced in it)."""
     missing = [t for t in tiers if t not in costs]
     if missing:
         raise ConfigError(f"{name} lacks the cost of tier {missing[0]!r}")
@@ -209,12 +211,12 @@ class OptLLM(PreCallPolicy):
     def __post_init__(self) -> None:
         object.__setattr__(self, "tiers", tuple(self.tiers))
         object.__setattr__(self, "predictor", LinearHeads.from_json(self.predictor))
-        object.__setattr__(self, "costs", _costs(self.costs, self.tiers, self.name))
+        object.__setattr__(self, "costs", tier_costs(self.costs, self.tiers, self.name))
 
     def route(
         self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
     ) -> Route:
-        p = dict(zip(self.predictor.heads, self.predictor.probs(_vector(features, self.name)), strict=True))
+        p = dict(zip(self.predictor.heads, self.predictor.probs(require_vector(features, self.name)), strict=True))
         ladder = _known(request, tiers, self.tiers)
         if not ladder:
             return Route(allowed=(), start=None, reason="optllm: no fitted tier is allowed")
@@ -246,12 +248,12 @@ class Cargo(PreCallPolicy):
         object.__setattr__(self, "tiers", tuple(self.tiers))
         object.__setattr__(self, "regressor", LinearHeads.from_json(self.regressor))
         object.__setattr__(self, "pairwise", LinearHeads.from_json(self.pairwise))
-        object.__setattr__(self, "costs", _costs(self.costs, self.tiers, self.name))
+        object.__setattr__(self, "costs", tier_costs(self.costs, self.tiers, self.name))
 
     def route(
         self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
     ) -> Route:
-        x = _vector(features, self.name)
+        x = require_vector(features, self.name)
         ladder = _known(request, tiers, self.tiers)
         if not ladder:
             return Route(allowed=(), start=None, reason="cargo: no fitted tier is allowed")
@@ -295,7 +297,7 @@ class SelectThenRoute(PreCallPolicy):
         )  # fmt: skip
         object.__setattr__(self, "standardiser", standardiser)
         k = len(self.shortlists)
-        object.__setattr__(self, "centroids", _matrix(self.centroids, k, standardiser.mean.size, "centroids"))
+        object.__setattr__(self, "centroids", checked_array(self.centroids, k, standardiser.mean.size, "centroids"))
         object.__setattr__(self, "shortlists", tuple(tuple(s) for s in self.shortlists))
         if k == 0 or any(not s or set(s) - set(self.tiers) for s in self.shortlists):
             raise ConfigError("select_then_route needs a non-empty shortlist of known tiers per category")
@@ -307,7 +309,7 @@ class SelectThenRoute(PreCallPolicy):
     def route(
         self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
     ) -> Route:
-        c = self.category(_vector(features, self.name))
+        c = self.category(require_vector(features, self.name))
         ladder = _known(request, tiers, self.tiers)
         shortlist = tuple(t for t in ladder if t in self.shortlists[c]) or ladder
         if not shortlist:

@@ -123,7 +123,7 @@ class LinearScorer:
         return scorer
 
 
-def _matrix(data: Any, rows: int | None, cols: int, what: str) -> npt.NDArray[np.float64]:
+def checked_array(data: Any, rows: int | None, cols: int, what: str) -> npt.NDArray[np.float64]:
     try:
         array = np.asarray(data, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -161,10 +161,10 @@ class Standardiser:
             mean = np.asarray(data["mean"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"bad standardiser: {exc}") from exc
-        scale = _matrix(data.get("scale"), None, mean.size, "standardiser scale")
+        scale = checked_array(data.get("scale"), None, mean.size, "standardiser scale")
         if (scale <= 0).any():
             raise ConfigError("a standardiser's scales must be > 0")
-        return cls(_matrix(mean, None, mean.size, "standardiser mean"), scale)
+        return cls(checked_array(mean, None, mean.size, "standardiser mean"), scale)
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,8 @@ class LinearHeads:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"bad linear heads: {exc}") from exc
         dim = standardiser.mean.size
-        coef = _matrix(data.get("coef"), len(heads), dim, "linear heads coef")
-        intercept = _matrix(data.get("intercept"), None, len(heads), "linear heads intercept")
+        coef = checked_array(data.get("coef"), len(heads), dim, "linear heads coef")
+        intercept = checked_array(data.get("intercept"), None, len(heads), "linear heads intercept")
         return cls(heads, coef, intercept, standardiser)
 
 
@@ -255,8 +255,8 @@ class MatrixFactorisation:
         dim = standardiser.mean.size
         return cls(
             tiers,
-            _matrix(data["w1"], k, dim, "mf w1"),
-            _matrix(data["v"], len(tiers), k, "mf v"),
-            _matrix(data["w2"], None, k, "mf w2"),
+            checked_array(data["w1"], k, dim, "mf w1"),
+            checked_array(data["v"], len(tiers), k, "mf v"),
+            checked_array(data["w2"], None, k, "mf w2"),
             standardiser,
         )

@@ -68,8 +68,8 @@ C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 """Inverse L2 strengths tried (3-fold CV) for the logistic heads: a 391-dimensional vector and a few
 hundred train items need strong regularisation."""
 BOOTSTRAPS = 8
-BOOTSTRAP_C = 0.03
-"""One regularisation for every bootstrap fit (cross-validating each would cost 8x as much)."""
+FIXED_C = 0.03
+"""One regularisation where many fits are made (bootstrap, cross-validation folds): CV in each would cost 3x."""
 TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.2, 1.0)
 """How far below a category's best train accuracy a tier may be and still be shortlisted."""
 AGREEMENT_N = 5
@@ -281,7 +281,7 @@ def bootstrap_heads(x: FloatArray, correct: BoolArray, tiers: tuple[str, ...], n
     fits = []
     for _ in range(n):
         rows = rng.integers(0, len(x), len(x))
-        fits.append(fit_logistic_heads(x[rows], {t: correct[rows, i] for i, t in enumerate(tiers)}, c=BOOTSTRAP_C,
+        fits.append(fit_logistic_heads(x[rows], {t: correct[rows, i] for i, t in enumerate(tiers)}, c=FIXED_C,
                                        standardiser=standardiser))  # fmt: skip
     coef = np.mean([f.coef for f in fits], axis=0)
     return LinearHeads(tiers, coef, np.mean([f.intercept for f in fits], axis=0), standardiser)
@@ -412,7 +412,7 @@ class CascadeRoutingMethod(_RouterMethod):
         self.ex_ante = fit_logistic_heads(self.x, labels)
         held_out = np.zeros(self.correct.shape)
         for fit_rows, held_rows in KFold(5, shuffle=True, random_state=SEED).split(self.x):
-            fold = fit_logistic_heads(self.x[fit_rows], {t: y[fit_rows] for t, y in labels.items()}, c=0.03)
+            fold = fit_logistic_heads(self.x[fit_rows], {t: y[fit_rows] for t, y in labels.items()}, c=FIXED_C)
             held_out[held_rows] = fold.probs(self.x[held_rows])
         answers = answers_of(self.table)
         self.post_hoc, self.sigma = {}, {}
