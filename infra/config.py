@@ -100,6 +100,10 @@ class LimitsConfig:
     default_deadline_s: float = 120.0
     """Deadline given to requests that carry none."""
     infer_timeout_s: float = 60.0
+    max_rss_mb: int = 0
+    """A replica whose resident memory passes this after a batch finishes it, commits, leaves and is
+    replaced by a fresh one (0: no bound). Like Celery's max memory per child: a leak or a fragmented
+    heap costs a restart, not the machine. LLM tiers count their mapped weights: leave them room."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +298,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         max_hops=lim.number("max_hops", int, 8, 1, 1000),
         default_deadline_s=lim.number("default_deadline_s", float, 120.0, 0.001),
         infer_timeout_s=lim.number("infer_timeout_s", float, 60.0, 0.001),
+        max_rss_mb=lim.number("max_rss_mb", int, 0, 0, 1 << 24),
     )
     lim.finish()
 

@@ -96,6 +96,7 @@ def build_loop(spec: StageSpec) -> StageLoop[Any]:
         session_timeout_ms=config.broker.session_timeout_ms,
         fetch_max_wait_ms=config.broker.fetch_max_wait_ms,
         max_payload_bytes=config.limits.max_payload_bytes,
+        max_rss_mb=config.limits.max_rss_mb,
     )
 
 
@@ -140,8 +141,8 @@ class StageActor:
         """Run the stage until stopped; returns its final counters."""
         self.loop = build_loop(self.spec)
         stats = asyncio.run(_drive(self.loop, self._attach))
-        if self.stopped_by_signal:
-            ray.actor.exit_actor()
+        if self.stopped_by_signal or self.loop.over_memory:
+            ray.actor.exit_actor()  # for good: the pipeline starts a fresh replica in its place
         return asdict(stats)
 
     def _attach(self, event_loop: asyncio.AbstractEventLoop) -> None:

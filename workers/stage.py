@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -107,6 +109,15 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
         self.loop.stats.assigned = sorted((tp.topic, tp.partition) for tp in self.loop.assignment())
 
 
+def resident_mb() -> float:
+    """This process's resident memory in MB (Linux ``/proc``; 0 where it cannot be read)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
 class StageLoop(Generic[M]):
     """Runs one :class:`Handler` against Kafka until ``request_stop()`` (safe to call twice)."""
 
@@ -121,6 +132,7 @@ class StageLoop(Generic[M]):
         session_timeout_ms: int = 3000,
         fetch_max_wait_ms: int = 10,
         max_payload_bytes: int = 1 << 20,
+        max_rss_mb: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.handler = handler
@@ -131,6 +143,9 @@ class StageLoop(Generic[M]):
         self.session_timeout_ms = session_timeout_ms
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.max_payload_bytes = max_payload_bytes
+        self.max_rss_mb = max_rss_mb
+        self.over_memory = False
+        """Set when the loop stopped because the process passed ``max_rss_mb``."""
         self.drain_timeout_s = session_timeout_ms / 1000
         self.clock = clock
         self.stats = StageStats()
@@ -245,6 +260,10 @@ class StageLoop(Generic[M]):
             return
         self.telemetry.batch_done(records, out, time.perf_counter() - started)
         await self._commit(records)
+        if self.max_rss_mb and (rss := resident_mb()) > self.max_rss_mb:
+            log.warning("stage %s: %.0f MB resident > max_rss_mb %d: leaving", self.handler.stage, rss, self.max_rss_mb)
+            self.over_memory = True
+            self.request_stop()
 
     def _seek_back(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         assert self._consumer is not None

@@ -128,7 +128,7 @@ async def test_sustained_overload_keeps_work_and_memory_bounded_then_drains(
 ) -> None:
     # One slow tier: batches of 8 every 20 ms, about 400 requests/s at best. Send 3,000 at once (~8 s of work).
     tiers = [sim_tier("small", 0.8, 1, 0.001, latency_ms=20.0, batch_size=8, threshold=0.0)]
-    config = simulated_config(tmp_path, tiers=tiers, limits={"max_batch": 8})
+    config = simulated_config(tmp_path, tiers=tiers, limits={"max_batch": 8, "max_rss_mb": 1024})
     requests = make_requests(3000, "ov")
     collector = ResultCollector(kafka, config.layout)
     async with running(config, bootstrap, kafka) as pipeline:
@@ -154,6 +154,23 @@ async def test_sustained_overload_keeps_work_and_memory_bounded_then_drains(
     assert peak_in_flight <= config.limits.max_batch
     growth = {pid: peak_rss[pid] - rss_before[pid] for pid in pids}
     assert max(growth.values()) < 100, f"a stage's memory grew with the backlog: {growth} MB"
+    assert max(peak_rss.values()) <= config.limits.max_rss_mb
+
+
+async def test_a_replica_past_its_memory_bound_is_replaced_and_nothing_is_lost(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    """``max_rss_mb`` below any process's size: every replica leaves after each batch, a fresh one takes over."""
+    config = simulated_config(tmp_path, limits={"max_batch": 8, "max_rss_mb": 1})
+    requests = make_requests(40, "mem")
+    async with running(config, bootstrap, kafka) as pipeline:
+        first = {name: list(pool.runs) for name, pool in pipeline.pools.items()}
+        collector = await send_and_collect(config, kafka, requests)
+        report = await check_history(kafka, config, [r.id for r in requests])
+        replaced = [name for name, pool in pipeline.pools.items() if pool.runs != first[name]]
+    report.assert_ok()
+    assert set(collector.collected.results) == {r.id for r in requests}
+    assert "router" in replaced and "sink" in replaced  # each stage that took a batch was recycled
 
 
 async def test_a_restarted_broker_is_detected_topics_rebuilt_and_held_requests_resubmitted(

@@ -33,6 +33,7 @@ def test_minimal_config_gets_laptop_defaults() -> None:
         ({"tiers": [TIER], "broker": {"provider": "kafka"}}, "broker.provider must be one of"),
         ({"tiers": [TIER], "broker": {"provider": "external"}}, "broker.bootstrap_servers is required"),
         ({"tiers": [TIER], "limits": {"max_batch": "many"}}, "limits.max_batch must be int"),
+        ({"tiers": [TIER], "limits": {"max_rss_mb": -1}}, "limits.max_rss_mb must be in"),
         ({"tiers": [TIER], "colour": "blue"}, "unknown key 'colour'"),
         ({"tiers": [{**TIER, "resources": {"gpu_node": -1}}]}, "tiers[0].resources.gpu_node"),
         ({"tiers": [TIER], "namespace": "a b"}, "namespace"),

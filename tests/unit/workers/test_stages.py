@@ -180,3 +180,9 @@ async def test_a_paused_tier_is_skipped_by_routing_and_escalation() -> None:
     verifier = Verifier(ctx, ConfidenceThreshold(thresholds={"small": 0.8, "medium": 0.8}), _following(update))
     (escalated,) = await verifier.process([inbound(_answer("small", 0.3))])
     assert escalated.topic == "unit.escalate.large" and Task.from_wire(escalated.value).policy_version == 4
+
+
+def test_resident_memory_is_read_from_proc() -> None:
+    from workers.stage import resident_mb
+
+    assert 5 < resident_mb() < 100_000  # this test process: tens to hundreds of MB
