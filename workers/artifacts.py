@@ -120,6 +120,10 @@ ARTIFACTS: dict[str, Artifact] = {
 }  # fmt: skip
 
 
+LLAMA_CPP_HINT = "llama-cpp-python is not installed: pip install 'tierflow[llm]' (compiles for about 8 minutes)"
+"""What the LLM runtimes say when llama-cpp-python is missing."""
+
+
 def cache_root() -> Path:
     """``$TIERFLOW_CACHE_DIR`` or ``~/.cache/tierflow``: where data and models live."""
     configured = os.environ.get("TIERFLOW_CACHE_DIR")

@@ -70,12 +70,11 @@ import numpy as np
 import numpy.typing as npt
 
 from topics.errors import ConfigError
-from workers.artifacts import resolve_model
+from workers.artifacts import LLAMA_CPP_HINT, resolve_model
 
 Rule = Literal["chow", "diff", "opt"]
 RULES: tuple[Rule, ...] = get_args(Rule)
 SamplingMode = Literal["greedy"]
-INSTALL_HINT = "llama-cpp-python is not installed: pip install 'tierflow[llm]' (compiles for about 8 minutes)"
 
 Probs = npt.NDArray[np.float64]
 
@@ -320,7 +319,7 @@ class SpeculativeCascade:
         try:
             import llama_cpp
         except ImportError as exc:
-            raise ConfigError(INSTALL_HINT) from exc
+            raise ConfigError(LLAMA_CPP_HINT) from exc
         if gpu_layers is None:
             gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
         self.n_ctx = n_ctx

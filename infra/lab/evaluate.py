@@ -22,7 +22,7 @@ from rich.table import Table
 from infra.lab.features import query_vectors
 from infra.lab.fitters import Method, check_trace, params_of
 from infra.lab.metrics import Point, Reference, summary
-from infra.lab.registry import make_method, method_names
+from infra.lab.registry import METHODS, make_method, method_names
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
 from policies.file import PolicyFile
@@ -53,7 +53,7 @@ def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]
 
 def embed_first(names: Sequence[str], splits: Sequence[TraceTable], console: Console) -> None:
     """Embed the splits' queries once, with a progress bar, when a method reads them (they are cached)."""
-    if any(make_method(name).reads_queries for name in names):
+    if any(METHODS[name].reads_queries for name in names):
         for split in splits:
             query_vectors(split, console)
 

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from topics.errors import ConfigError
-from workers.artifacts import resolve_model
+from workers.artifacts import LLAMA_CPP_HINT, resolve_model
 from workers.backends.base import Backend, Completion, Query, int_option, register_backend
 from workers.backends.confidence import log_softmax
 from workers.backends.llm import (
@@ -54,7 +54,6 @@ from workers.backends.llm import (
 )
 
 BACKEND_KEYS = ("n_ctx", "n_batch", "n_threads", "gpu_layers")
-INSTALL_HINT = "llama-cpp-python is not installed: pip install 'tierflow[llm]' (compiles for about 8 minutes)"
 
 
 @register_backend("llamacpp")
@@ -81,7 +80,7 @@ class LlamaCppBackend(Backend):
         try:
             import llama_cpp
         except ImportError as exc:
-            raise ConfigError(INSTALL_HINT) from exc
+            raise ConfigError(LLAMA_CPP_HINT) from exc
         path = resolve_model(self.model_spec)
         gpu_layers = self.gpu_layers
         if gpu_layers is None:
