@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,10 @@ class EmbeddedBroker(BrokerProvider):
                         url,
                         "--storage-engine",
                         "memory://tansu/",
+                        # A fresh id at every start: a restarted memory broker lost every record, and
+                        # clients and the watchdog tell it from a healthy one by this id alone.
+                        "--cluster-id",
+                        f"tierflow-{uuid.uuid4().hex[:12]}",
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -213,18 +217,4 @@ def make_provider(config: BrokerConfig, log_dir: str | Path | None = None) -> Br
 
 def kafka_options(config: BrokerConfig, bootstrap: str) -> dict[str, Any]:
     """aiokafka client options (bootstrap plus SASL/TLS) for any client of this broker."""
-    options: dict[str, Any] = {"bootstrap_servers": bootstrap, "security_protocol": config.security_protocol}
-    if config.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context(cafile=config.ssl_cafile or None)
-    if config.security_protocol.startswith("SASL"):
-        password = os.environ.get(config.sasl_password_env, "") if config.sasl_password_env else ""
-        if config.sasl_password_env and not password:
-            raise ConfigError(f"broker.sasl_password_env names {config.sasl_password_env!r}, which is not set")
-        options |= {
-            "sasl_mechanism": config.sasl_mechanism or "PLAIN",
-            "sasl_plain_username": config.sasl_username,
-            "sasl_plain_password": password,
-        }
-    return options
+    return config.connection(bootstrap).options()

@@ -9,33 +9,25 @@ counts raw duplicates separately so the repeats stay visible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from topics.errors import BrokerError, DecodeError
 from topics.messages import Answer, DeadLetter, Request, Result
 from topics.names import TopicLayout
-from workers.produce import produce_all
+from topics.produce import produce_all
+from topics.reader import TopicReader, stop_quietly
 from workers.stage import PRODUCER_BATCH_BYTES
 from workers.telemetry import new_trace_headers
 
 log = logging.getLogger("tierflow.client")
-
-
-async def _stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-    """Stop a client; aiokafka can leak the CancelledError of its own background fetch task."""
-    try:
-        await client.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # we are being cancelled ourselves: let it through
 
 
 class RequestProducer:
@@ -53,7 +45,7 @@ class RequestProducer:
             raise BrokerError(f"cannot reach the broker: {exc}") from exc
 
     async def stop(self) -> None:
-        await _stop_quietly(self._producer)
+        await stop_quietly(self._producer)
 
     async def send_many(self, requests: Iterable[Request]) -> None:
         """Produce ``requests`` and wait until the broker acknowledged every one."""
@@ -85,64 +77,52 @@ class ResultCollector:
         self.layout = layout
         self.topics = [layout.results, layout.dlq] + ([layout.answers] if include_answers else [])
         self.broker_resets = 0
-        """How often the topics were found emptied under us (a memory broker that restarted)."""
-        self._read_upto: dict[TopicPartition, int] = {}
-        self._next_reset_check = 0.0
+        """How often the broker turned out to have lost its data (a memory broker that restarted)."""
         self.collected = Collected()
-        self._consumer = AIOKafkaConsumer(
-            **kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=fetch_max_wait_ms,
-        )
+        self._reader = TopicReader(kafka, self.topics, fetch_max_wait_ms=fetch_max_wait_ms)
+        self._cluster = ""
+        self._next_reset_check = 0.0
 
     async def start(self) -> None:
         try:
-            await self._consumer.start()
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in self.topics
-                for p in self._consumer.partitions_for_topic(topic) or await self._partitions(topic)
-            ]
-            self._consumer.assign(partitions)
-            await self._consumer.seek_to_beginning(*partitions)
-        except (KafkaError, BrokerError) as exc:
-            await self._consumer.stop()
+            await self._reader.start()
+            self._cluster = await self._reader.cluster_id()
+        except KafkaError as exc:
+            await self._reader.stop()
+            raise BrokerError(f"cannot read results: {exc}") from exc
+        except BrokerError as exc:
             raise BrokerError(f"cannot read results: {exc}") from exc
 
-    async def _partitions(self, topic: str) -> set[int]:
-        await self._consumer._client.force_metadata_update()
-        parts = self._consumer.partitions_for_topic(topic)
-        if not parts:
-            raise BrokerError(f"topic {topic} does not exist")
-        return parts
-
     async def stop(self) -> None:
-        await _stop_quietly(self._consumer)
+        await self._reader.stop()
 
     async def poll(self, timeout_ms: int = 200) -> list[str]:
         """Read what is available; return the request ids that got their first result or dead letter."""
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=1000)
-        for tp, records in batches.items():
-            self._read_upto[tp] = max(self._read_upto.get(tp, 0), records[-1].offset + 1)
-        settled = (self._take(tp.topic, record.value or b"") for tp, records in batches.items() for record in records)
+        settled = (self._take(record.topic, record.value or b"") for record in await self._reader.poll(timeout_ms))
         return [request_id for request_id in settled if request_id is not None]
 
     async def lost_broker_data(self) -> bool:
-        """True (once per event) when a partition now ends before what we already read: the data is gone."""
+        """True (once per event) when the broker is not the one we started reading from: its data is gone.
+
+        The signal is the broker's cluster id, which the embedded provider makes new at every
+        start. Offsets are no signal: Tansu's reported end can trail the records a fetch has
+        already returned, which made an end-offset comparison cry wolf on a healthy, busy broker.
+        """
         if time.monotonic() < self._next_reset_check:
             return False
         self._next_reset_check = time.monotonic() + 1.0
         try:
-            ends = await self._consumer.end_offsets(list(self._consumer.assignment()))
+            cluster = await self._reader.cluster_id()
         except KafkaError:
-            return False  # topics missing or broker away right now; look again later
-        if any(ends.get(tp, 0) < upto for tp, upto in self._read_upto.items()):
-            self.broker_resets += 1
-            self._read_upto.clear()
-            return True
-        return False
+            return False  # broker away right now; look again later
+        if not cluster or cluster == self._cluster:
+            return False
+        log.warning("the broker is a new one (cluster id %s, was %s): its data is gone", cluster, self._cluster)
+        self._cluster = cluster
+        self.broker_resets += 1
+        with contextlib.suppress(KafkaError):
+            await self._reader.rewind()
+        return True
 
     def _take(self, topic: str, value: bytes) -> str | None:
         c = self.collected

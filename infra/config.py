@@ -13,12 +13,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from policies.decisions import DEFAULT_MAX_HOPS
+from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
 from topics.errors import ConfigError
 from topics.names import TopicLayout, check_name
+from workers.spec import (
+    ControlConfig,
+    DeploymentSpec,
+    LimitsConfig,
+    PolicyConfig,
+    TelemetryConfig,
+    TierConfig,
+)
 
 T = TypeVar("T")
 PROVIDERS = ("embedded", "docker", "external")
-SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 EXPORTERS = ("none", "console", "otlp")
 
 
@@ -82,6 +91,17 @@ class BrokerConfig:
     fetch_max_wait_ms: int = 10
     replication_factor: int = 1
 
+    def connection(self, bootstrap: str) -> KafkaConnection:
+        """How clients reach the broker at ``bootstrap`` with these TLS and SASL settings."""
+        return KafkaConnection(
+            bootstrap=bootstrap,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism,
+            sasl_username=self.sasl_username,
+            sasl_password_env=self.sasl_password_env,
+            ssl_cafile=self.ssl_cafile,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class RayConfig:
@@ -92,82 +112,10 @@ class RayConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    max_payload_bytes: int = 1 << 20
-    max_batch: int = 64
-    """Records one actor takes per poll: the bound on its in-flight work."""
-    max_hops: int = 8
-    default_deadline_s: float = 120.0
-    """Deadline given to requests that carry none."""
-    infer_timeout_s: float = 60.0
-    max_rss_mb: int = 0
-    """A replica whose resident memory passes this after a batch finishes it, commits, leaves and is
-    replaced by a fresh one (0: no bound). Like Celery's max memory per child: a leak or a fragmented
-    heap costs a restart, not the machine. LLM tiers count their mapped weights: leave them room."""
-
-
-@dataclass(frozen=True, slots=True)
 class StageConfig:
     replicas: int = 1
     num_cpus: float = 0.1
     partitions: int = 4
-
-
-@dataclass(frozen=True, slots=True)
-class TierConfig:
-    name: str
-    backend: str
-    replicas: int = 1
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
-    resources: Mapping[str, float] = field(default_factory=dict)
-    partitions: int = 4
-    threshold: float = 0.5
-    cost: float = 0.0
-    """Expected cost per call, for routing; the backend reports the actual cost."""
-    batch_size: int = 32
-    options: Mapping[str, Any] = field(default_factory=dict)
-    optional: bool = False
-    """The demo leaves this tier out (saying why) when its backend cannot load, e.g. recorded data absent."""
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    file: str = ""
-    """A fitted policy file (``tierflow fit``); when set, it supplies both policies and their parameters."""
-    pre_call: str = "cheapest_first"
-    pre_call_params: Mapping[str, Any] = field(default_factory=dict)
-    post_hoc: str = "threshold"
-    post_hoc_params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ControlConfig:
-    """The budget controller and who may command it (``[control]``)."""
-
-    enabled: bool = True
-    keys: Mapping[str, str] = field(default_factory=lambda: {"default": "TIERFLOW_CONTROL_KEY"})
-    """Key id -> name of the environment variable holding its secret (never the secret itself)."""
-    period_s: float = 1.0
-    """How often the control law runs."""
-    window_s: float = 3.0
-    """The sliding window observed cost, latency and quality are measured over (longer: less noise,
-    but more delay in the loop, which makes the law oscillate; 3 s settles in ~15 s at 300 req/s)."""
-    report_every_s: float = 2.0
-    step: float = 0.04
-    """Largest change of a multiplier per period (the bounded step of the dual ascent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetryConfig:
-    """Where spans and metrics go (``[telemetry]``)."""
-
-    exporter: str = "none"
-    """``none``, ``console`` (JSON lines to ``console_path``, else stdout) or ``otlp`` (HTTP)."""
-    endpoint: str = ""
-    """OTLP/HTTP base URL (default: the SDK's, http://localhost:4318)."""
-    console_path: str = ""
-    metric_interval_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +124,13 @@ class Config:
     tiers: tuple[TierConfig, ...]
     broker: BrokerConfig = BrokerConfig()
     ray: RayConfig = RayConfig()
-    limits: LimitsConfig = LimitsConfig()
-    policies: PolicyConfig = PolicyConfig()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    policies: PolicyConfig = field(default_factory=PolicyConfig)
     router: StageConfig = StageConfig()
     verifier: StageConfig = StageConfig()
     sink: StageConfig = StageConfig(partitions=4)
-    control: ControlConfig = ControlConfig()
-    telemetry: TelemetryConfig = TelemetryConfig()
+    control: ControlConfig = field(default_factory=ControlConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     results_path: str = ""
     """Where the results sink appends delivered results (JSONL); empty: no file sink."""
     dataset: str = ""
@@ -199,6 +147,22 @@ class Config:
             if tier.name == name:
                 return tier
         raise ConfigError(f"unknown tier {name!r}; known: {', '.join(t.name for t in self.tiers)}")
+
+    def runtime(self, bootstrap: str) -> DeploymentSpec:
+        """What the stream runtime of this deployment needs, for a broker at ``bootstrap``."""
+        return DeploymentSpec(
+            namespace=self.namespace,
+            tiers=self.tiers,
+            kafka=self.broker.connection(bootstrap),
+            partitions=self.partitions(),
+            limits=self.limits,
+            policies=self.policies,
+            control=self.control,
+            telemetry=self.telemetry,
+            results_path=self.results_path,
+            session_timeout_ms=self.broker.session_timeout_ms,
+            fetch_max_wait_ms=self.broker.fetch_max_wait_ms,
+        )
 
     def partitions(self) -> dict[str, int]:
         """Partition count of every topic of the deployment."""
@@ -295,7 +259,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     limits = LimitsConfig(
         max_payload_bytes=lim.number("max_payload_bytes", int, 1 << 20, 1024, 64 << 20),
         max_batch=lim.number("max_batch", int, 64, 1, 100_000),
-        max_hops=lim.number("max_hops", int, 8, 1, 1000),
+        max_hops=lim.number("max_hops", int, DEFAULT_MAX_HOPS, 1, 1000),
         default_deadline_s=lim.number("default_deadline_s", float, 120.0, 0.001),
         infer_timeout_s=lim.number("infer_timeout_s", float, 60.0, 0.001),
         max_rss_mb=lim.number("max_rss_mb", int, 0, 0, 1 << 24),

@@ -15,12 +15,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from infra.config import Config
 from topics.control import Action, ControlCommand, ControlReply, Targets, decode_control
 from topics.errors import BrokerError, ConfigError, DecodeError
+from topics.reader import TopicReader
 
 DEFAULT_VALIDITY_S = 300.0
 
@@ -67,16 +68,14 @@ async def send_raw(
     kafka: dict[str, Any], topic: str, value: bytes, timeout_s: float, match: tuple[str, int] | None = None
 ) -> ControlReply:
     """Produce any bytes to the control topic and wait for the reply to that offset (tests send bad ones)."""
-    partition = TopicPartition(topic, 0)
-    consumer = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=20)
+    reader = TopicReader(kafka, [topic], partitions={topic: 1})
     producer = AIOKafkaProducer(**kafka, acks="all")
     try:
-        await consumer.start()
+        await reader.start()
         await producer.start()
-        consumer.assign([partition])
         meta = await producer.send_and_wait(topic, value, key=b"operator", partition=0)
-        consumer.seek(partition, meta.offset)
-        return await asyncio.wait_for(_reply_to(consumer, meta.offset), timeout=timeout_s)
+        reader.seek(TopicPartition(topic, 0), meta.offset)
+        return await asyncio.wait_for(_reply_to(reader, meta.offset), timeout=timeout_s)
     except TimeoutError as exc:
         raise BrokerError(f"no reply from the budget controller within {timeout_s:g}s (is the pipeline up?)") from exc
     except KafkaError as exc:
@@ -84,18 +83,16 @@ async def send_raw(
     finally:
         with contextlib.suppress(KafkaError):
             await producer.stop()
-        with contextlib.suppress(KafkaError):
-            await consumer.stop()
+        await reader.stop()
 
 
-async def _reply_to(consumer: AIOKafkaConsumer, offset: int) -> ControlReply:
+async def _reply_to(reader: TopicReader, offset: int) -> ControlReply:
     while True:
-        for records in (await consumer.getmany(timeout_ms=200)).values():
-            for record in records:
-                with contextlib.suppress(DecodeError):
-                    message = decode_control(record.value or b"")
-                    if isinstance(message, ControlReply) and message.offset == offset:
-                        return message
+        for record in await reader.poll():
+            with contextlib.suppress(DecodeError):
+                message = decode_control(record.value or b"")
+                if isinstance(message, ControlReply) and message.offset == offset:
+                    return message
 
 
 def targets_from_args(

@@ -30,7 +30,7 @@ def synthetic_items(n: int, seed: int) -> list[Item]:
 
 def sarcasm_items(n: int, seed: int) -> list[Item]:
     """A seeded sample of ``n`` held-out (test split) sarcasm headlines."""
-    from workers.backends.sarcasm_data import test_items
+    from workers.backends.assets.sarcasm import test_items
 
     items = test_items()
     if n > len(items):
@@ -41,7 +41,7 @@ def sarcasm_items(n: int, seed: int) -> list[Item]:
 
 def mmlu_items(n: int, seed: int) -> list[Item]:
     """A seeded sample of ``n`` MMLU test questions (all subjects), as prompts with gold letters."""
-    from workers.mmlu_data import load_questions
+    from workers.backends.assets.mmlu import load_questions
 
     questions = load_questions()
     if n > len(questions):

@@ -28,11 +28,12 @@ from infra.broker import EmbeddedBroker, kafka_options
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config, load_portfolio, with_policy_file
 from infra.datasets import Item, load_items
+from infra.errors import Interrupted
 from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
 from infra.report import RunFacts, build_report
 from topics.admin import ensure_topics
-from topics.errors import BrokerError, ConfigError, DataError, Interrupted
+from topics.errors import BrokerError, ConfigError, DataError
 from topics.messages import Request
 from workers.backends.base import Query, create_backend
 

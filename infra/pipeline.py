@@ -69,6 +69,7 @@ class Pipeline:
 
     def _plan(self) -> None:
         c = self.config
+        deployment = c.runtime(self.bootstrap)
         stages: list[tuple[str, str, int, dict[str, Any]]] = [
             ("router", "", c.router.replicas, {"num_cpus": c.router.num_cpus}),
             ("verifier", "", c.verifier.replicas, {"num_cpus": c.verifier.num_cpus}),
@@ -79,11 +80,11 @@ class Pipeline:
         if c.results_path:
             stages.append(("sink", "", c.sink.replicas, {"num_cpus": c.sink.num_cpus}))
         for kind, tier_name, replicas, options in stages:
-            spec = StageSpec(kind, c, self.bootstrap, tier_name)
+            spec = StageSpec(kind, deployment, tier_name)
             pool = Pool(spec.pool, options=options)
             self.pools[pool.name] = pool
             for replica in range(replicas):
-                pool.specs.append(StageSpec(kind, c, self.bootstrap, tier_name, replica))
+                pool.specs.append(StageSpec(kind, deployment, tier_name, replica))
 
     async def start(self, ready_timeout_s: float = 120.0) -> None:
         """Create topics, start every replica, and wait until each pool owns all its partitions."""
@@ -136,8 +137,8 @@ class Pipeline:
     def _launch_controller(self) -> None:
         """The budget controller: one named actor per namespace, keys read here from the environment."""
         self.controller = ControllerActor.options(  # type: ignore[attr-defined]
-            name=controller_name(self.config), num_cpus=self.config.router.num_cpus
-        ).remote(self.config, self.bootstrap, resolve_keys(self.config))
+            name=controller_name(self.config.namespace), num_cpus=self.config.router.num_cpus
+        ).remote(self.config.runtime(self.bootstrap), resolve_keys(self.config.control))
         self._controller_run = self.controller.run.remote()
 
     def _launch(self, pool: Pool, spec: StageSpec) -> None:
@@ -200,7 +201,7 @@ class Pipeline:
         pool = self.pools[pool_name]
         while len(pool.actors) < replicas:
             base = pool.specs[0]
-            spec = StageSpec(base.kind, base.config, base.bootstrap, base.tier, max(s.replica for s in pool.specs) + 1)
+            spec = StageSpec(base.kind, base.deployment, base.tier, max(s.replica for s in pool.specs) + 1)
             pool.specs.append(spec)
             self._launch(pool, spec)
         while len(pool.actors) > replicas:

@@ -28,9 +28,9 @@ from rich.table import Table
 from infra.config import Config, TierConfig, load_config, load_portfolio
 from infra.datasets import Item, load_items
 from topics.errors import ConfigError, DataError
+from topics.traces import TraceRow, append_rows, read_trace, truncate_torn_tail
 from workers.backends.base import Completion, Query, create_backend
 from workers.backends.confidence import normalise_answer
-from workers.traces import TraceRow, append_rows, read_trace, truncate_torn_tail
 
 _LEADING_LETTER = re.compile(r"^\W*([A-Za-z])\b")
 

@@ -17,33 +17,44 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from topics.admin import ensure_topics
+from topics.admin import cluster_id, ensure_topics
 
 log = logging.getLogger("tierflow.watchdog")
 
 
 class BrokerWatchdog:
-    """Call ``check()`` periodically; it returns True when it found the topics gone and rebuilt them."""
+    """Call ``check()`` periodically; it returns True when it found the broker's data gone and rebuilt the topics.
+
+    Two signals, neither of which a healthy broker gives: the deployment's topics are
+    missing, or the broker reports another cluster id than at the first check (the
+    embedded provider starts every broker with a fresh one; a client may have
+    recreated the topics before the watchdog looked).
+    """
 
     def __init__(self, kafka: dict[str, Any], partitions: Mapping[str, int], replication: int = 1) -> None:
         self.kafka = kafka
         self.partitions = dict(partitions)
         self.replication = replication
         self.resets = 0
+        self.cluster = ""
 
     async def check(self) -> bool:
         admin = AIOKafkaAdminClient(**self.kafka)
         try:
             await admin.start()
             present = set(await admin.list_topics())
+            cluster = await cluster_id(admin._client)
         except KafkaError:
             return False  # unreachable right now: nothing to conclude yet
         finally:
             await admin.close()
         missing = sorted(set(self.partitions) - present)
-        if not missing:
+        new_cluster = bool(self.cluster and cluster and cluster != self.cluster)
+        self.cluster = cluster or self.cluster
+        if not missing and not new_cluster:
             return False
         self.resets += 1
-        log.warning("broker lost %d topics (%s…): data is gone; recreating them", len(missing), missing[0])
+        what = f"{len(missing)} topics ({missing[0]}…)" if missing else f"its data (new cluster id {cluster})"
+        log.warning("broker lost %s: data is gone; recreating the topics and rewinding the stages", what)
         await ensure_topics(self.kafka, self.partitions, self.replication)
         return True

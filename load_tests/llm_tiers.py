@@ -28,7 +28,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.trace import TraceOptions, run_trace
-from workers.traces import TraceRow
+from topics.traces import TraceRow
 
 LOWER_IS_CONFIDENT = frozenset({"entropy"})
 

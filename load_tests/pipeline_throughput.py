@@ -6,7 +6,7 @@ three measurements:
 (a) **raw chain** — the ceiling. A producer writes N keyed ~200-byte records to
     topic A; three hops consume A→B, B→C, C→D and a final consumer reads D.
     Each hop keeps tierflow's delivery discipline (``workers/stage.py``) and its
-    batched produce (``workers/produce.py``): a
+    batched produce (``topics/produce.py``): a
     consumer group, ``getmany`` batches of ``max_batch``, produce the batch with
     ``acks=all``, await every ack, then commit manually; the same
     ``session_timeout_ms``, ``fetch_max_wait_ms``, partitions and ``linger_ms``
@@ -84,7 +84,7 @@ from infra.config import BrokerConfig, Config, RayConfig, parse_config
 from topics.admin import delete_topics, ensure_topics
 from topics.errors import BrokerError, TierflowError
 from topics.messages import Request, Result
-from workers.produce import produce_all
+from topics.produce import produce_all
 from workers.stage import PRODUCER_BATCH_BYTES
 
 VALUE_BYTES = 200

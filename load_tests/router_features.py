@@ -41,8 +41,8 @@ from infra.lab.registry import make_method
 from infra.lab.table import TraceTable
 from infra.trace import TraceOptions, run_trace
 from topics.messages import Request
+from topics.traces import read_trace
 from workers.query_features import QueryFeaturizer
-from workers.traces import read_trace
 
 ROUTERS = ("routellm_mf", "routellm_clf", "hybrid_llm", "optllm", "cargo", "select_then_route", "cascade_routing")
 

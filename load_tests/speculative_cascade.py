@@ -2,7 +2,7 @@
 
 A drafter (default Qwen2.5-Coder-0.5B) proposes ``--gamma`` tokens, the target
 (Qwen2.5-Coder-1.5B, same tokenizer) scores them in one pass, and a deferral rule
-(``workers/speculative.py``: Chow, Diff, OPT) keeps or defers each. Per rule and
+(``workers/backends/speculative_decoding.py``: Chow, Diff, OPT) keeps or defers each. Per rule and
 alpha: generated tokens per second (and the speed-up over the target alone), the
 share of tokens whose position was deferred, target passes per token, and quality
 against the target's own greedy output: positional token agreement, the prefix
@@ -34,7 +34,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers.speculative import RULES, Rule, SpeculativeCascade, SpeculativeResult, common_prefix
+from policies.deferral import RULES, Rule, common_prefix
+from workers.backends.speculative_decoding import SpeculativeCascade, SpeculativeResult
 
 SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 CHAT = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"

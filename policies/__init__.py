@@ -1,11 +1,10 @@
 """Routing and escalation policies: pure decision code, registered by name."""
 
-from policies.base import Action, PostHocPolicy, PreCallPolicy, Route, TierInfo, Verdict
+from policies.base import PostHocPolicy, PreCallPolicy, Route, TierInfo, Verdict, VerdictAction
 from policies.defaults import CheapestFirst, ConfidenceThreshold
 from policies.registry import make_post_hoc, make_pre_call
 
 __all__ = [
-    "Action",
     "CheapestFirst",
     "ConfidenceThreshold",
     "PostHocPolicy",
@@ -13,6 +12,7 @@ __all__ = [
     "Route",
     "TierInfo",
     "Verdict",
+    "VerdictAction",
     "make_post_hoc",
     "make_pre_call",
 ]

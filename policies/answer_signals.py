@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.base import Action, PostHocPolicy, SteerableTau, TierInfo, Verdict, accept_or_escalate
+from policies.base import PostHocPolicy, SteerableTau, TierInfo, Verdict, VerdictAction, accept_or_escalate
 from topics.messages import Answer
 
 
@@ -57,7 +57,6 @@ class SemanticEntropy(PostHocPolicy):
     tau: float = 0.5
     """Nats; with n samples the entropy lies in [0, log n]."""
     thresholds: Mapping[str, float] = field(default_factory=dict)
-    max_hops: int = 16
 
     name = "semantic_entropy"
 
@@ -65,10 +64,10 @@ class SemanticEntropy(PostHocPolicy):
         entropy = semantic_entropy_of(answer)
         tau = self.thresholds.get(answer.tier, self.tau)
         accept = math.isfinite(entropy) and entropy <= tau
-        return accept_or_escalate(answer, tiers, accept, f"semantic entropy {entropy:.3f} vs {tau:.3f}", self.max_hops)
+        return accept_or_escalate(answer, tiers, accept, f"semantic entropy {entropy:.3f} vs {tau:.3f}")
 
     def params(self) -> dict[str, Any]:
-        return {"tau": self.tau, "thresholds": dict(self.thresholds), "max_hops": self.max_hops}
+        return {"tau": self.tau, "thresholds": dict(self.thresholds)}
 
 
 @dataclass(frozen=True)
@@ -79,23 +78,21 @@ class SelfRef(SteerableTau, PostHocPolicy):
     thresholds: Mapping[str, float] = field(default_factory=dict)
     reject_below: float = 0.0
     """0: never reject. Meant to sit below the thresholds; an answer below it is not escalated."""
-    max_hops: int = 16
 
     name = "self_ref"
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
         confidence = self_ref_of(answer)
-        tau = self.thresholds.get(answer.tier, self.tau)
+        tau = self.threshold_of(answer.tier)
         why = f"self_ref {confidence:.3f} vs {tau:.3f}"
         scored = math.isfinite(confidence)
         if scored and answer.error is None and confidence < self.reject_below:
-            return Verdict(Action.STOP, reason=f"{why}; rejected below {self.reject_below:.3f}")
-        return accept_or_escalate(answer, tiers, scored and confidence >= tau, why, self.max_hops)
+            return Verdict(VerdictAction.STOP, reason=f"{why}; rejected below {self.reject_below:.3f}")
+        return accept_or_escalate(answer, tiers, scored and confidence >= tau, why)
 
     def params(self) -> dict[str, Any]:
         return {
             "tau": self.tau,
             "thresholds": dict(self.thresholds),
             "reject_below": self.reject_below,
-            "max_hops": self.max_hops,
         }

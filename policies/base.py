@@ -42,7 +42,9 @@ class Route:
     """Ex-ante quality estimates per tier, carried in the task for a post-hoc policy that reads them."""
 
 
-class Action(StrEnum):
+class VerdictAction(StrEnum):
+    """What a post-hoc policy says of an answer (not ``topics.control``'s command kinds)."""
+
     ACCEPT = "accept"
     ESCALATE = "escalate"
     STOP = "stop"
@@ -51,7 +53,7 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    action: Action
+    action: VerdictAction
     target: str | None = None
     """The tier to escalate to (only with ``ESCALATE``)."""
     reason: str = ""
@@ -119,20 +121,44 @@ class PostHocPolicy(ABC):
         raise ConfigError(f"policy {self.name!r} has no thresholds the budget controller can move")
 
 
-class SteerableTau:
-    """For policies that accept when a score in [0, 1] reaches ``thresholds[tier]`` (else ``tau``):
-    the budget controller reads and moves those thresholds. Mixed into frozen dataclasses."""
+class SteerableThresholds(ABC):
+    """For policies that accept when a score in [0, 1] reaches ``thresholds[tier]`` (else a
+    fallback): the one implementation of reading and moving those thresholds, so the budget
+    controller steers every such policy the same way. Mixed into frozen dataclasses that have
+    a ``thresholds`` field; the policy names its fallback (``fallback_threshold``) and, when not
+    every tier below the top one is steered, which tiers are (``steered_tiers``).
+    """
 
-    tau: float
     thresholds: Mapping[str, float]
 
+    @abstractmethod
+    def fallback_threshold(self) -> float:
+        """The threshold of a tier that ``thresholds`` does not name."""
+
+    def steered_tiers(self, tiers: Sequence[str]) -> Sequence[str]:
+        """The tiers whose thresholds the controller moves: all but the top one (nothing escalates from it)."""
+        return tiers[:-1]
+
+    def threshold_of(self, tier: str) -> float:
+        """The acceptance threshold of ``tier``."""
+        return self.thresholds.get(tier, self.fallback_threshold())
+
     def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
-        return {tier: self.thresholds.get(tier, self.tau) for tier in tiers[:-1]}
+        return {tier: self.threshold_of(tier) for tier in self.steered_tiers(tiers)}
 
     def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
         policy: Any = self  # a frozen dataclass, by the mixin's contract
         replaced: PostHocPolicy = dataclasses.replace(policy, thresholds={**self.thresholds, **thresholds})
         return replaced
+
+
+class SteerableTau(SteerableThresholds):
+    """``SteerableThresholds`` whose fallback is the policy's ``tau`` field (the survey's τ)."""
+
+    tau: float
+
+    def fallback_threshold(self) -> float:
+        return self.tau
 
 
 def allowed_tiers(request: Request, tiers: tuple[TierInfo, ...]) -> tuple[str, ...]:
@@ -155,16 +181,16 @@ def next_tier(answer: Answer, tiers: tuple[TierInfo, ...]) -> str | None:
     return next((name for name in above if name in allowed and name not in ran), None)
 
 
-def accept_or_escalate(
-    answer: Answer, tiers: tuple[TierInfo, ...], accept: bool, why: str, max_hops: int = 16
-) -> Verdict:
-    """ACCEPT when ``accept`` (and the answer is not an error), else ESCALATE up the ladder, else STOP."""
+def accept_or_escalate(answer: Answer, tiers: tuple[TierInfo, ...], accept: bool, why: str) -> Verdict:
+    """ACCEPT when ``accept`` (and the answer is not an error), else ESCALATE up the ladder, else STOP.
+
+    No hop limit here: that is a deployment limit, applied once for every policy by
+    ``policies.decisions.verify_answer``.
+    """
     if accept and answer.error is None:
-        return Verdict(Action.ACCEPT, reason=why)
+        return Verdict(VerdictAction.ACCEPT, reason=why)
     why = answer.error or why
     target = next_tier(answer, tiers)
     if target is None:
-        return Verdict(Action.STOP, reason=f"{why}; no higher tier")
-    if answer.task.hop + 1 >= max_hops:
-        return Verdict(Action.STOP, reason=f"{why}; hop limit {max_hops}")
-    return Verdict(Action.ESCALATE, target=target, reason=why)
+        return Verdict(VerdictAction.STOP, reason=f"{why}; no higher tier")
+    return Verdict(VerdictAction.ESCALATE, target=target, reason=why)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import Action, PostHocPolicy, PreCallPolicy, Route, TierInfo, Verdict, allowed_tiers
+from policies.base import PostHocPolicy, PreCallPolicy, Route, TierInfo, Verdict, VerdictAction, allowed_tiers
 from policies.features import FloatVector
 from policies.routers import require_vector, tier_costs
 from policies.scoring import LinearHeads, LinearScorer
@@ -145,7 +145,6 @@ class CascadeRouting(PostHocPolicy):
     """Per tier, a ``LinearScorer`` of P(correct) on the answer's signals and ``ex_ante``."""
     sigma: Mapping[str, float] = field(default_factory=dict)
     costs: Mapping[str, float] = field(default_factory=dict)
-    max_hops: int = 16
 
     name = "cascade_routing"
     family = "hybrid"
@@ -170,16 +169,16 @@ class CascadeRouting(PostHocPolicy):
         unrun = [t.name for t in tiers if t.name in self.tiers and t.name in allowed and t.name not in ran]
         sigma = {t: 0.0 if t in ran else self.sigma[t] for t in self.tiers}  # what ran is known
         chosen = best_set(ran, unrun, mu, sigma, self.costs, self.lam)
-        if chosen and task.hop + 1 < self.max_hops:
+        if chosen:
             target = min(chosen, key=lambda t: self.costs[t])
             why = f"best set {'+'.join([*ran, *chosen])}: run {target}"
-            return Verdict(Action.ESCALATE, target=target, reason=why, estimates=mu)
+            return Verdict(VerdictAction.ESCALATE, target=target, reason=why, estimates=mu)
         answered = [t for t in ran if t != answer.tier or answer.error is None]
         if not answered:
-            return Verdict(Action.STOP, reason=answer.error or "no tier answered")
+            return Verdict(VerdictAction.STOP, reason=answer.error or "no tier answered")
         deliver = max(reversed(answered), key=lambda t: mu[t])
         why = f"best set {'+'.join(ran)} ran; {deliver} estimated {mu[deliver]:.3f}"
-        return Verdict(Action.ACCEPT, reason=why, deliver=deliver)
+        return Verdict(VerdictAction.ACCEPT, reason=why, deliver=deliver)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -188,5 +187,4 @@ class CascadeRouting(PostHocPolicy):
             "post_hoc": {t: s.to_json() for t, s in self.post_hoc.items()},
             "sigma": dict(self.sigma),
             "costs": dict(self.costs),
-            "max_hops": self.max_hops,
         }

@@ -13,7 +13,7 @@
   variant), or look the action up per ``verify_p`` bin in a table fitted by dynamic
   programming on the train split to maximise accuracy - λ·cost (POMDP variant).
 * ``frugalgpt`` — FrugalGPT: an ordered chain of tiers (a sub-sequence of the
-  ladder, enforced by the ``chain`` router) with a threshold per stage on a learned
+  ladder, enforced by the ``chain`` router in ``policies/routers.py``) with a threshold per stage on a learned
   answer scorer; the chain and thresholds maximise accuracy under a mean-cost budget.
 
 Every policy here is pure: the answer (with its task, request and history) in, a
@@ -23,25 +23,14 @@ verdict out; the same objects decide in the verifier and in ``tierflow eval``.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.base import (
-    PostHocPolicy,
-    PreCallPolicy,
-    Route,
-    SteerableTau,
-    TierInfo,
-    Verdict,
-    accept_or_escalate,
-    allowed_tiers,
-)
-from policies.features import FloatVector
+from policies.base import PostHocPolicy, SteerableTau, SteerableThresholds, TierInfo, Verdict, accept_or_escalate
 from policies.scoring import Calibrator, LinearScorer, answer_signal
-from topics.messages import Answer, Request
+from topics.messages import Answer
 
 
 def _calibrators(data: Mapping[str, Any]) -> dict[str, Calibrator]:
@@ -63,7 +52,6 @@ class Gatekeeper(SteerableTau, PostHocPolicy):
     signal: str = "confidence"
     tau: float = 0.5
     thresholds: Mapping[str, float] = field(default_factory=dict)
-    max_hops: int = 16
 
     name = "gatekeeper"
 
@@ -76,8 +64,8 @@ class Gatekeeper(SteerableTau, PostHocPolicy):
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
         p = self.p_correct(answer)
-        tau = self.thresholds.get(answer.tier, self.tau)
-        return accept_or_escalate(answer, tiers, p >= tau, f"calibrated {p:.3f} vs {tau:.3f}", self.max_hops)
+        tau = self.threshold_of(answer.tier)
+        return accept_or_escalate(answer, tiers, p >= tau, f"calibrated {p:.3f} vs {tau:.3f}")
 
     def params(self) -> dict[str, Any]:
         return {
@@ -85,7 +73,6 @@ class Gatekeeper(SteerableTau, PostHocPolicy):
             "signal": self.signal,
             "tau": self.tau,
             "thresholds": dict(self.thresholds),
-            "max_hops": self.max_hops,
         }
 
 
@@ -95,7 +82,6 @@ class LMCascade(PostHocPolicy):
 
     scorers: Mapping[str, Any] = field(default_factory=dict)
     tau: float = 0.5
-    max_hops: int = 16
 
     name = "lm_cascade"
 
@@ -106,13 +92,12 @@ class LMCascade(PostHocPolicy):
         scorer = self.scorers.get(answer.tier)
         p_wrong = 1.0 - scorer.p_correct(answer) if scorer is not None else 0.0
         why = f"P(wrong) {p_wrong:.3f} vs {self.tau:.3f}"
-        return accept_or_escalate(answer, tiers, p_wrong <= self.tau, why, self.max_hops)
+        return accept_or_escalate(answer, tiers, p_wrong <= self.tau, why)
 
     def params(self) -> dict[str, Any]:
         return {
             "scorers": {tier: s.to_json() for tier, s in self.scorers.items()},
             "tau": self.tau,
-            "max_hops": self.max_hops,
         }
 
 
@@ -133,7 +118,6 @@ class AutoMix(PostHocPolicy):
     threshold: float = 0.5
     bins: Mapping[str, Sequence[float]] = field(default_factory=dict)
     actions: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    max_hops: int = 16
 
     name = "automix"
 
@@ -147,25 +131,27 @@ class AutoMix(PostHocPolicy):
         else:
             accept = verify_p > self.threshold
             why = f"verify_p {verify_p:.3f} vs {self.threshold:.3f}"
-        return accept_or_escalate(answer, tiers, accept, why, self.max_hops)
+        return accept_or_escalate(answer, tiers, accept, why)
 
     def params(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
             "bins": {tier: list(edges) for tier, edges in self.bins.items()},
             "actions": {tier: list(table) for tier, table in self.actions.items()},
-            "max_hops": self.max_hops,
         }
 
 
 @dataclass(frozen=True)
-class FrugalGPT(PostHocPolicy):
-    """Stop at the first stage of ``chain`` whose scorer reaches that stage's threshold."""
+class FrugalGPT(SteerableThresholds, PostHocPolicy):
+    """Stop at the first stage of ``chain`` whose scorer reaches that stage's threshold.
+
+    A stage without a threshold accepts any score (0); the last stage always accepts, so
+    the budget controller steers every stage but the last (not the ladder's tiers).
+    """
 
     chain: tuple[str, ...] = ()
     thresholds: Mapping[str, float] = field(default_factory=dict)
     scorers: Mapping[str, Any] = field(default_factory=dict)
-    max_hops: int = 16
 
     name = "frugalgpt"
 
@@ -177,43 +163,19 @@ class FrugalGPT(PostHocPolicy):
         last = not self.chain or answer.tier == self.chain[-1]
         scorer = self.scorers.get(answer.tier)
         score = scorer.p_correct(answer) if scorer is not None else 1.0
-        threshold = self.thresholds.get(answer.tier, 0.0)
+        threshold = self.threshold_of(answer.tier)
         why = f"score {score:.3f} vs {threshold:.3f}"
-        return accept_or_escalate(answer, tiers, last or score >= threshold, why, self.max_hops)
+        return accept_or_escalate(answer, tiers, last or score >= threshold, why)
 
-    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
-        return {tier: self.thresholds.get(tier, 0.0) for tier in self.chain[:-1]}
+    def fallback_threshold(self) -> float:
+        return 0.0
 
-    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
-        return dataclasses.replace(self, thresholds={**self.thresholds, **thresholds})
+    def steered_tiers(self, tiers: Sequence[str]) -> Sequence[str]:
+        return self.chain[:-1]
 
     def params(self) -> dict[str, Any]:
         return {
             "chain": list(self.chain),
             "thresholds": dict(self.thresholds),
             "scorers": {tier: s.to_json() for tier, s in self.scorers.items()},
-            "max_hops": self.max_hops,
         }
-
-
-@dataclass(frozen=True)
-class ChainRouter(PreCallPolicy):
-    """Allow only the tiers of ``chain`` (in ladder order) and start at the first one allowed."""
-
-    chain: tuple[str, ...] = ()
-
-    name = "chain"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "chain", tuple(self.chain))
-
-    def route(
-        self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
-    ) -> Route:
-        allowed = tuple(t for t in allowed_tiers(request, tiers) if not self.chain or t in self.chain)
-        if not allowed:
-            return Route(allowed=(), start=None, reason="no tier of the chain is allowed")
-        return Route(allowed=allowed, start=allowed[0])
-
-    def params(self) -> dict[str, Any]:
-        return {"chain": list(self.chain)}

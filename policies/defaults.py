@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +12,7 @@ from policies.base import (
     PostHocPolicy,
     PreCallPolicy,
     Route,
+    SteerableThresholds,
     TierInfo,
     Verdict,
     accept_or_escalate,
@@ -39,38 +39,31 @@ class CheapestFirst(PreCallPolicy):
 
 
 @dataclass(frozen=True)
-class ConfidenceThreshold(PostHocPolicy):
+class ConfidenceThreshold(SteerableThresholds, PostHocPolicy):
     """Accept when the tier's confidence reaches its threshold, else escalate up the ladder.
 
     An answer with an error, or a confidence that is not a finite number in [0, 1],
     is never accepted (``nan >= t`` is False, but we do not rely on that). After the
-    last allowed tier, or at ``max_hops``, the verdict is STOP: the stage delivers
-    the best answer seen with status ``exhausted``.
+    last allowed tier the verdict is STOP: the stage delivers the best answer seen with
+    status ``exhausted`` (as it does at the deployment's hop limit, ``verify_answer``'s).
+    The budget controller steers ``thresholds`` (``SteerableThresholds``).
     """
 
     thresholds: Mapping[str, float] = field(default_factory=dict)
     """Per-tier acceptance threshold; a tier missing here uses ``default_threshold``."""
     default_threshold: float = 0.5
-    max_hops: int = 16
 
     name = "threshold"
 
     def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
-        threshold = self.thresholds.get(answer.tier, self.default_threshold)
+        threshold = self.threshold_of(answer.tier)
         valid = math.isfinite(answer.confidence) and 0.0 <= answer.confidence <= 1.0
         accept = valid and answer.confidence >= threshold
         why = f"confidence {answer.confidence:.3f} {'>=' if accept else '<'} {threshold}"
-        return accept_or_escalate(answer, tiers, accept, why, self.max_hops)
+        return accept_or_escalate(answer, tiers, accept, why)
 
-    def steerable_thresholds(self, tiers: Sequence[str]) -> dict[str, float] | None:
-        return {tier: self.thresholds.get(tier, self.default_threshold) for tier in tiers[:-1]}
-
-    def with_thresholds(self, thresholds: Mapping[str, float]) -> PostHocPolicy:
-        return dataclasses.replace(self, thresholds={**self.thresholds, **thresholds})
+    def fallback_threshold(self) -> float:
+        return self.default_threshold
 
     def params(self) -> dict[str, Any]:
-        return {
-            "thresholds": dict(self.thresholds),
-            "default_threshold": self.default_threshold,
-            "max_hops": self.max_hops,
-        }
+        return {"thresholds": dict(self.thresholds), "default_threshold": self.default_threshold}

@@ -8,9 +8,10 @@ from typing import Any
 from policies.answer_signals import SelfRef, SemanticEntropy
 from policies.base import PostHocPolicy, PreCallPolicy
 from policies.cascade_routing import CascadeRouter, CascadeRouting
-from policies.cascades import AutoMix, ChainRouter, FrugalGPT, Gatekeeper, LMCascade
+from policies.cascades import AutoMix, FrugalGPT, Gatekeeper, LMCascade
 from policies.defaults import CheapestFirst, ConfidenceThreshold
-from policies.routers import AcceptAnswer, Agreement, Cargo, HybridLLM, OptLLM, RouteLLM, SelectThenRoute
+from policies.partners import AcceptAnswer, Agreement
+from policies.routers import Cargo, ChainRouter, HybridLLM, OptLLM, RouteLLM, SelectThenRoute
 from topics.errors import ConfigError
 
 PRE_CALL: dict[str, Callable[..., PreCallPolicy]] = {
@@ -48,6 +49,14 @@ def make_pre_call(name: str, params: Mapping[str, Any] | None = None) -> PreCall
     return policy
 
 
+LEGACY_POST_HOC_PARAMS = frozenset({"max_hops"})
+"""Parameters post-hoc policies no longer take, dropped silently when building one."""
+
+
 def make_post_hoc(name: str, params: Mapping[str, Any] | None = None) -> PostHocPolicy:
-    policy: PostHocPolicy = _make("post-hoc", POST_HOC, name, params or {})
+    # Policy files (and configs) written before the hop limit became a deployment limit
+    # (``policies.decisions.verify_answer``) carry ``"max_hops": 16`` in their post-hoc
+    # params; every policy is built here, so dropping it here keeps those files loading.
+    current = {key: value for key, value in (params or {}).items() if key not in LEGACY_POST_HOC_PARAMS}
+    policy: PostHocPolicy = _make("post-hoc", POST_HOC, name, current)
     return policy

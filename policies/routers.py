@@ -1,10 +1,14 @@
-"""Pre-call routers of the survey: they read the query vector and pick the tier that starts.
+"""Pre-call routers of the survey: they pick the tier that starts, most of them from the query vector.
 
-Every router here is N-way: it knows the tiers it was fitted on (``tiers``, the
+Every learned router here is N-way: it knows the tiers it was fitted on (``tiers``, the
 ladder, cheapest first), routes among those the request's hints and the budget
 controller leave, and allows the tiers from its choice upward, so the post-hoc
-``accept`` policy escalates only when a tier fails with an error.
+``accept`` policy escalates only when a tier fails with an error. Their post-hoc
+partners (``accept``, ``agreement``) are in ``policies/partners.py``.
 
+* ``chain`` — FrugalGPT's router (not learned, reads no query vector): allow only the
+  tiers of its chain and start at the first; ``frugalgpt`` (``policies/cascades.py``)
+  walks the chain.
 * ``routellm`` — RouteLLM: P(strong beats tier t | q) from a matrix-factorisation
   scorer (Bradley-Terry on tier scores) or a classifier; start at the cheapest tier
   whose win rate for the strong tier is below α. α is the quantile that sends a
@@ -29,7 +33,6 @@ The fitted models are plain numbers (``policies/scoring.py``); fitting lives in
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,19 +41,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from policies.base import (
-    PostHocPolicy,
-    PreCallPolicy,
-    Route,
-    TierInfo,
-    Verdict,
-    accept_or_escalate,
-    allowed_tiers,
-)
+from policies.base import PreCallPolicy, Route, TierInfo, allowed_tiers
 from policies.features import FloatVector
 from policies.scoring import LinearHeads, MatrixFactorisation, Standardiser, checked_array
 from topics.errors import ConfigError
-from topics.messages import Answer, Request
+from topics.messages import Request
 
 
 def _known(request: Request, tiers: tuple[TierInfo, ...], fitted: Sequence[str]) -> tuple[str, ...]:
@@ -77,6 +72,29 @@ def _first_below_strong(ladder: tuple[str, ...], strong: str, good_enough: Calla
     below = ladder[: ladder.index(strong)] if strong in ladder else ladder[:-1]
     chosen = next((t for t in below if good_enough(t)), strong if strong in ladder else ladder[-1])
     return _from(ladder, chosen, f"{name}: {chosen}")
+
+
+@dataclass(frozen=True)
+class ChainRouter(PreCallPolicy):
+    """Allow only the tiers of ``chain`` (in ladder order) and start at the first one allowed."""
+
+    chain: tuple[str, ...] = ()
+
+    name = "chain"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "chain", tuple(self.chain))
+
+    def route(
+        self, request: Request, tiers: tuple[TierInfo, ...], rng: random.Random, features: FloatVector | None = None
+    ) -> Route:
+        allowed = tuple(t for t in allowed_tiers(request, tiers) if not self.chain or t in self.chain)
+        if not allowed:
+            return Route(allowed=(), start=None, reason="no tier of the chain is allowed")
+        return Route(allowed=allowed, start=allowed[0])
+
+    def params(self) -> dict[str, Any]:
+        return {"chain": list(self.chain)}
 
 
 @dataclass(frozen=True)
@@ -323,60 +341,3 @@ class SelectThenRoute(PreCallPolicy):
             "standardiser": self.standardiser.to_json(),
             "shortlists": [list(s) for s in self.shortlists],
         }
-
-
-def agreement_passes(answer: Answer, k: int, n: int) -> tuple[bool, str]:
-    """Whether at least ``k`` of ``n`` samples agree with the answer, and why.
-
-    A tier that sampled reports the share that agreed (``agreement``): the check is
-    that share. Otherwise the check is the one n samples would pass more often than
-    not: P(Binomial(n, p) >= k) >= 1/2, p being the answer's probability
-    (``max_prob``, else its confidence).
-    """
-    features = answer.features
-    if "agreement" in features:
-        share = features["agreement"]
-        return share * n >= k - 1e-9, f"{share:.2f} of samples agree, need {k}/{n}"
-    p = min(max(float(features.get("max_prob", answer.confidence)), 0.0), 1.0)
-    chance = sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
-    return chance >= 0.5, f"P({k} of {n} agree) {chance:.2f}"
-
-
-@dataclass(frozen=True)
-class Agreement(PostHocPolicy):
-    """Accept when at least ``k`` of ``n`` samples agree with the answer, else escalate (within the shortlist).
-
-    ``k = 0`` accepts every answer: the shortlist's cheapest tier alone.
-    """
-
-    k: int = 3
-    n: int = 5
-    max_hops: int = 16
-
-    name = "agreement"
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.k <= self.n:
-            raise ConfigError(f"agreement needs 0 <= k <= n, got k={self.k}, n={self.n}")
-
-    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
-        ok, why = agreement_passes(answer, self.k, self.n)
-        return accept_or_escalate(answer, tiers, ok, why, self.max_hops)
-
-    def params(self) -> dict[str, Any]:
-        return {"k": self.k, "n": self.n, "max_hops": self.max_hops}
-
-
-@dataclass(frozen=True)
-class AcceptAnswer(PostHocPolicy):
-    """Accept every answer; escalate only past a tier that failed with an error (the routers' partner)."""
-
-    max_hops: int = 16
-
-    name = "accept"
-
-    def decide(self, answer: Answer, tiers: tuple[TierInfo, ...], now: float, rng: random.Random) -> Verdict:
-        return accept_or_escalate(answer, tiers, True, "routed", self.max_hops)
-
-    def params(self) -> dict[str, Any]:
-        return {"max_hops": self.max_hops}

@@ -6,8 +6,10 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from topics.errors import BrokerError
 
@@ -51,3 +53,19 @@ async def delete_topics(client_options: Mapping[str, Any], names: list[str]) -> 
         raise BrokerError(f"could not delete topics: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def cluster_id(client: AIOKafkaClient) -> str:
+    """The id the broker reports in its metadata (Metadata v2+; "" when it sends none).
+
+    It changes only when the cluster itself is new: the embedded provider starts every
+    broker with a fresh id, so a memory broker that restarted (and lost every record)
+    announces itself by it, whatever its offsets happen to look like.
+    """
+    brokers = client.cluster.brokers()
+    if not brokers:
+        await client.force_metadata_update()
+        brokers = client.cluster.brokers()
+    node = next(iter(brokers)).nodeId
+    response = await client.send(node, MetadataRequest(topics=[], allow_auto_topic_creation=False))
+    return str(getattr(response, "cluster_id", "") or "")

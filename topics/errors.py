@@ -40,7 +40,3 @@ class BrokerError(TierflowError):
 
 class DataError(TierflowError):
     """A dataset, model file or input file is missing, corrupt or malformed."""
-
-
-class Interrupted(TierflowError):
-    """The user interrupted a run (Ctrl-C); what it started has been stopped."""

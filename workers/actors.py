@@ -20,8 +20,6 @@ from typing import Any
 
 import ray
 
-from infra.broker import kafka_options
-from infra.config import Config
 from policies.base import PostHocPolicy
 from policies.registry import make_post_hoc, make_pre_call
 from topics.errors import ConfigError
@@ -30,6 +28,7 @@ from workers.model_worker import ModelWorker
 from workers.policy_feed import PolicyFeed
 from workers.results_sink import ResultsSink
 from workers.router import Router
+from workers.spec import DeploymentSpec
 from workers.stage import Handler, StageLoop, StageStats
 from workers.telemetry import setup_telemetry
 from workers.verifier import Verifier
@@ -42,8 +41,7 @@ class StageSpec:
     """Everything a replica needs to build its stage; picklable, sent once at creation."""
 
     kind: str
-    config: Config
-    bootstrap: str
+    deployment: DeploymentSpec
     tier: str = ""
     replica: int = 0
 
@@ -52,24 +50,24 @@ class StageSpec:
         return f"worker.{self.tier}" if self.kind == "worker" else self.kind
 
 
-def post_hoc_policy(config: Config) -> PostHocPolicy:
+def post_hoc_policy(deployment: DeploymentSpec) -> PostHocPolicy:
     """The verifier's policy as configured (the budget controller steers from its thresholds)."""
-    params = {"max_hops": config.limits.max_hops, **config.policies.post_hoc_params}
-    if config.policies.post_hoc == "threshold":
-        params.setdefault("thresholds", {tier.name: tier.threshold for tier in config.tiers})
-    return make_post_hoc(config.policies.post_hoc, params)
+    params = dict(deployment.policies.post_hoc_params)
+    if deployment.policies.post_hoc == "threshold":
+        params.setdefault("thresholds", {tier.name: tier.threshold for tier in deployment.tiers})
+    return make_post_hoc(deployment.policies.post_hoc, params)
 
 
 def _policy_feed(spec: StageSpec) -> PolicyFeed | None:
     """Routers and verifiers follow the controller's updates when it runs."""
-    config = spec.config
-    if not config.control.enabled:
+    deployment = spec.deployment
+    if not deployment.control.enabled:
         return None
-    return PolicyFeed(kafka_options(config.broker, spec.bootstrap), config.layout.control)
+    return PolicyFeed(deployment.kafka.options(), deployment.layout.control)
 
 
 def build_handler(spec: StageSpec, context: StageContext) -> Handler[Any]:
-    config = spec.config
+    config = spec.deployment
     if spec.kind == "router":
         policy = make_pre_call(config.policies.pre_call, config.policies.pre_call_params)
         return Router(context, policy, _policy_feed(spec))
@@ -85,16 +83,16 @@ def build_handler(spec: StageSpec, context: StageContext) -> Handler[Any]:
 
 
 def build_loop(spec: StageSpec) -> StageLoop[Any]:
-    config = spec.config
+    config = spec.deployment
     handler = build_handler(spec, StageContext(config))
     return StageLoop(
         handler,
-        kafka_options(config.broker, spec.bootstrap),
+        config.kafka.options(),
         config.layout.dlq,
         group_id=f"{config.namespace}.{spec.pool}",
         max_batch=config.limits.max_batch,
-        session_timeout_ms=config.broker.session_timeout_ms,
-        fetch_max_wait_ms=config.broker.fetch_max_wait_ms,
+        session_timeout_ms=config.session_timeout_ms,
+        fetch_max_wait_ms=config.fetch_max_wait_ms,
         max_payload_bytes=config.limits.max_payload_bytes,
         max_rss_mb=config.limits.max_rss_mb,
     )
@@ -119,7 +117,7 @@ class StageActor:
     def __init__(self, spec: StageSpec) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self.spec = spec
-        setup_telemetry(spec.config.telemetry, f"tierflow-{spec.pool}")
+        setup_telemetry(spec.deployment.telemetry, f"tierflow-{spec.pool}")
         self.loop: StageLoop[Any] | None = None
         self.stopped_by_signal = False
         self._event_loop: asyncio.AbstractEventLoop | None = None

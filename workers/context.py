@@ -1,4 +1,4 @@
-"""What every stage of one deployment shares: config, topic layout, tier table, clock."""
+"""What every stage of one deployment shares: its spec, topic layout, tier table, clock."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import Any
 
 import msgspec
 
-from infra.config import Config
 from policies.base import TierInfo
+from policies.decisions import final_result
 from topics.control import PolicyUpdate
 from topics.errors import DecodeError
 from topics.messages import Answer, Request, Result, Status, Task
 from topics.names import TopicLayout
-from workers.decisions import final_result
+from workers.spec import DeploymentSpec
 from workers.stage import Inbound, Outbound
 
 
@@ -24,16 +24,16 @@ from workers.stage import Inbound, Outbound
 class StageContext:
     """Read-only, computed once per replica: the hot path asks for the layout on every record."""
 
-    config: Config
+    deployment: DeploymentSpec
     clock: Callable[[], float] = field(default=time.time)
 
     @cached_property
     def layout(self) -> TopicLayout:
-        return self.config.layout
+        return self.deployment.layout
 
     @cached_property
     def tiers(self) -> tuple[TierInfo, ...]:
-        return tuple(TierInfo(tier.name, tier.cost) for tier in self.config.tiers)
+        return tuple(TierInfo(tier.name, tier.cost) for tier in self.deployment.tiers)
 
     def allowed(self, update: PolicyUpdate) -> tuple[TierInfo, ...]:
         """The tiers a policy update leaves running, in ladder order."""
@@ -52,7 +52,7 @@ class StageContext:
     def with_deadline(self, request: Request) -> Request:
         if request.deadline is not None:
             return request
-        return msgspec.structs.replace(request, deadline=request.created_at + self.config.limits.default_deadline_s)
+        return msgspec.structs.replace(request, deadline=request.created_at + self.deployment.limits.default_deadline_s)
 
     def expired(self, request: Request) -> bool:
         return request.deadline is not None and self.clock() > request.deadline

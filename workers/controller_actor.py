@@ -17,22 +17,21 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import ray
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from infra.broker import kafka_options
-from infra.config import Config
 from policies.budget import LawParams
+from policies.controller import ControllerCore
 from topics.control import ControlCommand, ControlRecord, decode_control
 from topics.errors import DecodeError
 from topics.messages import Result
+from topics.reader import Record, TopicReader
 from topics.wire import Message
 from workers.actors import post_hoc_policy
-from workers.controller import ControllerCore
-from workers.policy_feed import read_to_end
+from workers.spec import ControlConfig, DeploymentSpec
 from workers.telemetry import record_controller_state, setup_telemetry
 
 log = logging.getLogger("tierflow.controller")
@@ -40,17 +39,17 @@ CONTROLLER_FETCH_WAIT_MS = 100
 """The controller works on 1 s periods and 3 s windows: polling every 10 ms would only burn a core's share."""
 
 
-def controller_name(config: Config) -> str:
+def controller_name(namespace: str) -> str:
     """The Ray actor name of a deployment's controller (one per namespace)."""
-    return f"{config.namespace}.controller"
+    return f"{namespace}.controller"
 
 
-def resolve_keys(config: Config, environ: Mapping[str, str] = os.environ) -> dict[str, bytes]:
+def resolve_keys(control: ControlConfig, environ: Mapping[str, str] = os.environ) -> dict[str, bytes]:
     """Key id -> secret, from the environment variables the config names; missing ones are left out."""
-    return {kid: environ[env].encode() for kid, env in config.control.keys.items() if environ.get(env)}
+    return {kid: environ[env].encode() for kid, env in control.keys.items() if environ.get(env)}
 
 
-def new_core(config: Config, keys: Mapping[str, bytes]) -> ControllerCore:
+def new_core(config: DeploymentSpec, keys: Mapping[str, bytes]) -> ControllerCore:
     tiers = config.layout.tiers
     return ControllerCore(
         tiers=tiers,
@@ -66,18 +65,17 @@ class ControllerLoop:
 
     def __init__(
         self,
-        config: Config,
-        bootstrap: str,
+        config: DeploymentSpec,
         keys: Mapping[str, bytes],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.kafka = kafka_options(config.broker, bootstrap)
+        self.kafka = config.kafka.options()
         self.core = new_core(config, keys)
         self.clock = clock
         self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
-        self._consumers: list[AIOKafkaConsumer] = []
+        self._readers: list[TopicReader] = []
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -87,12 +85,12 @@ class ControllerLoop:
         self._producer = AIOKafkaProducer(**self.kafka, acks="all", linger_ms=1)
         await self._producer.start()
         try:
-            control = await self._consumer([TopicPartition(layout.control, 0)], from_end=False)
-            results = await self._consumer(self._partitions(layout.results), from_end=True)
+            control = await self._reader(layout.control, "beginning")
+            results = await self._reader(layout.results, "end")
             await self._recover(control)
             tasks = [
-                asyncio.create_task(self._follow(control, self._on_control)),
-                asyncio.create_task(self._follow(results, self._on_result)),
+                asyncio.create_task(control.follow(self._on_control)),
+                asyncio.create_task(results.follow(self._on_result)),
                 asyncio.create_task(self._tick()),
             ]
             await self._stopping.wait()
@@ -100,37 +98,27 @@ class ControllerLoop:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            for consumer in self._consumers:
-                with contextlib.suppress(KafkaError):
-                    await consumer.stop()
+            for reader in self._readers:
+                await reader.stop()
             with contextlib.suppress(KafkaError):
                 await self._producer.stop()
 
-    def _partitions(self, topic: str) -> list[TopicPartition]:
-        return [TopicPartition(topic, p) for p in range(self.config.partitions()[topic])]
-
-    async def _consumer(self, partitions: list[TopicPartition], from_end: bool) -> AIOKafkaConsumer:
-        consumer = AIOKafkaConsumer(
-            **self.kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest" if from_end else "earliest",
-            fetch_max_wait_ms=max(self.config.broker.fetch_max_wait_ms, CONTROLLER_FETCH_WAIT_MS),
+    async def _reader(self, topic: str, start_at: Literal["beginning", "end"]) -> TopicReader:
+        reader = TopicReader(
+            self.kafka,
+            [topic],
+            start_at=start_at,
+            partitions=self.config.partitions,
+            fetch_max_wait_ms=max(self.config.fetch_max_wait_ms, CONTROLLER_FETCH_WAIT_MS),
         )
-        await consumer.start()
-        self._consumers.append(consumer)
-        consumer.assign(partitions)
-        if from_end:
-            await consumer.seek_to_end(*partitions)
-        else:
-            await consumer.seek_to_beginning(*partitions)
-        return consumer
+        self._readers.append(reader)
+        await reader.start()
+        return reader
 
-    async def _recover(self, control: AIOKafkaConsumer) -> None:
+    async def _recover(self, control: TopicReader) -> None:
         """Read the control topic to its end; restore state; answer commands nobody answered yet."""
-        partition = TopicPartition(self.config.layout.control, 0)
         seen: list[tuple[int, ControlRecord | DecodeError]] = []
-        async for batch in read_to_end(control, partition, timeout_ms=200):
+        async for batch in control.read_to_end(timeout_ms=200):
             seen += [(record.offset, _decode(record)) for record in batch]
         pending = self.core.recover(seen)
         for offset, record in pending:
@@ -142,19 +130,7 @@ class ControllerLoop:
             len(pending),
         )
 
-    async def _follow(self, consumer: AIOKafkaConsumer, handle: Callable[[ConsumerRecord[bytes, bytes]], Any]) -> None:
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=200, max_records=2000)
-            except KafkaError as exc:
-                log.warning("controller: fetch failed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for records in batches.values():
-                for record in records:
-                    await handle(record)
-
-    async def _on_control(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _on_control(self, record: Record) -> None:
         await self._handle(record.offset, _decode(record))
 
     async def _handle(self, offset: int, record: ControlRecord | DecodeError) -> None:
@@ -166,7 +142,7 @@ class ControllerLoop:
             log.info("command at %d: %s (%s)", offset, "accepted" if reply.accepted else "refused", reply.reason)
             await self._publish(reply, update)
 
-    async def _on_result(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _on_result(self, record: Record) -> None:
         with contextlib.suppress(DecodeError):
             self.core.observe(Result.from_wire(record.value or b""), self.clock())
 
@@ -197,7 +173,7 @@ class ControllerLoop:
                     await asyncio.sleep(0.5)
 
 
-def _decode(record: ConsumerRecord[bytes, bytes]) -> ControlRecord | DecodeError:
+def _decode(record: Record) -> ControlRecord | DecodeError:
     try:
         return decode_control(record.value or b"")
     except DecodeError as exc:
@@ -214,11 +190,11 @@ async def _drive(actor: ControllerActor) -> None:
 class ControllerActor:
     """The deployment's one budget controller (a named actor); threaded like the stage replicas."""
 
-    def __init__(self, config: Config, bootstrap: str, keys: Mapping[str, bytes]) -> None:
+    def __init__(self, config: DeploymentSpec, keys: Mapping[str, bytes]) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         setup_telemetry(config.telemetry, "tierflow-controller")
-        self.loop = ControllerLoop(config, bootstrap, keys)
+        self.loop = ControllerLoop(config, keys)
         self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def run(self) -> None:

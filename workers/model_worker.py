@@ -23,7 +23,7 @@ from workers.stage import Handler, Inbound, Outbound
 class ModelWorker(Handler[Task]):
     def __init__(self, context: StageContext, tier: str, backend: Backend | None = None) -> None:
         self.context = context
-        self.tier_config = context.config.tier(tier)
+        self.tier_config = context.deployment.tier(tier)
         self.tier = tier
         self.stage = f"worker.{tier}"
         self.backend = backend or create_backend(self.tier_config.backend, tier, self.tier_config.options)
@@ -39,7 +39,7 @@ class ModelWorker(Handler[Task]):
         await self.backend.close()
 
     def decode(self, raw: bytes) -> Task:
-        task = Task.from_wire(raw, self.context.config.limits.max_payload_bytes)
+        task = Task.from_wire(raw, self.context.deployment.limits.max_payload_bytes)
         if task.tier != self.tier:
             raise DecodeError("unknown_tier", f"task for tier {task.tier!r} on the topic of {self.tier!r}")
         return task
@@ -67,7 +67,7 @@ class ModelWorker(Handler[Task]):
         started = time.perf_counter()
         try:
             completions = await asyncio.wait_for(
-                self.backend.infer(queries), timeout=self.context.config.limits.infer_timeout_s
+                self.backend.infer(queries), timeout=self.context.deployment.limits.infer_timeout_s
             )
             if len(completions) != len(tasks):
                 raise ValueError(f"backend returned {len(completions)} answers for {len(tasks)} queries")

@@ -11,56 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator
 from typing import Any, TypeVar
-
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 
 from topics.control import PolicyUpdate, decode_control
 from topics.errors import DecodeError
+from topics.reader import Record, TopicReader
 from workers.stage import Handler
 
-log = logging.getLogger("tierflow.policy_feed")
 M = TypeVar("M")
 CATCH_UP_TIMEOUT_S = 10.0
-
-
-async def read_to_end(
-    consumer: AIOKafkaConsumer, partition: TopicPartition, timeout_ms: int = 100
-) -> AsyncIterator[list[ConsumerRecord[bytes, bytes]]]:
-    """Batches of ``partition`` from the consumer's position up to the end offset seen at the start
-    (Tansu's end can lag its last records, so it also stops only on an empty fetch)."""
-    end = (await consumer.end_offsets([partition]))[partition]
-    while True:
-        batch = (await consumer.getmany(partition, timeout_ms=timeout_ms, max_records=5000)).get(partition, [])
-        if batch:
-            yield batch
-        elif await consumer.position(partition) >= end:
-            return
 
 
 class PolicyFeed:
     """The newest :class:`PolicyUpdate` on ``topic`` (``None`` until the controller published one)."""
 
     def __init__(self, kafka: dict[str, Any], topic: str) -> None:
-        self.kafka = kafka
-        self.partition = TopicPartition(topic, 0)
         self.current: PolicyUpdate | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._reader = TopicReader(kafka, [topic], partitions={topic: 1}, fetch_max_wait_ms=50)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            **self.kafka, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=50
-        )
-        await self._consumer.start()
-        self._consumer.assign([self.partition])
-        await self._consumer.seek_to_beginning(self.partition)
+        await self._reader.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._catch_up(), timeout=CATCH_UP_TIMEOUT_S)
-        self._task = asyncio.create_task(self._follow())
+        self._task = asyncio.create_task(self._reader.follow(lambda record: self._take([record])))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -68,28 +42,13 @@ class PolicyFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._consumer.stop()
-            self._consumer = None
+        await self._reader.stop()
 
     async def _catch_up(self) -> None:
-        assert self._consumer is not None
-        async for batch in read_to_end(self._consumer, self.partition):
+        async for batch in self._reader.read_to_end():
             self._take(batch)
 
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(self.partition, timeout_ms=200, max_records=1000)
-            except KafkaError as exc:  # the broker is away: keep the newest update and retry
-                log.warning("policy feed: %r", exc)
-                await asyncio.sleep(0.5)
-                continue
-            self._take(batches.get(self.partition, []))
-
-    def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    def _take(self, records: list[Record]) -> None:
         for record in records:
             try:
                 message = decode_control(record.value or b"")

@@ -125,7 +125,7 @@ class ResultsSink(Handler[Result]):
         return [self.context.layout.results]
 
     def decode(self, raw: bytes) -> Result:
-        return Result.from_wire(raw, self.context.config.limits.max_payload_bytes)
+        return Result.from_wire(raw, self.context.deployment.limits.max_payload_bytes)
 
     async def process(self, batch: Sequence[Inbound[Result]]) -> list[Outbound]:
         self.sink.deliver([inbound.message for inbound in batch])

@@ -12,11 +12,11 @@ from collections import deque
 from collections.abc import Sequence
 
 from policies.base import PreCallPolicy, TierInfo
+from policies.decisions import route_request
 from policies.features import FloatVector
 from policies.routers import share_threshold
 from topics.messages import Request, Status, Task
 from workers.context import StageContext
-from workers.decisions import route_request
 from workers.policy_feed import FollowsPolicy, PolicyFeed
 from workers.query_features import QueryFeaturizer
 from workers.stage import Inbound, Outbound
@@ -36,7 +36,7 @@ class Router(FollowsPolicy[Request]):
         return [self.context.layout.requests]
 
     def decode(self, raw: bytes) -> Request:
-        return Request.from_wire(raw, self.context.config.limits.max_payload_bytes)
+        return Request.from_wire(raw, self.context.deployment.limits.max_payload_bytes)
 
     async def process(self, batch: Sequence[Inbound[Request]]) -> list[Outbound]:
         update = self.feed.current if self.feed is not None else None

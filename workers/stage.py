@@ -26,7 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from topics.errors import DecodeError
 from topics.messages import DeadLetter
-from workers.produce import produce_all
+from topics.produce import produce_all
 from workers.telemetry import Headers, StageTelemetry, passthrough, stage_span, tracing_enabled
 
 log = logging.getLogger("tierflow.stage")

@@ -54,7 +54,7 @@ from topics.messages import DeadLetter, Result, Status, Task
 from topics.names import TopicLayout
 
 if TYPE_CHECKING:
-    from infra.config import TelemetryConfig
+    from workers.spec import TelemetryConfig
     from workers.stage import Outbound
 
 log = logging.getLogger("tierflow.telemetry")

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.base import PostHocPolicy, TierInfo
+from policies.decisions import final_result, verify_answer
 from topics.control import PolicyUpdate
 from topics.messages import Answer
 from workers.context import StageContext
-from workers.decisions import final_result, verify_answer
 from workers.policy_feed import FollowsPolicy, PolicyFeed
 from workers.stage import Inbound, Outbound
 
@@ -31,7 +31,7 @@ class Verifier(FollowsPolicy[Answer]):
         return [self.context.layout.answers]
 
     def decode(self, raw: bytes) -> Answer:
-        answer = Answer.from_wire(raw, self.context.config.limits.max_payload_bytes)
+        answer = Answer.from_wire(raw, self.context.deployment.limits.max_payload_bytes)
         self.context.require_tier(answer.tier)
         return answer
 
@@ -61,7 +61,7 @@ class Verifier(FollowsPolicy[Answer]):
         # A paused tier is skipped when escalating; the answering tier stays, so "next tier up" is defined.
         tiers = allowed if any(t.name == answer.tier for t in allowed) else ctx.tiers_with(allowed, answer.tier)
         expired = ctx.expired(task.request)
-        step = verify_answer(answer, policy, tiers, now, ctx.config.limits.max_hops, expired, version or None)
+        step = verify_answer(answer, policy, tiers, now, ctx.deployment.limits.max_hops, expired, version or None)
         if step.escalation is not None:
             target = step.escalation.tier
             return Outbound(ctx.layout.escalate(target), task.request.id, step.escalation.to_wire(), inbound.headers)

@@ -25,9 +25,10 @@ from infra.lab.metrics import Point, Reference, summary
 from infra.lab.registry import METHODS, make_method, method_names
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
+from policies.decisions import DEFAULT_MAX_HOPS
 from policies.file import PolicyFile
 from topics.errors import ConfigError, DataError
-from workers.traces import read_trace
+from topics.traces import read_trace
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class LabOptions:
     tiers: tuple[str, ...] = ()
     """Restrict to these tiers, in this (ladder) order; default: every tier of the trace."""
     train_fraction: float = 0.5
-    max_hops: int = 8
+    max_hops: int = DEFAULT_MAX_HOPS
 
 
 def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]:

@@ -18,7 +18,7 @@ from rich.progress import track
 
 from infra.lab.table import TraceTable
 from policies.features import EMBEDDING, query_vector
-from workers.artifacts import cache_root
+from workers.backends.assets.artifacts import cache_root
 from workers.query_features import EMBED_CHARS, embed_queries
 
 _MEMORY: dict[str, npt.NDArray[np.float64]] = {}

@@ -19,8 +19,9 @@ import numpy.typing as npt
 
 from infra.lab.table import TraceTable
 from policies.base import PostHocPolicy, PreCallPolicy
-from policies.cascades import ChainRouter, FrugalGPT, Gatekeeper, LMCascade
+from policies.cascades import FrugalGPT, Gatekeeper, LMCascade
 from policies.defaults import CheapestFirst, ConfidenceThreshold
+from policies.routers import ChainRouter
 from policies.scoring import Calibrator, LinearScorer, answer_signal
 from topics.errors import DataError
 from topics.messages import Answer, Request, Task

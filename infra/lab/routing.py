@@ -49,9 +49,8 @@ from infra.lab.fitters import (
 )
 from infra.lab.table import TraceTable
 from policies.cascade_routing import MAX_TIERS, CascadeRouter, CascadeRouting
+from policies.partners import AcceptAnswer, Agreement
 from policies.routers import (
-    AcceptAnswer,
-    Agreement,
     Cargo,
     HybridLLM,
     OptLLM,

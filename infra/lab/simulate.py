@@ -17,9 +17,9 @@ import numpy as np
 from infra.lab.features import query_vectors
 from infra.lab.table import TraceTable
 from policies.base import PostHocPolicy, PreCallPolicy
+from policies.decisions import DEFAULT_MAX_HOPS, final_result, route_request, verify_answer
 from topics.messages import Request, Status
 from workers.backends.replay import completion_from_row
-from workers.decisions import final_result, route_request, verify_answer
 from workers.model_worker import to_answer
 
 
@@ -44,7 +44,9 @@ class Summary:
     """Mean tiers called per request."""
 
 
-def simulate(table: TraceTable, pre: PreCallPolicy, post: PostHocPolicy, max_hops: int = 8) -> list[Outcome]:
+def simulate(
+    table: TraceTable, pre: PreCallPolicy, post: PostHocPolicy, max_hops: int = DEFAULT_MAX_HOPS
+) -> list[Outcome]:
     tiers = table.tier_infos()
     index = {name: t for t, name in enumerate(table.tiers)}
     vectors = query_vectors(table) if pre.needs_features else None

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from policies.base import TierInfo
 from topics.errors import DataError
-from workers.traces import TraceRow, models_of
+from topics.traces import TraceRow, models_of
 
 _SPLIT_SALT = b"tierflow-lab-split-v1\x00"
 

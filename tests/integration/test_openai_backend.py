@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from infra.broker import free_port
-from workers.artifacts import fetch
 from workers.backends import create_backend
+from workers.backends.assets.artifacts import fetch
 from workers.backends.base import Query
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm]

@@ -17,7 +17,7 @@ import ray
 
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config
-from policies import Action, ConfidenceThreshold, TierInfo
+from policies import ConfidenceThreshold, TierInfo, VerdictAction
 from topics import Answer, Request, Status, Task
 from workers.backends.base import Query, create_backend
 
@@ -37,9 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 async def _offline_outcomes(config: Config, requests: list[Request]) -> dict[str, tuple[tuple[str, ...], Status]]:
     """Path and status each request must get, from the same backends and policy, without Kafka."""
     tiers = tuple(TierInfo(t.name, t.cost) for t in config.tiers)
-    policy = ConfidenceThreshold(
-        thresholds={t.name: t.threshold for t in config.tiers}, max_hops=config.limits.max_hops
-    )
+    policy = ConfidenceThreshold(thresholds={t.name: t.threshold for t in config.tiers})
     backends = {t.name: create_backend(t.backend, t.name, t.options) for t in config.tiers}
     paths = {}
     for request in requests:
@@ -49,11 +47,11 @@ async def _offline_outcomes(config: Config, requests: list[Request]) -> dict[str
             answer = Answer(task, "m", completion.output, completion.confidence)
             path.append(task.tier)
             verdict = policy.decide(answer, tiers, 0.0, random.Random(0))
-            if verdict.action is not Action.ESCALATE:
+            if verdict.action is not VerdictAction.ESCALATE:
                 break
             assert verdict.target is not None
             task = Task(request, verdict.target, hop=task.hop + 1, history=(*task.history, answer.as_history()))
-        paths[request.id] = (tuple(path), Status.OK if verdict.action is Action.ACCEPT else Status.EXHAUSTED)
+        paths[request.id] = (tuple(path), Status.OK if verdict.action is VerdictAction.ACCEPT else Status.EXHAUSTED)
     return paths
 
 

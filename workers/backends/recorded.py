@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from topics.errors import ConfigError, DataError
-from workers import mmlu_data
+from topics.traces import TraceRow
+from workers.backends.assets import mmlu as mmlu_data
 from workers.backends.base import register_backend
 from workers.backends.replay import ReplayBackend, normalised_text
-from workers.traces import TraceRow
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The ``replay`` backend: a tier answers exactly what a trace recorded for it.
 
-It turns a trace (``workers.traces``) back into a model: the same output,
+It turns a trace (``topics.traces``) back into a model: the same output,
 confidence, features, tokens, cost and latency for the same item, every time, at
 any rate. That makes the streaming pipeline reproducible against the offline policy
 lab, and load tests run on real decision data instead of simulated draws.
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from topics.errors import ConfigError
+from topics.traces import TraceRow, models_of, read_trace
 from workers.backends.base import Backend, Completion, Query, register_backend
-from workers.traces import TraceRow, models_of, read_trace
 
 
 def normalised_text(text: str) -> str:

@@ -14,7 +14,7 @@ rule handed to the target), ``replaced_share`` (where the target's token differe
 and ``target_calls_per_token``. Its confidence is ``1 - replaced_share``: the share
 of the answer the drafter wrote and the target would have written too — the drafter
 alone is trusted where the rule kept its tokens. Decoding is greedy; see
-``workers/speculative.py`` for the rules and the measured speed.
+``workers/backends/speculative_decoding.py`` for the rules and the measured speed.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from policies.deferral import RULES
 from topics.errors import ConfigError
 from workers.backends.base import Backend, Completion, Query, int_option, number_option, register_backend
-from workers.speculative import RULES, SpeculativeCascade
+from workers.backends.speculative_decoding import SpeculativeCascade
 
 
 @register_backend("speculative")

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from infra.trace import TraceOptions, grade, run_trace
 from topics.errors import ConfigError, DataError
-from workers.traces import read_trace
+from topics.traces import read_trace
 
 
 def _quiet() -> Console:

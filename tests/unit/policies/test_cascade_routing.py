@@ -8,13 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from policies.base import Action, TierInfo
+from policies.base import TierInfo, VerdictAction
 from policies.cascade_routing import CascadeRouter, CascadeRouting, best_set, expected_max
+from policies.decisions import final_result, route_request, verify_answer
 from policies.registry import make_post_hoc, make_pre_call
 from policies.scoring import LinearHeads, LinearScorer, Standardiser
 from topics.errors import ConfigError
 from topics.messages import Answer, Request, Status, Task
-from workers.decisions import final_result, route_request, verify_answer
 
 TIERS = (TierInfo("a", 1.0), TierInfo("b", 2.0), TierInfo("c", 10.0))
 NAMES = ("a", "b", "c")
@@ -105,12 +105,21 @@ def test_the_delivered_answer_is_the_best_estimated_one_not_always_the_last() ->
 def test_errors_count_as_no_quality_and_the_hop_limit_stops() -> None:
     task = first_task(0.001, [0.0, 0.0])
     failed = verifier(0.01).decide(answer_of(task, 0.99, error="timeout"), TIERS, 0.0, RNG)
-    assert failed.action is Action.ESCALATE and failed.estimates is not None and failed.estimates["a"] == 0.0
-    capped = CascadeRouting(**{**verifier(0.0).params(), "max_hops": 1})
-    verdict = capped.decide(answer_of(task, 0.05), TIERS, 0.0, RNG)
-    assert verdict.action is Action.ACCEPT  # nowhere to go: deliver the best that ran
-    alone = capped.decide(answer_of(task, 0.05, error="boom"), TIERS, 0.0, RNG)
-    assert alone.action is Action.STOP
+    assert failed.action is VerdictAction.ESCALATE and failed.estimates is not None and failed.estimates["a"] == 0.0
+    # The deployment's hop limit (verify_answer's, not the policy's): a wants to go on, the limit stops it
+    # and the best answer that ran is delivered.
+    eager = verifier(0.0)
+    assert eager.decide(answer_of(task, 0.05), TIERS, 0.0, RNG).action is VerdictAction.ESCALATE
+    capped = verify_answer(answer_of(task, 0.05), eager, TIERS, 0.0, 1, expired=False)
+    assert (capped.status, capped.reason, capped.escalation) == (Status.EXHAUSTED, "hop limit 1 reached", None)
+    result = final_result(task, Status.EXHAUSTED, answer_of(task, 0.05), capped.reason, 0.0)
+    assert (result.tier, result.output) == ("a", "out-a")
+    # Nowhere to go (a alone is allowed): deliver the best that ran, or stop when none answered.
+    only_a = Task(request=task.request, tier="a", allowed=("a",), estimates=task.estimates)
+    verdict = eager.decide(answer_of(only_a, 0.05), TIERS, 0.0, RNG)
+    assert (verdict.action, verdict.deliver) == (VerdictAction.ACCEPT, "a")
+    alone = eager.decide(answer_of(only_a, 0.05, error="boom"), TIERS, 0.0, RNG)
+    assert (alone.action, alone.reason) == (VerdictAction.STOP, "boom")
 
 
 def test_params_round_trip_and_bad_params_fail_in_one_line() -> None:

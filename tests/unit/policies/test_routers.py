@@ -7,11 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from policies.base import Action, TierInfo
+from policies.base import TierInfo, VerdictAction
+from policies.partners import AcceptAnswer, Agreement
 from policies.registry import make_post_hoc, make_pre_call
 from policies.routers import (
-    AcceptAnswer,
-    Agreement,
     Cargo,
     HybridLLM,
     OptLLM,
@@ -162,22 +161,22 @@ def answer(tier: str, confidence: float, features: dict[str, float] | None = Non
 )
 def test_agreement_checks_k_of_n(features: dict[str, float], confidence: float, k: int, accepted: bool) -> None:
     verdict = Agreement(k=k, n=5).decide(answer("a", confidence, features, allowed=("a", "b")), TIERS, 0.0, RNG)
-    assert verdict.action is (Action.ACCEPT if accepted else Action.ESCALATE)
+    assert verdict.action is (VerdictAction.ACCEPT if accepted else VerdictAction.ESCALATE)
     if not accepted:
         assert verdict.target == "b"
 
 
 def test_agreement_escalates_only_within_the_shortlist() -> None:
     verdict = Agreement(k=5, n=5).decide(answer("a", 0.1, allowed=("a", "c")), TIERS, 0.0, RNG)
-    assert (verdict.action, verdict.target) == (Action.ESCALATE, "c")
+    assert (verdict.action, verdict.target) == (VerdictAction.ESCALATE, "c")
     with pytest.raises(ConfigError):
         Agreement(k=6, n=5)
 
 
 def test_accept_answer_accepts_and_escalates_past_errors_only() -> None:
-    assert AcceptAnswer().decide(answer("a", 0.0), TIERS, 0.0, RNG).action is Action.ACCEPT
+    assert AcceptAnswer().decide(answer("a", 0.0), TIERS, 0.0, RNG).action is VerdictAction.ACCEPT
     failed = AcceptAnswer().decide(answer("a", 0.0, error="timeout"), TIERS, 0.0, RNG)
-    assert (failed.action, failed.target) == (Action.ESCALATE, "b")
+    assert (failed.action, failed.target) == (VerdictAction.ESCALATE, "b")
 
 
 def test_every_router_round_trips_through_its_params() -> None:

@@ -6,19 +6,21 @@ from typing import Any, TypeVar
 
 from aiokafka import ConsumerRecord
 
-from infra.config import Config, parse_config
+from infra.config import parse_config
+from workers.spec import DeploymentSpec
 from workers.stage import Inbound
 
 M = TypeVar("M")
 TRACE = [("traceparent", b"00-0123456789abcdef0123456789abcdef-0123456789abcdef-01")]
 
 
-def config(**overrides: Any) -> Config:
+def config(**overrides: Any) -> DeploymentSpec:
+    """The runtime spec of a two-tier simulated deployment (no broker: the address is never dialled)."""
     tiers = [
         {"name": "small", "backend": "simulated", "cost": 0.001, "threshold": 0.8},
         {"name": "large", "backend": "simulated", "cost": 0.1, "threshold": 0.8},
     ]
-    return parse_config({"namespace": "unit", "tiers": tiers} | overrides)
+    return parse_config({"namespace": "unit", "tiers": tiers} | overrides).runtime("127.0.0.1:9")
 
 
 def inbound(message: M, topic: str = "unit.x", offset: int = 0, key: str = "k") -> Inbound[M]:

@@ -37,7 +37,7 @@ async def test_router_sends_to_the_cheapest_tier_with_a_default_deadline() -> No
     assert out.topic == "unit.tier.small" and out.key == "r1" and out.headers == TRACE
     task = Task.from_wire(out.value)
     assert (task.tier, task.hop, task.allowed) == ("small", 0, ("small", "large"))
-    assert task.request.deadline == pytest.approx(NOW - 1 + ctx.config.limits.default_deadline_s)
+    assert task.request.deadline == pytest.approx(NOW - 1 + ctx.deployment.limits.default_deadline_s)
 
 
 async def test_router_rejects_requests_with_no_known_allowed_tier() -> None:

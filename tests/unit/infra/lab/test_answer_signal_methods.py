@@ -9,7 +9,7 @@ from infra.lab.registry import make_method
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
 from topics.errors import DataError
-from workers.traces import TraceRow
+from topics.traces import TraceRow
 
 
 def rows(with_signals: bool = True) -> list[TraceRow]:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from infra.lab.evaluate import LabOptions, evaluate
 from infra.trace import TraceOptions, run_trace
-from workers.traces import read_trace
+from topics.traces import read_trace
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 QUIET = Console(quiet=True)

@@ -16,7 +16,7 @@ from infra.lab.table import TraceTable
 from infra.trace import TraceOptions, run_trace
 from policies.file import load_policy
 from topics.errors import ConfigError, DataError
-from workers.traces import read_trace
+from topics.traces import read_trace
 
 QUIET = Console(quiet=True)
 SIMULATED_METHODS = sorted(name for name in METHODS if name != "self_ref")

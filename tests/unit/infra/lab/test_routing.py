@@ -21,7 +21,7 @@ from infra.lab.table import TraceTable
 from infra.trace import TraceOptions, run_trace
 from policies.file import load_policy
 from policies.scoring import MatrixFactorisation, Standardiser
-from workers.traces import read_trace
+from topics.traces import read_trace
 
 QUIET = Console(quiet=True)
 

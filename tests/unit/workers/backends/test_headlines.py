@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from topics.errors import ConfigError
-from workers.backends import headlines, sarcasm_data
+from workers.backends import headlines
+from workers.backends.assets import sarcasm as sarcasm_data
+from workers.backends.assets.sarcasm import LABELS, Headline
 from workers.backends.base import Query, create_backend
 from workers.backends.headlines import HeadlinesBackend
-from workers.backends.sarcasm_data import LABELS, Headline
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.workers.test_traces import row
+from tests.unit.topics.test_traces import row
 from topics.errors import ConfigError
+from topics.traces import append_rows
 from workers.backends import create_backend, recorded
 from workers.backends.base import Query
-from workers.traces import append_rows
 
 
 def test_replay_returns_the_recorded_answer_by_id_or_by_text(tmp_path: Path) -> None:

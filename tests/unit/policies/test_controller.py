@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.budget import LawParams
+from policies.controller import ControllerCore, check_command
 from topics.control import Action, ControlCommand, ControlRecord, Targets
-from workers.controller import ControllerCore, check_command
 
 from .plant import TIERS, Plant
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from policies.base import Action, PostHocPolicy, PreCallPolicy, TierInfo
+from policies.base import PostHocPolicy, PreCallPolicy, TierInfo, VerdictAction
 from policies.features import FloatVector
 from topics.messages import Answer, HistoryEntry, Request, Result, Status, Task
+
+DEFAULT_MAX_HOPS = 8
+"""The most tier calls one request may make (its first tier and every escalation), unless the
+deployment says otherwise (``[limits] max_hops``). A deployment limit, not a policy's: policies
+only say accept, escalate or stop, and ``verify_answer`` alone refuses an escalation past it."""
 
 
 def request_rng(request: Request, hop: int = 0) -> random.Random:
@@ -119,16 +124,22 @@ def verify_answer(
     policy_version: int | None = None,
 ) -> Verified:
     """Accept, deliver as expired or exhausted, or build the escalated task (stamped with
-    ``policy_version``, the version deciding now, when given)."""
+    ``policy_version``, the version deciding now, when given).
+
+    ``max_hops`` is the deployment's hop limit (``DEFAULT_MAX_HOPS`` unless configured): a
+    request makes at most ``max_hops`` tier calls, and an escalation past them ends it as
+    ``exhausted`` instead. This is the only place the limit is applied, for every policy,
+    in the stream and in the lab alike.
+    """
     task = answer.task
     verdict = policy.decide(answer, tiers, now, request_rng(task.request, task.hop))
-    if verdict.action is Action.ACCEPT:
+    if verdict.action is VerdictAction.ACCEPT:
         return Verified(Status.OK, deliver=verdict.deliver)
     if expired:
         return Verified(Status.EXPIRED, "deadline passed")
     target = verdict.target
     allowed = task.allowed or tuple(tier.name for tier in tiers)
-    if verdict.action is Action.STOP or target is None or target not in allowed:
+    if verdict.action is VerdictAction.STOP or target is None or target not in allowed:
         return Verified(Status.EXHAUSTED, verdict.reason)
     if task.hop + 1 >= max_hops:
         return Verified(Status.EXHAUSTED, f"hop limit {max_hops} reached")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from topics.errors import DataError
-from workers import artifacts
+from workers.backends.assets import artifacts
 
 LETTERS = ("A", "B", "C", "D")
 

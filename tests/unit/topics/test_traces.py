@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from topics.errors import DataError
-from workers.traces import TraceRow, append_rows, models_of, read_trace, truncate_torn_tail
+from topics.traces import TraceRow, append_rows, models_of, read_trace, truncate_torn_tail
 
 
 def row(item: str, tier: str, **changes: object) -> TraceRow:

@@ -22,23 +22,8 @@ one on a memory-bound CPU. Unlike speculative decoding, which reproduces the
 target exactly, the cascade lets the drafter's token stand where the rule says the
 drafter is good enough, trading quality against speed through ``alpha``.
 
-Deferral rules (pure functions of the drafter's distribution ``q`` and the
-target's ``p`` at one position). ``alpha`` is the *cost of deferring*, as in the
-paper, so for every rule a larger ``alpha`` means fewer deferrals; ``alpha`` in
-``[0, 1]`` spans the whole range for all three:
-
-* ``chow``: defer when ``max q < 1 - alpha`` (Chow's rule: the drafter's own
-  confidence only; ``alpha = 0`` defers whenever the drafter is not certain,
-  ``alpha >= 1`` never defers).
-* ``diff``: defer when ``max q < max p - alpha`` (the target's confidence must beat
-  the drafter's by a margin).
-* ``opt``: defer when ``max q < max p - alpha * D_TV(p, q)``, the paper's plug-in
-  approximation of the optimal speculative-cascade deferral rule, with
-  ``D_TV(p, q) = 0.5 * sum |p - q|``. Because ``max p - max q <= p(v*) - q(v*) <=
-  D_TV`` (``v*`` the target's argmax), ``alpha >= 1`` never defers; ``alpha = 0``
-  defers whenever the target is more confident than the drafter. The form is the
-  one we recall from the paper (its Diff rule with the margin scaled by the
-  distributions' distance); the full text was not at hand to re-check it.
+The deferral rules are pure code in ``policies/deferral.py``; this module is the
+decoding loop that applies them.
 
 The paper defines the rules for sampled decoding and samples the deferred token
 from the target (or a residual); with greedy decoding (temperature 0, the only
@@ -59,93 +44,19 @@ which keeps ``n_ctx x n_vocab`` floats (1.2 GB for Qwen's vocabulary at n_ctx 20
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
+from policies.deferral import RULES, Probs, Rule, check_alpha, common_prefix, defers, softmax
 from topics.errors import ConfigError
-from workers.artifacts import LLAMA_CPP_HINT, resolve_model
+from workers.backends.assets.artifacts import LLAMA_CPP_HINT, resolve_model
 
-Rule = Literal["chow", "diff", "opt"]
-RULES: tuple[Rule, ...] = get_args(Rule)
 SamplingMode = Literal["greedy"]
-
-Probs = npt.NDArray[np.float64]
-
-
-# --------------------------------------------------------------------------- rules
-
-
-def _check_alpha(alpha: float) -> None:
-    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0.0):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-
-
-def total_variation(p: npt.ArrayLike, q: npt.ArrayLike) -> float:
-    """``D_TV(p, q) = 0.5 * sum_v |p(v) - q(v)|``, in [0, 1] for two distributions over one vocabulary."""
-    a = np.asarray(p, dtype=np.float64)
-    b = np.asarray(q, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"distributions over different vocabularies: {a.shape} vs {b.shape}")
-    return 0.5 * float(np.abs(a - b).sum())
-
-
-def chow_defers(q: npt.ArrayLike, alpha: float) -> bool:
-    """Chow's rule: defer when the drafter's top probability is below ``1 - alpha``."""
-    _check_alpha(alpha)
-    return float(np.max(q)) < 1.0 - alpha
-
-
-def diff_defers(q: npt.ArrayLike, p: npt.ArrayLike, alpha: float) -> bool:
-    """Diff rule: defer when the target's top probability beats the drafter's by more than ``alpha``."""
-    _check_alpha(alpha)
-    return float(np.max(q)) < float(np.max(p)) - alpha
-
-
-def opt_defers(q: npt.ArrayLike, p: npt.ArrayLike, alpha: float) -> bool:
-    """The optimal rule's plug-in form: defer when ``max q < max p - alpha * D_TV(p, q)``.
-
-    The margin the target must win by grows with how much the two models disagree:
-    where they agree (small D_TV) deferring changes little, so any confidence gain
-    is worth it; where they disagree, the deferral cost ``alpha`` weighs in full.
-    """
-    _check_alpha(alpha)
-    return float(np.max(q)) < float(np.max(p)) - alpha * total_variation(p, q)
-
-
-def defers(rule: Rule, q: npt.ArrayLike, p: npt.ArrayLike, alpha: float) -> bool:
-    """Whether ``rule`` at cost ``alpha`` hands this position to the target."""
-    if rule == "chow":
-        return chow_defers(q, alpha)
-    if rule == "diff":
-        return diff_defers(q, p, alpha)
-    if rule == "opt":
-        return opt_defers(q, p, alpha)
-    raise ValueError(f"unknown deferral rule {rule!r}; known: {', '.join(RULES)}")
-
-
-def softmax(logits: npt.ArrayLike) -> Probs:
-    """Numerically stable softmax of one row of logits, in float64."""
-    row = np.asarray(logits, dtype=np.float64)
-    weights = np.exp(row - row.max())
-    result: Probs = weights / weights.sum()
-    return result
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token sequences."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # --------------------------------------------------------------------------- results
@@ -302,7 +213,7 @@ class SpeculativeCascade:
     """A drafter and a target GGUF model with one tokenizer, decoding greedily as a speculative cascade.
 
     ``drafter`` and ``target`` are registry names or ``.gguf`` paths (resolved by
-    ``workers.artifacts.resolve_model``); the same model may be both (two
+    ``workers.backends.assets.artifacts.resolve_model``); the same model may be both (two
     contexts). Not thread-safe: one generation at a time, like a llama.cpp context.
     """
 
@@ -404,7 +315,7 @@ class SpeculativeCascade:
         """Greedy speculative-cascade generation of up to ``max_tokens`` tokens (fewer at end of generation)."""
         if rule not in RULES:
             raise ValueError(f"unknown deferral rule {rule!r}; known: {', '.join(RULES)}")
-        _check_alpha(alpha)
+        check_alpha(alpha)
         started = time.perf_counter()
         sequence = self.tokenize(prompt)
         self._check_room(sequence, max_tokens, gamma)

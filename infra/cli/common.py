@@ -1,0 +1,45 @@
+"""Helpers several commands share: exit codes, the stderr note, bootstrap servers, lab arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, TypeAlias
+
+if TYPE_CHECKING:
+    from infra.config import Config
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What ``add_subparsers`` returns; every command module registers itself on one."""
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def note(message: str) -> None:
+    """Say something on stderr as ``tierflow: …``: stdout carries only results, so scripts can pipe it."""
+    print(f"tierflow: {message}", file=sys.stderr)
+
+
+def bootstrap_servers(config: Config, given: str) -> str:
+    """``--bootstrap`` if given, else the config's; commands that join a running pipeline need one."""
+    from topics.errors import ConfigError
+
+    bootstrap = given or config.broker.bootstrap_servers
+    if not bootstrap:
+        raise ConfigError("no bootstrap servers: pass --bootstrap (as printed by tierflow up)")
+    return bootstrap
+
+
+def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trace and its split, which ``eval`` and ``fit`` read the same way."""
+    parser.add_argument("--trace", required=True, metavar="FILE", help="a trace written by tierflow trace (required)")
+    parser.add_argument("--tiers", default="", help="comma-separated tiers to use, cheapest first (default: all)")
+    parser.add_argument(
+        "--train-fraction", type=float, default=0.5, metavar="F", help="share of items to fit on (default 0.5)"
+    )
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped: ``"a, b,"`` is ``("a", "b")``."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())

@@ -1,0 +1,54 @@
+"""``tierflow eval``: fit lab methods on a trace's train split and compare them on its test split.
+
+The methods to compare are ``--methods``; ``--policy`` is the old spelling, kept as a hidden alias
+because elsewhere ``--policy`` names a policy file.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from infra.cli.common import Subparsers, add_trace_arguments, split_names
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="fit policies on a trace's train split and compare them on its test split",
+        description="Fit each lab method (--methods) on the train split of a trace, sweep its threshold (or budget), "
+        "simulate every setting on the test split with the pipeline's own decision code, and report "
+        "accuracy-cost curves, APGR, CPT(50%), CPT(80%), AIQ and the cost at the strongest tier's "
+        "accuracy, next to every single tier, the random mix and the oracle.",
+    )
+    add_trace_arguments(parser)
+    methods = parser.add_mutually_exclusive_group()
+    methods.add_argument(
+        "--methods", default="all", metavar="A,B", help="comma-separated lab methods to compare, or all (default: all)"
+    )
+    methods.add_argument("--policy", dest="methods", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--budget", default="", metavar="X,Y", help="comma-separated budgets to report accuracy at (default: none)"
+    )
+    parser.add_argument("--json", default="", metavar="PATH", help="write the report as JSON (default: don't)")
+    parser.add_argument(
+        "--plot", default="", metavar="PATH", help="write the accuracy-cost plot as PNG (default: don't)"
+    )
+    parser.add_argument("--md", default="", metavar="PATH", help="write the metrics table as Markdown (default: don't)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Progress goes to stderr, the report to stdout and to the files asked for."""
+    from rich.console import Console
+
+    from infra.lab.evaluate import LabOptions, evaluate, print_report, write_outputs
+    from topics.errors import ConfigError
+
+    try:
+        budgets = tuple(float(b) for b in split_names(args.budget))
+    except ValueError as exc:
+        raise ConfigError(f"--budget must be comma-separated numbers: {exc}") from exc
+    options = LabOptions(args.trace, args.methods, budgets, split_names(args.tiers), args.train_fraction)
+    report = evaluate(options, Console(stderr=True))
+    print_report(report, Console())
+    write_outputs(report, args.json, args.plot, args.md)
+    return 0

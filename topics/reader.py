@@ -1,0 +1,202 @@
+"""The one group-less topic reader: every reader sees every record, and nothing is committed.
+
+Consumer groups share a topic's records among their members; some readers need all
+of them instead: each router and verifier follows every policy update, the budget
+controller follows control and results, clients collect results, ``status`` reads
+windows of a topic. They all assign partitions themselves (no group, no rebalance,
+no commits) through this class, so "read to the end", "read a range" and "follow
+forever" are written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from topics.admin import cluster_id
+from topics.errors import BrokerError
+
+log = logging.getLogger("tierflow.reader")
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+RETRY_AFTER_S = 0.5
+"""Pause after a failed fetch (broker away, topic being rebuilt) before the next one."""
+
+
+async def stop_quietly(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a client; aiokafka can leak the CancelledError of its own background fetch task."""
+    try:
+        with contextlib.suppress(KafkaError):
+            await client.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being cancelled ourselves: let it through
+
+
+class TopicReader:
+    """Reads ``topics`` from their beginning or their end, with no consumer group.
+
+    ``partitions`` gives each topic's partition count when the caller knows it (the
+    deployment's own topics); otherwise it is asked from the broker, and a topic the
+    broker does not have is a :class:`BrokerError` naming it. ``start()`` and
+    ``stop()`` are safe to call twice.
+    """
+
+    def __init__(
+        self,
+        kafka: Mapping[str, Any],
+        topics: Sequence[str],
+        *,
+        start_at: Literal["beginning", "end"] = "beginning",
+        partitions: Mapping[str, int] | None = None,
+        fetch_max_wait_ms: int = 20,
+    ) -> None:
+        self.topics = tuple(topics)
+        self.start_at = start_at
+        self.assigned: list[TopicPartition] = []
+        self._counts = partitions
+        self._consumer = AIOKafkaConsumer(
+            **kafka,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if start_at == "beginning" else "latest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        try:
+            await self._consumer.start()
+            self._started = True
+            self.assigned = [TopicPartition(topic, p) for topic in self.topics for p in await self._partitions(topic)]
+            self._consumer.assign(self.assigned)
+            if self.start_at == "beginning":
+                await self._consumer.seek_to_beginning(*self.assigned)
+            else:
+                await self._consumer.seek_to_end(*self.assigned)
+        except KafkaError as exc:
+            await self.stop()
+            raise BrokerError(f"cannot read {', '.join(self.topics)}: {exc}") from exc
+        except BrokerError:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await stop_quietly(self._consumer)
+
+    async def __aenter__(self) -> TopicReader:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _partitions(self, topic: str) -> list[int]:
+        if self._counts is not None and topic in self._counts:
+            return list(range(self._counts[topic]))
+        parts = self._consumer.partitions_for_topic(topic)
+        if not parts:
+            await self._consumer._client.force_metadata_update()
+            parts = self._consumer.partitions_for_topic(topic)
+        if not parts:
+            raise BrokerError(f"topic {topic} does not exist")
+        return sorted(parts)
+
+    async def poll(self, timeout_ms: int = 200, max_records: int = 1000) -> list[Record]:
+        """What is available now (waiting up to ``timeout_ms``), in order within each partition."""
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return [record for records in batches.values() for record in records]
+
+    async def follow(self, handle: Callable[[Record], Awaitable[Any] | Any], timeout_ms: int = 200) -> None:
+        """Hand every record to ``handle`` until cancelled; a failed fetch is logged and retried."""
+        while True:
+            try:
+                records = await self.poll(timeout_ms, max_records=2000)
+            except KafkaError as exc:  # the broker is away: keep what we have and look again
+                log.warning("reading %s failed: %r", ", ".join(self.topics), exc)
+                await asyncio.sleep(RETRY_AFTER_S)
+                continue
+            for record in records:
+                outcome = handle(record)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+
+    async def read_to_end(self, timeout_ms: int = 100) -> AsyncIterator[list[Record]]:
+        """Batches from the current positions up to the end offsets seen at the start.
+
+        Tansu's reported end can run ahead of the records a fetch returns yet, so a
+        partition counts as done only when its position reached that end.
+        """
+        ends = await self._consumer.end_offsets(self.assigned)
+        behind = {tp for tp in self.assigned if await self._consumer.position(tp) < ends[tp]}
+        while behind:
+            batches = await self._consumer.getmany(*behind, timeout_ms=timeout_ms, max_records=5000)
+            batch = [record for records in batches.values() for record in records]
+            if batch:
+                yield batch
+            behind = {tp for tp in behind if await self._consumer.position(tp) < ends[tp]}
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        wanted = list(self.assigned if partitions is None else partitions)
+        return {tp: int(offset) for tp, offset in (await self._consumer.end_offsets(wanted)).items()}
+
+    async def beginning_offsets(self, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        wanted = list(self.assigned if partitions is None else partitions)
+        return {tp: int(offset) for tp, offset in (await self._consumer.beginning_offsets(wanted)).items()}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._consumer.seek(partition, offset)
+
+    async def rewind(self) -> None:
+        """Read every assigned partition again from its beginning (the broker lost its data)."""
+        await self._consumer.seek_to_beginning(*self.assigned)
+
+    async def cluster_id(self) -> str:
+        """The broker's cluster id (see ``topics.admin.cluster_id``)."""
+        return await cluster_id(self._consumer._client)
+
+    async def read_ranges(
+        self, ranges: Mapping[TopicPartition, tuple[int, int | None]], ends: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, list[Record]]:
+        """Records of each partition from ``start`` up to ``stop`` (``None``: to ``ends``, keeping whatever
+        else its last batch holds); the reader is then paused until the next read."""
+        wanted = list(ranges)
+        self._consumer.assign(wanted)
+        for tp in wanted:
+            self._consumer.seek(tp, ranges[tp][0])
+        out: dict[TopicPartition, list[Record]] = {tp: [] for tp in wanted}
+
+        def done(tp: TopicPartition, position: int) -> bool:
+            stop = ranges[tp][1]
+            return position >= (ends[tp] if stop is None else stop)
+
+        behind = {tp for tp in wanted if not done(tp, ranges[tp][0])}
+        while behind:
+            for tp, records in (await self._consumer.getmany(*behind, timeout_ms=200)).items():
+                stop = ranges[tp][1]
+                out[tp] += [r for r in records if stop is None or r.offset < stop]
+            behind = {tp for tp in behind if not done(tp, await self._consumer.position(tp))}
+        self._consumer.pause(*wanted)  # no background fetching between reads
+        return out
+
+    async def topic_partitions(self, topics: Iterable[str]) -> dict[str, list[TopicPartition]]:
+        """The partitions each topic has on the broker now (``{}`` entries for topics it lacks)."""
+        cluster = await self._consumer._client.fetch_all_metadata()
+        return {
+            topic: [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+            for topic in topics
+        }
+
+    async def known_topics(self) -> set[str]:
+        cluster = await self._consumer._client.fetch_all_metadata()
+        return set(cluster.topics())

@@ -1,0 +1,119 @@
+"""What the stream runtime needs to run one deployment: plain, picklable specs it defines itself.
+
+``infra/config.py`` parses the TOML file into these (and adds what only the
+deployment needs: broker provider, Ray, pool sizes), then hands each replica one
+:class:`DeploymentSpec`. The runtime never sees the config module, so it can be
+driven by any deployer (the CLI, a supervisor, a test) that fills these in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from policies.decisions import DEFAULT_MAX_HOPS
+from topics.connection import KafkaConnection
+from topics.errors import ConfigError
+from topics.names import TopicLayout
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_payload_bytes: int = 1 << 20
+    max_batch: int = 64
+    """Records one actor takes per poll: the bound on its in-flight work."""
+    max_hops: int = DEFAULT_MAX_HOPS
+    default_deadline_s: float = 120.0
+    """Deadline given to requests that carry none."""
+    infer_timeout_s: float = 60.0
+    max_rss_mb: int = 0
+    """A replica whose resident memory passes this after a batch finishes it, commits, leaves and is
+    replaced by a fresh one (0: no bound). Like Celery's max memory per child: a leak or a fragmented
+    heap costs a restart, not the machine. LLM tiers count their mapped weights: leave them room."""
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    name: str
+    backend: str
+    replicas: int = 1
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    resources: Mapping[str, float] = field(default_factory=dict)
+    partitions: int = 4
+    threshold: float = 0.5
+    cost: float = 0.0
+    """Expected cost per call, for routing; the backend reports the actual cost."""
+    batch_size: int = 32
+    options: Mapping[str, Any] = field(default_factory=dict)
+    optional: bool = False
+    """The demo leaves this tier out (saying why) when its backend cannot load, e.g. recorded data absent."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    file: str = ""
+    """A fitted policy file (``tierflow fit``); when set, it supplies both policies and their parameters."""
+    pre_call: str = "cheapest_first"
+    pre_call_params: Mapping[str, Any] = field(default_factory=dict)
+    post_hoc: str = "threshold"
+    post_hoc_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """The budget controller and who may command it (``[control]``)."""
+
+    enabled: bool = True
+    keys: Mapping[str, str] = field(default_factory=lambda: {"default": "TIERFLOW_CONTROL_KEY"})
+    """Key id -> name of the environment variable holding its secret (never the secret itself)."""
+    period_s: float = 1.0
+    """How often the control law runs."""
+    window_s: float = 3.0
+    """The sliding window observed cost, latency and quality are measured over (longer: less noise,
+    but more delay in the loop, which makes the law oscillate; 3 s settles in ~15 s at 300 req/s)."""
+    report_every_s: float = 2.0
+    step: float = 0.04
+    """Largest change of a multiplier per period (the bounded step of the dual ascent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Where spans and metrics go (``[telemetry]``)."""
+
+    exporter: str = "none"
+    """``none``, ``console`` (JSON lines to ``console_path``, else stdout) or ``otlp`` (HTTP)."""
+    endpoint: str = ""
+    """OTLP/HTTP base URL (default: the SDK's, http://localhost:4318)."""
+    console_path: str = ""
+    metric_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """Everything a replica (or the budget controller) of one deployment reads: sent once at creation."""
+
+    namespace: str
+    tiers: tuple[TierConfig, ...]
+    kafka: KafkaConnection
+    partitions: Mapping[str, int]
+    """Partition count of every topic of the deployment."""
+    limits: LimitsConfig = LimitsConfig()
+    policies: PolicyConfig = PolicyConfig()
+    control: ControlConfig = ControlConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    results_path: str = ""
+    session_timeout_ms: int = 3000
+    fetch_max_wait_ms: int = 10
+
+    @cached_property
+    def layout(self) -> TopicLayout:
+        return TopicLayout(self.namespace, tuple(tier.name for tier in self.tiers))
+
+    def tier(self, name: str) -> TierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise ConfigError(f"unknown tier {name!r}; known: {', '.join(t.name for t in self.tiers)}")
