@@ -7,6 +7,7 @@ laptop: embedded broker, local Ray, one replica per stage.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from policies.decisions import DEFAULT_MAX_HOPS
+from policies.registry import make_post_hoc, make_pre_call
 from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
 from topics.errors import ConfigError
 from topics.names import TopicLayout, check_name
@@ -56,6 +58,8 @@ class _Section:
 
     def number(self, name: str, kind: type[T], default: T, lo: float, hi: float | None = None) -> T:
         value = self.get(name, kind, default)
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise ConfigError(f"{self.key(name)} must be a finite number, got {value}")
         if value < lo or (hi is not None and value > hi):  # type: ignore[operator]
             bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
             raise ConfigError(f"{self.key(name)} must be {bound}, got {value}")
@@ -318,7 +322,20 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         demo_requests=root.number("demo_requests", int, 500, 1, 10_000_000),
     )
     root.finish()
+    check_policies(config.policies)
     return config
+
+
+def check_policies(policies: PolicyConfig) -> None:
+    """Build both policies once, so an unknown name or a bad parameter fails at load, naming the key."""
+    for key, make, name, params in (
+        ("policies.pre_call", make_pre_call, policies.pre_call, policies.pre_call_params),
+        ("policies.post_hoc", make_post_hoc, policies.post_hoc, policies.post_hoc_params),
+    ):
+        try:
+            make(name, params)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
 
 
 def load_config(path: str | Path) -> Config:
@@ -359,6 +376,7 @@ def with_policy_file(config: Config, path: str | Path) -> Config:
         post_hoc=policy.post_hoc,
         post_hoc_params=policy.post_hoc_params,
     )
+    check_policies(policies)
     return replace(config, policies=policies)
 
 

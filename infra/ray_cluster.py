@@ -15,8 +15,8 @@ PACKAGES = ("topics", "policies", "workers", "infra")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class RayError(TierflowError):
-    """Ray could not be started or joined."""
+class RayStartError(TierflowError):
+    """Ray could not be started or joined (not to be confused with Ray's own ``ray.exceptions.RayError``)."""
 
 
 def start_ray(config: RayConfig) -> bool:
@@ -47,7 +47,7 @@ def start_ray(config: RayConfig) -> bool:
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = config.address or "a local Ray"
-        raise RayError(f"could not start or join {where}: {exc}") from exc
+        raise RayStartError(f"could not start or join {where}: {exc}") from exc
     return True
 
 

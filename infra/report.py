@@ -28,8 +28,13 @@ class RunFacts:
     dead_ids: set[str]
     """Request ids that ended in the dead-letter topic instead of a result."""
     raw_duplicates: int
+    """Results seen more than once on the results topic (repeated hops; the sink delivers each id once)."""
     delivered_duplicates: int
     wall_s: float
+    broker_resets: int = 0
+    """How often the broker turned out to have lost its data (a restarted memory broker)."""
+    resubmitted: int = 0
+    """Requests sent again after a broker reset."""
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -66,6 +71,8 @@ def build_report(facts: RunFacts, tier_order: Sequence[str]) -> dict[str, Any]:
         "duplicates": facts.delivered_duplicates,
         "raw_duplicates": facts.raw_duplicates,
         "dead_letters": facts.dead_letters,
+        "broker_resets": facts.broker_resets,
+        "resubmitted": facts.resubmitted,
         "status": dict(Counter(r.status.value for r in results)),
         "accuracy": _accuracy(labelled),
         "cost_total": round(total_cost, 6),

@@ -13,8 +13,9 @@
   variant), or look the action up per ``verify_p`` bin in a table fitted by dynamic
   programming on the train split to maximise accuracy - λ·cost (POMDP variant).
 * ``frugalgpt`` — FrugalGPT: an ordered chain of tiers (a sub-sequence of the
-  ladder, enforced by the ``chain`` router in ``policies/routers.py``) with a threshold per stage on a learned
-  answer scorer; the chain and thresholds maximise accuracy under a mean-cost budget.
+  ladder, enforced by the ``chain`` router in ``policies/routers.py``) with a
+  threshold per stage on a learned answer scorer; the chain and thresholds maximise
+  accuracy under a mean-cost budget.
 
 Every policy here is pure: the answer (with its task, request and history) in, a
 verdict out; the same objects decide in the verifier and in ``tierflow eval``.

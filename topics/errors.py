@@ -1,8 +1,10 @@
-"""One exception root for tierflow, with a ``retriable`` flag callers read.
+"""One exception root for tierflow, and the errors every layer raises.
 
-Callers decide between retrying and giving up by reading ``retriable`` instead of
-catching lists of types (the aiokafka convention). Every third-party error is
-re-raised as one of these ``from`` the original, so the CLI can print one line.
+Every third-party error is re-raised as one of these ``from`` the original, so
+the CLI and the HTTP API can print one line. They live in the lowest package
+because every layer raises them: a bad config value is found by the config
+loader (infra) and by the backend or policy that owns the option (workers,
+policies); a bad record by the decoder (topics).
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 
 class TierflowError(Exception):
     """Root of every error tierflow raises on purpose."""
-
-    retriable: bool = False
 
 
 class ConfigError(TierflowError):
@@ -34,8 +34,6 @@ class DecodeError(TierflowError):
 
 class BrokerError(TierflowError):
     """The broker could not be started or reached."""
-
-    retriable = True
 
 
 class DataError(TierflowError):

@@ -190,7 +190,7 @@ async def test_a_restarted_broker_is_detected_topics_rebuilt_and_held_requests_r
         requests = make_requests(600, "rs")
         by_id = {r.id: r for r in requests}
         collector = ResultCollector(kafka, config.layout)
-        async with running(config, bootstrap, kafka):
+        async with running(config, bootstrap, kafka) as pipeline:
             producer = RequestProducer(kafka, config.layout)
             await producer.start()
             try:
@@ -206,19 +206,51 @@ async def test_a_restarted_broker_is_detected_topics_rebuilt_and_held_requests_r
 
                 missing = await collector.wait_for(set(by_id), WAIT_S, resubmit=resubmit)
                 delivered = await await_delivered(config, set(by_id) - answered_before)
+                watchdog_resets = pipeline.watchdog.resets
             finally:
                 await producer.stop()
                 await collector.stop()
     finally:
         broker.stop()
-    # the client notices (its read positions now lie past the ends), rebuilds the topics if the pipeline's
-    # watchdog has not yet, and resubmits what it still held
-    assert collector.broker_resets >= 1 and resubmitted, "the client noticed and resubmitted what it held"
+    # the client notices (the broker has a new cluster id), rebuilds the topics if the pipeline's watchdog has
+    # not yet, and resubmits what it still held; the watchdog notices too, even when the client rebuilt first
+    assert collector.broker_resets == 1 and resubmitted, "the client noticed once and resubmitted what it held"
+    assert watchdog_resets >= 1, "the watchdog noticed the new broker and rewound the stages"
     assert not missing, f"{len(missing)} requests silently dropped"
     assert len(delivered) == len(set(delivered)), "the sink never delivers an id twice"
     # A result the client had already read but the sink had not yet consumed vanished with the broker: the
     # client holds it, the sink never sees it. Only those may be absent from the sink.
     assert set(by_id) - set(delivered) <= answered_before
+
+
+async def test_a_busy_healthy_broker_is_never_taken_for_one_that_lost_its_data(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any]
+) -> None:
+    """The end-offset check this replaced cried wolf here: Tansu's reported end can trail what a fetch returned."""
+    from infra.client import RequestProducer
+
+    config = simulated_config(tmp_path)
+    requests = make_requests(2000, "busy")
+    resubmitted: list[str] = []
+
+    async def resubmit(ids: set[str]) -> None:
+        resubmitted.extend(ids)
+
+    async with running(config, bootstrap, kafka) as pipeline:
+        collector = ResultCollector(kafka, config.layout)
+        producer = RequestProducer(kafka, config.layout)
+        await collector.start()
+        await producer.start()
+        try:
+            sending = asyncio.create_task(producer.send_many(requests))
+            missing = await collector.wait_for({r.id for r in requests}, WAIT_S, resubmit=resubmit)
+            await asyncio.wait_for(sending, WAIT_S)
+        finally:
+            await producer.stop()
+            await collector.stop()
+        watchdog_resets = pipeline.watchdog.resets
+    assert not missing
+    assert collector.broker_resets == 0 and not resubmitted and watchdog_resets == 0
 
 
 async def test_the_watchdog_rebuilds_topics_the_broker_lost(

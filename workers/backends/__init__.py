@@ -6,13 +6,24 @@ optional LLM runtime installed.
 """
 
 from workers.backends import headlines, llamacpp, openai_http, recorded, replay, simulated, speculative
-from workers.backends.base import Backend, Completion, Query, backend_names, create_backend, register_backend
+from workers.backends.base import (
+    Backend,
+    Completion,
+    Query,
+    backend_names,
+    backend_options,
+    check_backend_options,
+    create_backend,
+    register_backend,
+)
 
 __all__ = [
     "Backend",
     "Completion",
     "Query",
     "backend_names",
+    "backend_options",
+    "check_backend_options",
     "create_backend",
     "headlines",
     "llamacpp",

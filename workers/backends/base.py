@@ -5,6 +5,13 @@ returns, per query, the output plus the confidence features the verifier's
 post-hoc policy reads. Backends are built from a tier's config by a registry of
 factories; weights load in ``load()`` — called once when the worker actor starts,
 never at import — so a restarted actor reloads them and unit tests stay cheap.
+
+Each registered backend class declares the option names it reads (``OPTIONS``), and
+``create_backend`` refuses any other before the constructor runs: a typo such as
+``n_thread`` would otherwise be silently ignored and the tier would run with the
+default. Because constructors only validate (nothing loads before ``load()``),
+``check_backend_options`` can run every tier's checks when the config is loaded,
+before a broker or Ray starts.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from topics.errors import ConfigError
 
@@ -47,8 +54,19 @@ class Completion:
     """Set when this query failed on its own (the rest of the batch may be fine); no policy accepts it."""
 
 
+MODEL_NAME_OPTIONS: frozenset[str] = frozenset({"model"})
+"""The options ``Backend.model_name`` reads; a backend that keeps that property accepts them."""
+
+
 class Backend(ABC):
     """A model behind a tier. Subclasses keep ``__init__`` cheap; heavy work goes in ``load``."""
+
+    OPTIONS: ClassVar[frozenset[str]]
+    """Every option name the backend (constructor, helpers, inherited ``model_name``) reads.
+
+    Declared by each registered class, checked by ``register_backend``; ``create_backend``
+    refuses any other name, so a typo fails the config check instead of being ignored.
+    """
 
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
         self.tier = tier
@@ -86,16 +104,23 @@ def number_option(tier: str, options: Mapping[str, Any], name: str, default: flo
     return float(value)
 
 
-BackendFactory = Callable[[str, Mapping[str, Any]], Backend]
-_REGISTRY: dict[str, BackendFactory] = {}
+B = TypeVar("B", bound=Backend)
+_REGISTRY: dict[str, type[Backend]] = {}
 
 
-def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    """Class decorator registering a backend factory under ``name``."""
+def register_backend(name: str) -> Callable[[type[B]], type[B]]:
+    """Class decorator registering a backend class under ``name``.
 
-    def decorate(factory: BackendFactory) -> BackendFactory:
-        _REGISTRY[name] = factory
-        return factory
+    The class must declare ``OPTIONS``: without it no option could be checked, so
+    leaving it out fails at import rather than accepting every typo.
+    """
+
+    def decorate(cls: type[B]) -> type[B]:
+        options = getattr(cls, "OPTIONS", None)
+        if not isinstance(options, frozenset) or not all(isinstance(o, str) for o in options):
+            raise TypeError(f"backend {name!r} ({cls.__qualname__}) must declare OPTIONS: frozenset[str]")
+        _REGISTRY[name] = cls
+        return cls
 
     return decorate
 
@@ -107,9 +132,46 @@ def backend_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backend(kind: str, tier: str, options: Mapping[str, Any]) -> Backend:
-    """Build the backend ``kind`` for ``tier``; an unknown kind lists the known ones."""
+def backend_options(kind: str) -> frozenset[str]:
+    """The option names backend ``kind`` accepts (``kind`` must be registered)."""
+    backend_names()
+    return _REGISTRY[kind].OPTIONS
+
+
+def _check_kind(kind: str, tier: str) -> type[Backend]:
     known = backend_names()
     if kind not in _REGISTRY:
         raise ConfigError(f"unknown backend {kind!r} for tier {tier!r}; known: {', '.join(known)}")
-    return _REGISTRY[kind](tier, options)
+    return _REGISTRY[kind]
+
+
+def _check_option_names(cls: type[Backend], kind: str, tier: str, options: Mapping[str, Any]) -> None:
+    """Refuse option names ``cls`` does not read, in one line naming tier, backend, the bad and the known names."""
+    unknown = sorted(str(name) for name in options if name not in cls.OPTIONS)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        what = "option" if len(unknown) == 1 else "options"
+        known = ", ".join(sorted(cls.OPTIONS))
+        raise ConfigError(f"tier {tier!r} (backend {kind!r}) has no {what} {names}; known: {known}")
+
+
+def create_backend(kind: str, tier: str, options: Mapping[str, Any]) -> Backend:
+    """Build the backend ``kind`` for ``tier``, loading nothing (``load()`` does that).
+
+    An unknown kind lists the known ones; an unknown option name is refused before the
+    constructor runs, so the constructor only ever sees names it reads.
+    """
+    cls = _check_kind(kind, tier)
+    _check_option_names(cls, kind, tier, options)
+    return cls(tier, options)
+
+
+def check_backend_options(kind: str, tier: str, options: Mapping[str, Any]) -> None:
+    """Raise the one-line ConfigError a tier's ``backend`` and ``options`` would cause, or return.
+
+    For the config loader, at load time: the unknown-kind and unknown-option checks,
+    then the backend's own value checks (by building it, which is cheap: constructors
+    validate only, nothing is fetched or loaded), so a bad tier is reported before
+    any broker or Ray cluster starts. The backend built is discarded.
+    """
+    create_backend(kind, tier, options)

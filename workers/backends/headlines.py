@@ -27,6 +27,7 @@ expected calibration error (10 bins, test split): hashing 2.6%, tfidf 1.7%, embe
 Cost: the ``price`` option (per call) if given, else the measured compute seconds of
 the call times ``price_per_cpu_second`` (default ``1e-4`` abstract "USD" per second,
 about ten times an on-demand vCPU: only the ratios between tiers matter to routing).
+``model`` is the name reported on answers (default: the tier's name).
 
 Training happens in ``load()`` the first time and is cached with joblib under
 ``<cache root>/models/`` (see ``workers.backends.assets.artifacts.cache_root``), keyed by stage, recipe
@@ -55,7 +56,7 @@ from topics.errors import ConfigError, DataError
 from workers.backends.assets import artifacts
 from workers.backends.assets import sarcasm as sarcasm_data
 from workers.backends.assets.sarcasm import LABELS, Headline
-from workers.backends.base import Backend, Completion, Query, register_backend
+from workers.backends.base import MODEL_NAME_OPTIONS, Backend, Completion, Query, register_backend
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,8 @@ def _price(options: Mapping[str, Any], key: str) -> float | None:
 @register_backend("headlines")
 class HeadlinesBackend(Backend):
     """One rung of the sarcasm ladder; the ``stage`` option picks which."""
+
+    OPTIONS = MODEL_NAME_OPTIONS | {"stage", "price", "price_per_cpu_second"}
 
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
         super().__init__(tier, options)

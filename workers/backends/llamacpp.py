@@ -45,6 +45,7 @@ from workers.backends.assets.artifacts import LLAMA_CPP_HINT, resolve_model
 from workers.backends.base import Backend, Completion, Query, int_option, register_backend
 from workers.backends.confidence import log_softmax
 from workers.backends.llm import (
+    LLM_OPTIONS,
     Sample,
     choice_completion,
     generate_completion,
@@ -53,11 +54,16 @@ from workers.backends.llm import (
     with_probe,
 )
 
-BACKEND_KEYS = ("n_ctx", "n_batch", "n_threads", "gpu_layers")
+BACKEND_KEYS: frozenset[str] = frozenset({"n_ctx", "n_batch", "n_threads", "gpu_layers"})
+"""The llama.cpp options beside the common LLM ones."""
 
 
 @register_backend("llamacpp")
 class LlamaCppBackend(Backend):
+    """A GGUF model in process; ``model`` (in ``LLM_OPTIONS``) is required."""
+
+    OPTIONS = LLM_OPTIONS | BACKEND_KEYS
+
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
         super().__init__(tier, options)
         self.llm_options = parse_llm_options(tier, options, BACKEND_KEYS)

@@ -4,7 +4,8 @@ Both backends take the same tier options and turn model outputs into Completions
 through the same functions, so a tier can move between an in-process GGUF and an
 HTTP endpoint without its policy noticing.
 
-Options (``[[tiers]] options = {...}``):
+Options (``[[tiers]] options = {...}``; the names are ``LLM_OPTIONS``: the fields of
+``LLMOptions`` plus ``model``, which each backend reads itself):
 
 * ``mode``: ``choice`` (default) scores the fixed ``choices`` (default ``A``-``D``)
   from the next-token distribution after the prompt; ``generate`` writes free text.
@@ -50,12 +51,12 @@ import dataclasses
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from topics.errors import ConfigError
-from workers.backends.base import Completion
+from workers.backends.base import MODEL_NAME_OPTIONS, Completion
 from workers.backends.confidence import agreement, binary_share, logprob_features, option_features, semantic_entropy
 
 Mode = Literal["choice", "generate"]
@@ -131,15 +132,18 @@ class LLMOptions:
         return seconds * self.price_per_cpu_second
 
 
-_COMMON = {
-    "mode", "prompt", "choices", "choice_prefix", "max_tokens", "temperature", "samples", "stop", "seed",
-    "price_per_input_token", "price_per_output_token", "price_per_cpu_second", "model", "verify", "self_ref",
-    "self_ref_prompt", "self_ref_tokens",
-}  # fmt: skip
+LLM_OPTIONS: frozenset[str] = MODEL_NAME_OPTIONS | {f.name for f in dataclasses.fields(LLMOptions)}
+"""The option names every LLM backend accepts: derived from ``LLMOptions`` so a new field is
+accepted by ``create_backend`` without a second list to keep in step; ``model`` names the
+model (a registry name or file for llamacpp, the served name for openai)."""
 
 
-def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Sequence[str]) -> LLMOptions:
-    """Validate the common options; unknown keys (not common, not ``backend_keys``) are errors."""
+def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Collection[str]) -> LLMOptions:
+    """Validate the common options; unknown keys (not ``LLM_OPTIONS``, not ``backend_keys``) are errors.
+
+    ``create_backend`` refuses unknown names before a backend's constructor calls this;
+    the check here keeps the function safe to call on its own.
+    """
 
     def key(name: str) -> str:
         return f"tier {tier!r} option {name!r}"
@@ -159,9 +163,10 @@ def parse_llm_options(tier: str, options: Mapping[str, Any], backend_keys: Seque
             raise ConfigError(f"{key(name)} must be a list of non-empty strings, got {value!r}")
         return tuple(value)
 
-    unknown = sorted(set(options) - _COMMON - set(backend_keys))
+    known = LLM_OPTIONS | set(backend_keys)
+    unknown = sorted(set(options) - known)
     if unknown:
-        raise ConfigError(f"{key(unknown[0])} is unknown; known: {', '.join(sorted(_COMMON | set(backend_keys)))}")
+        raise ConfigError(f"{key(unknown[0])} is unknown; known: {', '.join(sorted(known))}")
     mode = options.get("mode", "choice")
     if mode not in ("choice", "generate"):
         raise ConfigError(f"{key('mode')} must be 'choice' or 'generate', got {mode!r}")

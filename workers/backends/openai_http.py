@@ -48,6 +48,7 @@ from typing import Any
 from topics.errors import ConfigError
 from workers.backends.base import Backend, Completion, Query, number_option, register_backend
 from workers.backends.llm import (
+    LLM_OPTIONS,
     Sample,
     choice_completion,
     generate_completion,
@@ -56,10 +57,11 @@ from workers.backends.llm import (
     with_probe,
 )
 
-BACKEND_KEYS = (
+BACKEND_KEYS: frozenset[str] = frozenset({
     "base_url", "endpoint", "top_logprobs", "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency",
     "choice_logit_bias", "extra_body",
-)  # fmt: skip
+})  # fmt: skip
+"""The HTTP options beside the common LLM ones."""
 RETRIABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -69,6 +71,10 @@ class EndpointError(Exception):
 
 @register_backend("openai")
 class OpenAIBackend(Backend):
+    """An OpenAI-compatible endpoint; ``base_url`` is required."""
+
+    OPTIONS = LLM_OPTIONS | BACKEND_KEYS
+
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
         super().__init__(tier, options)
         self.llm_options = parse_llm_options(tier, options, BACKEND_KEYS)

@@ -143,7 +143,9 @@ class RecordedBackend(ReplayBackend):
     fetched MMLU data set.
     """
 
-    OPTION_KEYS = ("model",)
+    OPTIONS = frozenset({"model"})
+    """Only ``model``: the rows are built from the RouteLLM data, not read from a ``trace``,
+    and ``pace`` (inherited from replay) would sleep the recorded latency, which is 0."""
 
     def _check_options(self, options: Mapping[str, Any]) -> None:
         model = options.get("model")

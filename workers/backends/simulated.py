@@ -38,6 +38,12 @@ Latency: each query draws ``latency_ms * LogNormal(-s^2/2, s)`` (mean ``latency_
 ``s = latency_jitter``); a batch is one model call, so it sleeps the *maximum* of its
 draws and each Completion reports its share (batch time / batch size), as real
 backends do. ``latency_ms == 0`` never awaits anything, for throughput benchmarks.
+
+Options: ``accuracy`` (0.7), ``hard_accuracy`` (``accuracy``), ``calibration``,
+``concentration`` (2), ``labels`` (``["0", "1"]``), ``seed`` (0), ``cost`` (0.001 per
+query), ``latency_ms`` (0), ``latency_jitter`` (0), ``slow_from`` (never),
+``slow_latency_ms`` (``latency_ms``), and ``model``: the name reported on answers
+(default: the tier's name).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from topics.errors import ConfigError
-from workers.backends.base import Backend, Completion, Query, register_backend
+from workers.backends.base import MODEL_NAME_OPTIONS, Backend, Completion, Query, register_backend
 
 DEFAULT_LABELS: tuple[str, ...] = ("0", "1")
 CALIBRATIONS: tuple[str, ...] = ("calibrated", "overconfident", "uninformative")
@@ -97,6 +103,11 @@ def _labels(options: Mapping[str, Any]) -> tuple[str, ...]:
 @register_backend("simulated")
 class SimulatedBackend(Backend):
     """A tier whose accuracy, confidence quality, latency and cost are set by its options."""
+
+    OPTIONS = MODEL_NAME_OPTIONS | {
+        "accuracy", "hard_accuracy", "calibration", "concentration", "labels", "seed", "cost",
+        "latency_ms", "latency_jitter", "slow_from", "slow_latency_ms",
+    }  # fmt: skip
 
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
         super().__init__(tier, options)

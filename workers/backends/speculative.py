@@ -33,6 +33,20 @@ from workers.backends.speculative_decoding import SpeculativeCascade
 
 @register_backend("speculative")
 class SpeculativeBackend(Backend):
+    """A drafter and a target decoding together, greedily; not an ``LLMOptions`` backend.
+
+    It shares names with the LLM options (``prompt``, ``max_tokens``,
+    ``price_per_cpu_second``) and with llamacpp's (``n_ctx``, ``n_threads``), but reads
+    only these, with its own defaults, so it accepts only these: ``temperature``,
+    ``mode``, ``verify``, ``gpu_layers`` and the rest of the LLM options would be ignored,
+    and are refused. ``model`` is not read either: the model name is ``drafter>target``.
+    """
+
+    OPTIONS = frozenset({
+        "drafter", "target", "rule", "alpha", "gamma", "max_tokens", "prompt", "n_ctx", "n_threads",
+        "price_per_cpu_second",
+    })  # fmt: skip
+
     def __init__(self, tier: str, options: Mapping[str, Any]) -> None:
         super().__init__(tier, options)
         for key in ("drafter", "target"):
