@@ -19,6 +19,7 @@ from policies.registry import make_post_hoc, make_pre_call
 from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
 from topics.errors import ConfigError
 from topics.names import TopicLayout, check_name
+from workers.backends import check_backend_options
 from workers.spec import (
     ControlConfig,
     DeploymentSpec,
@@ -223,6 +224,10 @@ def _tier(data: object, index: int) -> TierConfig:
         optional=s.get("optional", bool, False),
     )
     s.finish()
+    try:
+        check_backend_options(tier.backend, tier.name, tier.options)
+    except ConfigError as exc:
+        raise ConfigError(f"tiers[{index}]: {exc}") from exc
     return tier
 
 

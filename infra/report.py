@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from policies.window import percentile_summary
 from topics.messages import Answer, Result, Status
 
 
@@ -35,13 +36,6 @@ class RunFacts:
     """How often the broker turned out to have lost its data (a restarted memory broker)."""
     resubmitted: int = 0
     """Requests sent again after a broker reset."""
-
-
-def percentiles(values: Sequence[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
-    p50, p95, p99 = np.percentile(np.asarray(values, dtype=float), [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
 
 
 def _accuracy(pairs: Sequence[tuple[str, str]]) -> float | None:
@@ -79,7 +73,7 @@ def build_report(facts: RunFacts, tier_order: Sequence[str]) -> dict[str, Any]:
         "cost_per_request": round(total_cost / len(results), 8) if results else 0.0,
         "throughput_rps": round(len(results) / facts.wall_s, 2) if facts.wall_s > 0 else 0.0,
         "wall_s": round(facts.wall_s, 2),
-        "latency_ms": percentiles([r.latency_ms for r in results]),
+        "latency_ms": percentile_summary(r.latency_ms for r in results),
         "mean_hops": round(float(np.mean([len(r.path) for r in results])), 3) if results else 0.0,
         "tiers": tiers,
     }

@@ -65,6 +65,7 @@ from infra.config import Config, RayConfig, parse_config
 from infra.control_client import new_command, send_command
 from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
+from policies.window import percentile
 from topics import Request, Result
 from topics.admin import delete_topics
 from topics.control import Action, Targets
@@ -205,7 +206,7 @@ async def scenario(
                 "settling_s": settled_s,
                 "in_band_after_settling": in_band,
                 "accuracy": float(np.mean([r.output == simulated_gold_label(r.request_id) for r in tail])),
-                "p95_ms": float(np.quantile([r.latency_ms for r in tail], 0.95)),
+                "p95_ms": percentile([r.latency_ms for r in tail], 95),
                 "results": len(tail),
             }
             print(json.dumps(row), flush=True)

@@ -28,6 +28,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.trace import TraceOptions, run_trace
+from policies.window import percentile
 from topics.traces import TraceRow
 
 LOWER_IS_CONFIDENT = frozenset({"entropy"})
@@ -61,8 +62,8 @@ def model_metrics(rows: Sequence[TraceRow]) -> dict[str, object]:
         "errors": len(rows) - len(ok),
         "accuracy": sum(correct) / len(rows),
         "auroc": aurocs,
-        "latency_p50_ms": float(np.percentile(latency, 50)) if ok else None,
-        "latency_p95_ms": float(np.percentile(latency, 95)) if ok else None,
+        "latency_p50_ms": percentile(latency, 50) if ok else None,
+        "latency_p95_ms": percentile(latency, 95) if ok else None,
         "prompt_tokens_per_s": sum(r.tokens_in for r in ok) / seconds if seconds > 0 else None,
         "cost_per_item": sum(r.cost for r in rows) / len(rows),
     }

@@ -81,6 +81,7 @@ from rich.table import Table
 from infra.broker import EmbeddedBroker, kafka_options
 from infra.client import RequestProducer, ResultCollector
 from infra.config import BrokerConfig, Config, RayConfig, parse_config
+from policies.window import percentile_summary
 from topics.admin import delete_topics, ensure_topics
 from topics.errors import BrokerError, TierflowError
 from topics.messages import Request, Result
@@ -464,17 +465,6 @@ async def _send_paced(driver: Driver, count: int, rate: float) -> float:
     return time.monotonic() - started
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
-
-
 Stats = dict[str, list[dict[str, Any]]]
 
 
@@ -564,7 +554,7 @@ async def measure_pipeline(
             "target_rps": round(rate, 1),
             "sent_rps": round(count / sending, 1) if sending > 0 else 0.0,
             "requests": count,
-            "latency_ms": _percentiles(latencies),
+            "latency_ms": percentile_summary(latencies),
             "cpu_cores": half_cores,
             "batching": _batching(after_max, after_half),
         },

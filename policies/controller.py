@@ -1,4 +1,4 @@
-"""The budget controller's logic without I/O: command checks, sliding windows, state and recovery.
+"""The budget controller's logic without I/O: command checks, the measured window, state and recovery.
 
 :class:`ControllerCore` is fed what the actor (``workers/controller_actor.py``) reads
 from Kafka — commands, results, answers — and returns what to publish: replies,
@@ -12,11 +12,9 @@ it. Every refusal is answered on the control topic and counted by reason.
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from policies.budget import (
     Goals,
@@ -27,6 +25,14 @@ from policies.budget import (
     next_lambda,
     next_mu,
     steer_thresholds,
+)
+from policies.window import (
+    ResultsWindow,
+    ended_latency_ms,
+    latency_at,
+    over_latency_share,
+    summarize,
+    visited_share,
 )
 from topics.control import (
     MAX_VALIDITY_S,
@@ -93,49 +99,31 @@ def check_command(
     return None
 
 
-@dataclass
-class Window:
-    """Results seen in the last ``span_s`` seconds (by arrival time, so clocks elsewhere do not matter)."""
+def measure(window: ResultsWindow, now: float, quantile: float, latency_target: float | None = None) -> Observed:
+    """What the controller saw over ``window`` at ``now``: the report's ``observed`` and the law's input.
 
-    span_s: float
-    rows: deque[tuple[float, float, float, bool, float, tuple[str, ...]]] = field(default_factory=deque)
-    """(arrived, cost, latency_ms, escalated, confidence, path)"""
-    started: float | None = None
-
-    def add(self, result: Result, now: float) -> None:
-        self.started = now if self.started is None else self.started
-        escalated = len(result.path) > 1
-        self.rows.append((now, result.total_cost, result.latency_ms, escalated, result.confidence, result.path))
-
-    def observe(self, now: float, quantile: float, latency_target: float | None = None) -> Observed:
-        while self.rows and self.rows[0][0] < now - self.span_s:
-            self.rows.popleft()
-        span = min(self.span_s, now - self.started) if self.started is not None else 0.0
-        n = len(self.rows)
-        if n == 0:
-            return Observed(window_s=max(span, 0.0))
-        data = np.array([row[1:5] for row in self.rows], dtype=float)
-        cost, latency = data[:, 0], data[:, 1]
-        visits: Counter[str] = Counter()
-        ended: dict[str, list[float]] = {}
-        for row in self.rows:
-            visits.update(row[5])
-            if row[5]:
-                ended.setdefault(row[5][-1], []).append(row[2])
-        span = max(span, 1e-3)
-        return Observed(
-            requests=n,
-            window_s=span,
-            rate=n / span,
-            cost_per_request=float(cost.sum()) / n,
-            cost_per_second=float(cost.sum()) / span,
-            latency_ms=float(np.quantile(latency, quantile)),
-            over_latency_share=float((latency > latency_target).mean()) if latency_target else 0.0,
-            escalation_rate=float(data[:, 2].mean()),
-            mean_confidence=min(1.0, float(data[:, 3].mean())),
-            tier_share={tier: count / n for tier, count in visits.items()},
-            tier_latency_ms={tier: float(np.mean(v)) for tier, v in ended.items()},
-        )
+    The wire field ``tier_share`` holds the :func:`~policies.window.visited_share`, as its
+    documentation says (a request escalated twice counts at three tiers): where the work went.
+    """
+    results = window.current(now)
+    span = window.covered_s(now)
+    if not results:
+        return Observed(window_s=span)
+    span = max(span, 1e-3)
+    stats = summarize(results, span)
+    return Observed(
+        requests=stats.count,
+        window_s=span,
+        rate=stats.rate,
+        cost_per_request=stats.cost_per_request,
+        cost_per_second=stats.cost_per_second,
+        latency_ms=latency_at(results, quantile),
+        over_latency_share=over_latency_share(results, latency_target) if latency_target else 0.0,
+        escalation_rate=stats.escalation_rate,
+        mean_confidence=min(1.0, stats.mean_confidence),
+        tier_share=visited_share(results),
+        tier_latency_ms=ended_latency_ms(results),
+    )
 
 
 @dataclass
@@ -161,14 +149,14 @@ class ControllerCore:
     rejected: Counter[str] = field(default_factory=Counter)
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     """Thresholds of every version this controller knows, for ``pin_policy``."""
-    window: Window = field(init=False)
+    window: ResultsWindow = field(init=False)
     last_observed: Observed = field(default_factory=Observed)
     ended_latency_ms: dict[str, float] = field(default_factory=dict)
     """Per tier, a moving average of the latency of requests that ended there: kept while a tier
     gets no traffic, so the latency weights do not flip when the guard stops escalating into it."""
 
     def __post_init__(self) -> None:
-        self.window = Window(self.window_s)
+        self.window = ResultsWindow(self.window_s)
         if not self.thresholds and self.base is not None:
             self.thresholds = dict(self.base)
 
@@ -285,7 +273,7 @@ class ControllerCore:
 
     def step(self, now: float) -> PolicyUpdate | None:
         """One period of the law: measure the window, move λ and μ, publish if thresholds moved."""
-        observed = self.window.observe(now, self.targets.latency_quantile, self.targets.latency_ms)
+        observed = measure(self.window, now, self.targets.latency_quantile, self.targets.latency_ms)
         self.last_observed = observed
         for tier, latency in observed.tier_latency_ms.items():
             old = self.ended_latency_ms.get(tier, latency)

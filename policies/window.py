@@ -115,7 +115,7 @@ class WindowStats:
     mean_confidence: float
 
 
-def window_stats(results: Sequence[Result], span_s: float) -> WindowStats:
+def summarize(results: Sequence[Result], span_s: float) -> WindowStats:
     """The scalar statistics of one window (``results`` already limited to it) spanning ``span_s`` seconds."""
     n = len(results)
     total_cost = sum(r.total_cost for r in results)

@@ -90,6 +90,7 @@ def build_loop(spec: StageSpec) -> StageLoop[Any]:
         config.kafka.options(),
         config.layout.dlq,
         group_id=f"{config.namespace}.{spec.pool}",
+        layout=config.layout,
         max_batch=config.limits.max_batch,
         session_timeout_ms=config.session_timeout_ms,
         fetch_max_wait_ms=config.fetch_max_wait_ms,

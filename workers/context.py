@@ -58,7 +58,7 @@ class StageContext:
         return request.deadline is not None and self.clock() > request.deadline
 
     def result(self, inbound: Inbound[Any], result: Result) -> Outbound:
-        return Outbound(self.layout.results, result.request_id, result.to_wire(), inbound.headers)
+        return Outbound(self.layout.results, result.request_id, result.to_wire(), inbound.headers, message=result)
 
     def final(
         self,

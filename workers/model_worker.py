@@ -58,7 +58,9 @@ class ModelWorker(Handler[Task]):
         for start in range(0, len(live), size):
             chunk = live[start : start + size]
             for inbound, answer in zip(chunk, await self._answer(chunk), strict=True):
-                out.append(Outbound(ctx.layout.answers, answer.request_id, answer.to_wire(), inbound.headers))
+                out.append(
+                    Outbound(ctx.layout.answers, answer.request_id, answer.to_wire(), inbound.headers, message=answer)
+                )
         return out
 
     async def _answer(self, chunk: Sequence[Inbound[Task]]) -> list[Answer]:

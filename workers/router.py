@@ -65,7 +65,9 @@ class Router(FollowsPolicy[Request]):
         routed = route_request(request, policy, tiers, version, features)
         if routed.status is not None:
             return ctx.result(inbound, ctx.final(routed.task, routed.status, reason=routed.reason))
-        return Outbound(ctx.layout.tier(routed.task.tier), request.id, routed.task.to_wire(), inbound.headers)
+        return Outbound(
+            ctx.layout.tier(routed.task.tier), request.id, routed.task.to_wire(), inbound.headers, message=routed.task
+        )
 
 
 class LiveShare:

@@ -26,7 +26,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from topics.errors import DecodeError
 from topics.messages import DeadLetter
+from topics.names import TopicLayout
 from topics.produce import produce_all
+from topics.wire import Message
 from workers.telemetry import Headers, StageTelemetry, passthrough, stage_span, tracing_enabled
 
 log = logging.getLogger("tierflow.stage")
@@ -46,6 +48,8 @@ class Outbound:
     key: str
     value: bytes
     headers: Headers = field(default_factory=list)
+    message: Message | None = field(default=None, compare=False, repr=False)
+    """What ``value`` encodes, when the stage has it: telemetry counts from it instead of decoding again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ class StageLoop(Generic[M]):
         dlq_topic: str,
         *,
         group_id: str,
+        layout: TopicLayout,
         max_batch: int = 64,
         session_timeout_ms: int = 3000,
         fetch_max_wait_ms: int = 10,
@@ -155,7 +160,7 @@ class StageLoop(Generic[M]):
         self._rewind = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self.telemetry = StageTelemetry(handler.stage, dlq_topic)
+        self.telemetry = StageTelemetry(handler.stage, layout)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer else set()
@@ -321,7 +326,7 @@ class StageLoop(Generic[M]):
             at=self.clock(),
         )
         log.info("dead letter from %s[%d]@%d: %s", record.topic, record.partition, record.offset, letter.reason)
-        return Outbound(self.dlq_topic, letter.request_id or "", letter.to_wire())
+        return Outbound(self.dlq_topic, letter.request_id or "", letter.to_wire(), message=letter)
 
     async def _send(self, out: list[Outbound]) -> None:
         """Produce everything and wait for every ack (the commit must not overtake them)."""

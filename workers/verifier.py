@@ -64,7 +64,13 @@ class Verifier(FollowsPolicy[Answer]):
         step = verify_answer(answer, policy, tiers, now, ctx.deployment.limits.max_hops, expired, version or None)
         if step.escalation is not None:
             target = step.escalation.tier
-            return Outbound(ctx.layout.escalate(target), task.request.id, step.escalation.to_wire(), inbound.headers)
+            return Outbound(
+                ctx.layout.escalate(target),
+                task.request.id,
+                step.escalation.to_wire(),
+                inbound.headers,
+                message=step.escalation,
+            )
         assert step.status is not None
         result = final_result(task, step.status, answer, step.reason, now, version or None, step.deliver)
         return ctx.result(inbound, result)

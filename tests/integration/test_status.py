@@ -170,7 +170,7 @@ async def test_status_reads_window_lag_and_controller(kafka: dict[str, Any], dep
     assert results["cost_per_request"] == pytest.approx(0.025)
     assert results["cost_per_second"] == pytest.approx(0.01)
     assert results["escalation_rate"] == pytest.approx(0.5)
-    assert results["tier_share"] == {"small": 0.5, "large": 0.5}
+    assert results["answered_share"] == {"small": 0.5, "large": 0.5}
     assert results["tier_answers_per_s"] == pytest.approx({"small": 0.4, "large": 0.2})
     assert len(snapshot.results) == 6  # the old ones were read (the walk reached the partition start) but left out
     assert doc["undecodable"] == {"results": 1, "control": 1}
@@ -199,9 +199,9 @@ async def test_status_reads_window_lag_and_controller(kafka: dict[str, Any], dep
 async def test_status_walks_back_in_chunks(
     kafka: dict[str, Any], deployment: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import infra.status
+    import infra.status.reader
 
-    monkeypatch.setattr(infra.status, "CHUNK", 2)
+    monkeypatch.setattr(infra.status.reader, "CHUNK", 2)
     # p0: [old, r3] [r1, junk] -> r1 is 1 s old, go on; r3 and old are read, old ends the walk.
     # p1: [old] [r4, r2] -> r4 is 4 s old, before the 2.5 s window: the walk stops, old is never read.
     snapshot = await asyncio.wait_for(collect_status(kafka, deployment, window_s=2.5, now=NOW), WAIT_S)
@@ -211,7 +211,7 @@ async def test_status_walks_back_in_chunks(
     assert doc["controller"]["version"] == 2 and doc["policy"]["version"] == 2  # control read in chunks too
     assert [r["offset"] for r in doc["replies"]] == [5, 0] and doc["undecodable"]["control"] == 1
 
-    monkeypatch.setattr(infra.status, "MAX_RECORDS_PER_PARTITION", 2)
+    monkeypatch.setattr(infra.status.reader, "MAX_RECORDS_PER_PARTITION", 2)
     doc = status_json(await asyncio.wait_for(collect_status(kafka, deployment, window_s=10.0, now=NOW), WAIT_S))
     assert doc["results"]["count"] == 3 and doc["truncated"] is True  # r3 (p0, third from the end) left out
 

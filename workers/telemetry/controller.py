@@ -37,9 +37,7 @@ _latest = _Latest()
 def record_controller_state(lam: float, mu: float, thresholds: dict[str, float], version: int) -> None:
     """The controller's current λ, μ, per-tier thresholds and policy version, read by the gauges
     ``tierflow.controller.*`` at every export (cheap: it only keeps the latest values)."""
-    _latest.snapshot = _Snapshot(
-        float(lam), float(mu), {k: float(v) for k, v in thresholds.items()}, int(version)
-    )
+    _latest.snapshot = _Snapshot(float(lam), float(mu), {k: float(v) for k, v in thresholds.items()}, int(version))
 
 
 def forget_controller_state() -> None:

@@ -87,9 +87,7 @@ class StageInstruments:
             accepted=meter.create_counter(
                 f"{PREFIX}accepted", "{answer}", "Answers accepted per tier (acceptance = accepted / answers)"
             ),
-            escalations=meter.create_counter(
-                f"{PREFIX}escalations", "{task}", "Escalations, by from_tier and tier"
-            ),
+            escalations=meter.create_counter(f"{PREFIX}escalations", "{task}", "Escalations, by from_tier and tier"),
             cost=meter.create_counter(f"{PREFIX}cost", "1", "Total cost of the results produced, by status"),
             dead_letters=meter.create_counter(f"{PREFIX}dlq", "{record}", "Dead letters, by stage and reason"),
             e2e_latency=meter.create_histogram(

@@ -9,24 +9,20 @@ import json
 import pytest
 from rich.console import Console
 
-from infra.status import (
+from infra.status.command import add_status_parser, run_status
+from infra.status.render import controller_json, render, status_json
+from infra.status.stats import (
     REPLIES_SHOWN,
     ControlState,
     Snapshot,
-    add_status_parser,
     control_state,
-    controller_json,
     cost_vs_target,
-    in_window,
     lag_totals,
-    latency_at,
     partition_lag,
-    render,
-    run_status,
-    status_json,
     uncommitted,
     window_stats,
 )
+from policies.window import in_window, latency_at
 from topics.control import Action, ControlCommand, ControllerReport, ControlReply, Observed, PolicyUpdate, Targets
 from topics.errors import ConfigError
 from topics.messages import Result, Status
@@ -79,7 +75,7 @@ def test_window_stats_numbers() -> None:
     assert stats["escalation_rate"] == pytest.approx(0.4)
     assert stats["mean_confidence"] == pytest.approx((0.5 * 3 + 0.9 + 0.1) / 5)
     # the rejected result was answered by no tier, so the shares sum to 0.8
-    assert stats["tier_share"] == pytest.approx({"a": 0.4, "b": 0.2, "c": 0.2, "d": 0.0})
+    assert stats["answered_share"] == pytest.approx({"a": 0.4, "b": 0.2, "c": 0.2, "d": 0.0})
     assert stats["tier_answers_per_s"] == pytest.approx({"a": 0.4, "b": 0.2, "c": 0.1, "d": 0.0})
 
 
@@ -88,9 +84,9 @@ def test_window_stats_empty_and_unknown_tiers() -> None:
     assert stats["count"] == 0 and stats["rate"] == 0.0 and stats["by_status"] == {}
     assert stats["latency_ms"] == {"p50": 0.0, "p95": 0.0, "p99": 0.0}
     assert stats["cost_per_request"] == 0.0 and stats["escalation_rate"] == 0.0
-    assert stats["tier_share"] == {"a": 0.0}
+    assert stats["answered_share"] == {"a": 0.0}
     # a tier the config does not know still shows, after the configured ones
-    assert list(window_stats([_result(1, path=("x",))], 10.0, ("a",))["tier_share"]) == ["a", "x"]
+    assert list(window_stats([_result(1, path=("x",))], 10.0, ("a",))["answered_share"]) == ["a", "x"]
 
 
 def test_latency_at_a_quantile() -> None:
@@ -262,7 +258,7 @@ def test_status_json_shape() -> None:
         "cost_per_second",
         "escalation_rate",
         "mean_confidence",
-        "tier_share",
+        "answered_share",
         "tier_answers_per_s",
     }
     assert doc["results"]["count"] == 2  # the 50 s old result is outside the 10 s window

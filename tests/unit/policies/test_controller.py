@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.budget import LawParams
-from policies.controller import ControllerCore, check_command
+from policies.controller import ControllerCore, check_command, measure
 from topics.control import Action, ControlCommand, ControlRecord, Targets
 
 from .plant import TIERS, Plant
@@ -89,7 +89,7 @@ def test_the_latency_guard_cuts_escalation_into_a_slow_tier() -> None:
     _, _, now = drive(c, plant, 60, NOW)
     assert c.mu > 0
     assert c.thresholds["medium"] < c.thresholds["small"]  # the gate in front of the slow tier moved most
-    p95 = c.window.observe(now, 0.95).latency_ms
+    p95 = measure(c.window, now, 0.95).latency_ms
     assert p95 <= 500.0 * 1.05
 
 

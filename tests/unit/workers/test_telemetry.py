@@ -22,8 +22,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from topics import Answer, Request, Result, Status, Task
+from policies import ConfidenceThreshold
+from topics import Answer, Request, Result, Status, Task, TopicLayout
 from workers import telemetry
+from workers.context import StageContext
 from workers.stage import Handler, Inbound, Outbound, StageLoop
 from workers.telemetry import (
     PREFIX,
@@ -36,12 +38,15 @@ from workers.telemetry import (
     trace_id,
     uninstall_providers,
 )
+from workers.telemetry.setup import make_exporters
+from workers.verifier import Verifier
 
-from .helpers import TRACE
+from .helpers import TRACE, config
 
 CANARY = "CANARY-7f3a9c1e-never-in-telemetry"
 TRACE_ID = "0123456789abcdef0123456789abcdef"
 PARENT_SPAN = "0123456789abcdef"
+LAYOUT = TopicLayout("unit", ("small", "large"))
 
 
 class Otel:
@@ -107,12 +112,12 @@ class FakeVerifier(Handler[Answer]):
             answer = inbound.message
             if answer.confidence < 0.5:
                 task = Task(answer.task.request, "large", hop=1, history=(answer.as_history(),))
-                out.append(Outbound("unit.escalate.large", answer.request_id, task.to_wire(), inbound.headers))
+                out.append(Outbound("unit.escalate.large", answer.request_id, task.to_wire(), inbound.headers, task))
             else:
                 result = Result(
                     answer.request_id, Status.OK, answer.output, answer.tier, total_cost=0.25, latency_ms=12.0
                 )
-                out.append(Outbound("unit.results", answer.request_id, result.to_wire(), inbound.headers))
+                out.append(Outbound("unit.results", answer.request_id, result.to_wire(), inbound.headers, result))
         return out
 
 
@@ -168,11 +173,11 @@ def test_without_a_provider_spans_pass_the_context_through_and_metrics_are_off()
     with stage_span("router", _record("unit.requests", b"")) as headers:
         pass
     assert headers == passthrough(TRACE)
-    StageTelemetry("router", "unit.dlq").batch_done([_record("unit.requests", b"")], [], 0.1)  # a no-op
+    StageTelemetry("router", LAYOUT).batch_done([_record("unit.requests", b"")], [], 0.1)  # a no-op
 
 
 async def test_the_loop_traces_escalations_under_the_verify_span(otel: Otel) -> None:
-    loop = StageLoop(FakeVerifier(), {}, "unit.dlq", group_id="g")
+    loop = StageLoop(FakeVerifier(), {}, LAYOUT.dlq, group_id="g", layout=LAYOUT)
     sent = await _run_batch(loop, _verifier_batch())
     spans = {(s.name, dict(s.attributes or {}).get("tierflow.request_id")): s for s in otel.finished()}
     verify, escalate = spans["tierflow.verify", "r2"], spans["tierflow.escalate", "r2"]
@@ -187,7 +192,7 @@ async def test_the_loop_traces_escalations_under_the_verify_span(otel: Otel) -> 
 
 
 async def test_the_loop_records_metrics_by_topic(otel: Otel) -> None:
-    loop = StageLoop(FakeVerifier(), {}, "unit.dlq", group_id="g")
+    loop = StageLoop(FakeVerifier(), {}, LAYOUT.dlq, group_id="g", layout=LAYOUT)
     await _run_batch(loop, _verifier_batch())
     points = otel.points()
     assert points["tierflow.results"] == [({"status": "ok"}, 1)]
@@ -203,10 +208,24 @@ async def test_the_loop_records_metrics_by_topic(otel: Otel) -> None:
     assert all(name.startswith(PREFIX) for name in points)
 
 
+async def test_a_real_stage_hands_the_loop_the_messages_it_produced(otel: Otel) -> None:
+    """Results, escalations and dead letters are counted from the messages the stage kept, not decoded again."""
+    context = StageContext(config())
+    verifier = Verifier(context, ConfidenceThreshold(thresholds={"small": 0.8, "large": 0.8}))
+    loop = StageLoop(verifier, {}, context.layout.dlq, group_id="g", layout=context.layout)
+    sent = await _run_batch(loop, _verifier_batch())
+    assert len(sent) == 3
+    assert all(item.message is not None and item.message.to_wire() == item.value for item in sent)
+    points = otel.points()
+    assert points["tierflow.results"] == [({"status": "ok"}, 1)]
+    assert points["tierflow.escalations"] == [({"tier": "large", "from_tier": "small"}, 1)]
+    assert points["tierflow.dlq"] == [({"stage": "verifier", "reason": "not_msgpack"}, 1)]
+
+
 async def test_router_and_worker_counts(otel: Otel) -> None:
-    router = StageTelemetry("router", "unit.dlq")
+    router = StageTelemetry("router", LAYOUT)
     router.batch_done([_record("unit.requests", b"")] * 3, [], 0.01)
-    worker = StageTelemetry("worker.small", "unit.dlq")
+    worker = StageTelemetry("worker.small", LAYOUT)
     worker.batch_done([], [Outbound("unit.answers", "r1", b"")] * 2, 0.01)
     points = otel.points()
     assert points["tierflow.requests"] == [({}, 3)]
@@ -214,7 +233,7 @@ async def test_router_and_worker_counts(otel: Otel) -> None:
 
 
 async def test_request_and_answer_text_never_reach_spans_or_metrics(otel: Otel) -> None:
-    loop = StageLoop(FakeVerifier(), {}, "unit.dlq", group_id="g")
+    loop = StageLoop(FakeVerifier(), {}, LAYOUT.dlq, group_id="g", layout=LAYOUT)
     await _run_batch(loop, _verifier_batch())
     spans = otel.finished()
     assert spans
@@ -237,7 +256,7 @@ class FakeConsumer:
 
 
 async def test_consumer_lag_is_a_gauge_per_partition(otel: Otel) -> None:
-    stage = StageTelemetry("verifier", "unit.dlq")
+    stage = StageTelemetry("verifier", LAYOUT)
     stage.open()
     try:
         assert stage.lag_due()
@@ -270,6 +289,7 @@ def test_console_exporter_writes_json_lines_to_the_configured_file(tmp_path: Pat
         f"""
         from aiokafka import ConsumerRecord
         from infra.config import TelemetryConfig
+        from topics import TopicLayout
         from workers.telemetry import StageTelemetry, setup_telemetry, shutdown_telemetry, stage_span, tracing_enabled
 
         cfg = TelemetryConfig(exporter="console", console_path={str(path)!r}, metric_interval_s=60)
@@ -279,7 +299,7 @@ def test_console_exporter_writes_json_lines_to_the_configured_file(tmp_path: Pat
         record = ConsumerRecord("unit.requests", 0, 0, 0, 0, b"r1", b"", None, 2, 0, [])
         with stage_span("router", record):
             pass
-        StageTelemetry("router", "unit.dlq").batch_done([record], [], 0.01)
+        StageTelemetry("router", TopicLayout("unit", ())).batch_done([record], [], 0.01)
         shutdown_telemetry()
         """
     )
@@ -306,4 +326,4 @@ def test_an_unknown_exporter_is_a_config_error() -> None:
     from topics.errors import ConfigError
 
     with pytest.raises(ConfigError):
-        telemetry._exporters(TelemetryConfig(exporter="zipkin"))
+        make_exporters(TelemetryConfig(exporter="zipkin"))
