@@ -61,21 +61,28 @@ class TopicReader:
         self.start_at = start_at
         self.assigned: list[TopicPartition] = []
         self._counts = partitions
-        self._consumer = AIOKafkaConsumer(
+        self._options = {
             **kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest" if start_at == "beginning" else "latest",
-            fetch_max_wait_ms=fetch_max_wait_ms,
-        )
-        self._started = False
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest" if start_at == "beginning" else "latest",
+            "fetch_max_wait_ms": fetch_max_wait_ms,
+        }
+        self._client: AIOKafkaConsumer | None = None
+
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        if self._client is None:
+            raise RuntimeError("TopicReader used before start()")
+        return self._client
 
     async def start(self) -> None:
-        if self._started:
+        """Connect and assign; the client is made here, inside the event loop that will use it."""
+        if self._client is not None:
             return
+        self._client = AIOKafkaConsumer(**self._options)
         try:
-            await self._consumer.start()
-            self._started = True
+            await self._client.start()
             self.assigned = [TopicPartition(topic, p) for topic in self.topics for p in await self._partitions(topic)]
             self._consumer.assign(self.assigned)
             if self.start_at == "beginning":
@@ -90,9 +97,9 @@ class TopicReader:
             raise
 
     async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await stop_quietly(self._consumer)
+        client, self._client = self._client, None
+        if client is not None:
+            await stop_quietly(client)
 
     async def __aenter__(self) -> TopicReader:
         await self.start()
