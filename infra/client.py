@@ -113,7 +113,7 @@ class ResultCollector:
         self._next_reset_check = time.monotonic() + 1.0
         try:
             cluster = await self._reader.cluster_id()
-        except KafkaError:
+        except (KafkaError, BrokerError):
             return False  # broker away right now; look again later
         if not cluster or cluster == self._cluster:
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,18 +18,13 @@ from infra.watchdog import BrokerWatchdog
 from topics.admin import ensure_topics
 from topics.errors import TierflowError
 from workers.actors import StageActor, StageSpec
-from workers.backends.base import create_backend
 from workers.controller_actor import ControllerActor, controller_name, resolve_keys
+
+log = logging.getLogger("tierflow.pipeline")
 
 
 class PipelineError(TierflowError):
     """A stage pool could not start or failed."""
-
-
-def check_backends(config: Config) -> None:
-    """Build every tier's backend (cheap: no weights) so bad options fail before anything starts."""
-    for tier in config.tiers:
-        create_backend(tier.backend, tier.name, tier.options)
 
 
 @dataclass
@@ -93,6 +89,7 @@ class Pipeline:
             self.config.partitions(),
             self.config.broker.replication_factor,
         )
+        await self.watchdog.check()  # learns the broker's cluster id before anything can be lost
         self._plan()
         if self.config.control.enabled:
             self._launch_controller()
@@ -106,7 +103,12 @@ class Pipeline:
         """Rebuild the topics whenever the broker turns out to have lost them; replace replicas that left."""
         while True:
             await asyncio.sleep(interval_s)
-            if await self.watchdog.check():
+            try:
+                lost = await self.watchdog.check()
+            except Exception:  # the watch must outlive any one failed look at the broker
+                log.exception("broker watchdog: check failed; looking again in %.0f s", interval_s)
+                continue
+            if lost:
                 for pool in self.pools.values():
                     for actor in pool.actors:
                         actor.rewind.remote()

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from topics.admin import cluster_id, ensure_topics
+from topics.errors import BrokerError
 
 log = logging.getLogger("tierflow.watchdog")
 
@@ -44,7 +45,7 @@ class BrokerWatchdog:
             await admin.start()
             present = set(await admin.list_topics())
             cluster = await cluster_id(admin._client)
-        except KafkaError:
+        except (KafkaError, BrokerError):
             return False  # unreachable right now: nothing to conclude yet
         finally:
             await admin.close()

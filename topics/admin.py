@@ -66,6 +66,8 @@ async def cluster_id(client: AIOKafkaClient) -> str:
     if not brokers:
         await client.force_metadata_update()
         brokers = client.cluster.brokers()
+    if not brokers:
+        raise BrokerError("the broker announced no brokers in its metadata")
     node = next(iter(brokers)).nodeId
     response = await client.send(node, MetadataRequest(topics=[], allow_auto_topic_creation=False))
     return str(getattr(response, "cluster_id", "") or "")

@@ -33,16 +33,14 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the backends before starting anything, so a config that cannot run starts no broker."""
+    """Load (and so check) the config before starting anything: a config that cannot run starts no broker."""
     config = load_config(args.config)
     if args.policy:
         config = with_policy_file(config, args.policy)
     from infra.broker import make_provider
-    from infra.pipeline import check_backends
     from infra.ray_cluster import start_ray, stop_ray
     from workers.controller_actor import resolve_keys
 
-    check_backends(config)
     provider = make_provider(config.broker)
     ray_started = False
     try:

@@ -42,10 +42,9 @@ def _imports(path: Path, module_level_only: bool) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # ``from package import module`` names the module; ``from module import name`` the module
-            found += [
-                (node.lineno, f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module)
-                for alias in node.names
-            ]
+            for alias in node.names:
+                named = f"{node.module}.{alias.name}"
+                found.append((node.lineno, named if named in MODULES else node.module))
     return [(line, name) for line, name in found if name.split(".")[0] in RANK]
 
 
