@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from infra.config import Config
-from topics.control import Action, ControlCommand, ControlReply, Targets, decode_control
+from topics.control import CommandAction, ControlCommand, ControlReply, Targets, decode_control
 from topics.errors import BrokerError, ConfigError, DecodeError
 from topics.reader import TopicReader
 
@@ -39,7 +39,7 @@ def signing_key(config: Config, key_id: str | None, environ: Mapping[str, str] =
 
 
 def new_command(
-    action: Action,
+    action: CommandAction,
     key_id: str,
     key: bytes,
     *,

@@ -68,7 +68,7 @@ from infra.ray_cluster import start_ray, stop_ray
 from policies.window import percentile
 from topics import Request, Result
 from topics.admin import delete_topics
-from topics.control import Action, Targets
+from topics.control import CommandAction, Targets
 from workers.backends.simulated import simulated_gold_label
 
 PHASES = (("steady", 0.75, False), ("step_down", 0.5, False), ("harder", 0.5, True), ("step_up", 0.8, True))
@@ -185,7 +185,7 @@ async def scenario(
             target = free_cost * share
             if controller:
                 command = new_command(
-                    Action.SET_TARGETS, "default", key, now=time.time(), targets=Targets(cost_per_request=target)
+                    CommandAction.SET_TARGETS, "default", key, now=time.time(), targets=Targets(cost_per_request=target)
                 )
                 reply = await send_command(kafka, config.layout.control, command, timeout_s=30)
                 assert reply.accepted, reply.reason

@@ -36,7 +36,7 @@ from policies.window import (
 )
 from topics.control import (
     MAX_VALIDITY_S,
-    Action,
+    CommandAction,
     ControlCommand,
     ControllerReport,
     ControlRecord,
@@ -81,30 +81,26 @@ def check_command(
         return "expired"
     if command.expires_at - command.issued_at > MAX_VALIDITY_S:
         return "validity_too_long"
-    if command.action is Action.SET_TARGETS:
+    if command.action is CommandAction.SET_TARGETS:
         t = command.targets
         if t is None or all(v is None for v in (t.cost_per_request, t.cost_per_second, t.latency_ms, t.quality_floor)):
             return "no_targets"
-    if command.action is Action.SET_THRESHOLDS:
+    if command.action is CommandAction.SET_THRESHOLDS:
         if not command.thresholds:
             return "no_thresholds"
         if any(tier not in tiers for tier in command.thresholds):
             return "unknown_tier"
-    if command.action in (Action.PAUSE_TIER, Action.RESUME_TIER) and command.tier not in tiers:
+    if command.action in (CommandAction.PAUSE_TIER, CommandAction.RESUME_TIER) and command.tier not in tiers:
         return "unknown_tier"
-    if command.action is Action.PAUSE_TIER and set(tiers) <= paused | {command.tier}:
+    if command.action is CommandAction.PAUSE_TIER and set(tiers) <= paused | {command.tier}:
         return "no_tier_left"
-    if command.action is Action.PIN_POLICY and command.policy_version not in set(versions):
+    if command.action is CommandAction.PIN_POLICY and command.policy_version not in set(versions):
         return "unknown_version"
     return None
 
 
 def measure(window: ResultsWindow, now: float, quantile: float, latency_target: float | None = None) -> Observed:
-    """What the controller saw over ``window`` at ``now``: the report's ``observed`` and the law's input.
-
-    The wire field ``tier_share`` holds the :func:`~policies.window.visited_share`, as its
-    documentation says (a request escalated twice counts at three tiers): where the work went.
-    """
+    """What the controller saw over ``window`` at ``now``: the report's ``observed`` and the law's input."""
     results = window.current(now)
     span = window.covered_s(now)
     if not results:
@@ -121,7 +117,7 @@ def measure(window: ResultsWindow, now: float, quantile: float, latency_target: 
         over_latency_share=over_latency_share(results, latency_target) if latency_target else 0.0,
         escalation_rate=stats.escalation_rate,
         mean_confidence=min(1.0, stats.mean_confidence),
-        tier_share=visited_share(results),
+        visited_share=visited_share(results),
         tier_latency_ms=ended_latency_ms(results),
     )
 
@@ -230,7 +226,11 @@ class ControllerCore:
             versions=self.history,
             now=now,
         )
-        if reason is None and command.action in (Action.SET_THRESHOLDS, Action.PIN_POLICY) and self.base is None:
+        if (
+            reason is None
+            and command.action in (CommandAction.SET_THRESHOLDS, CommandAction.PIN_POLICY)
+            and self.base is None
+        ):
             reason = "policy_not_steerable"
         if reason is not None:
             return self.refuse(offset, reason, now, command), None
@@ -238,31 +238,31 @@ class ControllerCore:
         self.last_seq[command.key_id] = command.seq
         why = self._apply(command)
         reply = ControlReply(offset=offset, accepted=True, reason=why, key_id=command.key_id, seq=command.seq, at=now)
-        update = None if command.action is Action.SET_TARGETS else self._publish(why, now, force=True)
+        update = None if command.action is CommandAction.SET_TARGETS else self._publish(why, now, force=True)
         return reply, update
 
     def _apply(self, command: ControlCommand) -> str:
         who = command.issuer or command.key_id
         match command.action:
-            case Action.SET_TARGETS:
+            case CommandAction.SET_TARGETS:
                 assert command.targets is not None
                 self.targets = command.targets
                 return f"targets set by {who}: {_describe(self.targets)}"
-            case Action.SET_THRESHOLDS:
+            case CommandAction.SET_THRESHOLDS:
                 assert self.base is not None and command.thresholds
                 self.base = {**self.base, **{t: v for t, v in command.thresholds.items() if t in self.base}}
                 return f"base thresholds set by {who}"
-            case Action.PAUSE_TIER:
+            case CommandAction.PAUSE_TIER:
                 self.paused.add(command.tier)
                 return f"tier {command.tier} paused by {who}"
-            case Action.RESUME_TIER:
+            case CommandAction.RESUME_TIER:
                 self.paused.discard(command.tier)
                 return f"tier {command.tier} resumed by {who}"
-            case Action.PIN_POLICY:
+            case CommandAction.PIN_POLICY:
                 self.pinned = True
                 self.thresholds = dict(self.history[command.policy_version])
                 return f"pinned to v{command.policy_version} by {who}"
-            case Action.RELEASE_POLICY:
+            case CommandAction.RELEASE_POLICY:
                 self.pinned = False
                 return f"policy released by {who}"
 

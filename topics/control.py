@@ -52,7 +52,7 @@ Quantile = Annotated[float, msgspec.Meta(ge=0.5, le=0.999)]
 Multiplier = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]
 
 
-class Action(StrEnum):
+class CommandAction(StrEnum):
     SET_TARGETS = "set_targets"
     SET_THRESHOLDS = "set_thresholds"
     """Replace the base thresholds θ⁰ the controller steers from."""
@@ -104,7 +104,7 @@ class ControlCommand(
 ):
     """An operator's order, signed (see the module docstring)."""
 
-    action: Action
+    action: CommandAction
     key_id: Id
     seq: Count
     issued_at: NonNegative
@@ -195,7 +195,7 @@ class Observed(
         "escalation_rate": "er",
         "mean_confidence": "mc",
         "over_latency_share": "ol",
-        "tier_share": "ts",
+        "visited_share": "ts",
         "tier_latency_ms": "tl",
     },
 ):
@@ -213,8 +213,8 @@ class Observed(
     mean_confidence: Confidence = 0.0
     over_latency_share: Confidence = 0.0
     """Share of requests slower than the latency target (what μ steers)."""
-    tier_share: dict[str, Confidence] = {}
-    """Share of requests each tier answered (a request escalated twice counts at three tiers)."""
+    visited_share: dict[str, Confidence] = {}
+    """Share of requests each tier ran for (a request escalated twice counts at three tiers): where the work went."""
     tier_latency_ms: dict[str, NonNegative] = {}
     """Mean end-to-end latency of the requests whose path ended at each tier."""
 

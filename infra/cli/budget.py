@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from infra.broker import kafka_options
     from infra.control_client import new_command, send_command, signing_key, targets_from_args
     from infra.status import collect_status
-    from topics.control import Action
+    from topics.control import CommandAction
 
     config = load_config(args.config)
     kafka = kafka_options(config.broker, bootstrap_servers(config, args.bootstrap))
@@ -98,16 +98,16 @@ def run(args: argparse.Namespace) -> int:
         fields["targets"] = targets_from_args(
             args.cost_per_request, args.cost_per_second, latency, args.quantile, args.quality_floor
         )
-        action = Action.SET_TARGETS
+        action = CommandAction.SET_TARGETS
     elif args.action in ("pause", "resume"):
         config.tier(args.tier)  # an unknown tier fails here, with the list of known ones
         fields["tier"] = args.tier
-        action = Action.PAUSE_TIER if args.action == "pause" else Action.RESUME_TIER
+        action = CommandAction.PAUSE_TIER if args.action == "pause" else CommandAction.RESUME_TIER
     elif args.action == "pin":
         fields["policy_version"] = args.version
-        action = Action.PIN_POLICY
+        action = CommandAction.PIN_POLICY
     else:
-        action = Action.RELEASE_POLICY
+        action = CommandAction.RELEASE_POLICY
     command = new_command(action, kid, key, now=time.time(), validity_s=args.valid_for, issuer=args.issuer, **fields)
     reply = asyncio.run(send_command(kafka, topic, command, args.timeout))
     if reply.accepted:

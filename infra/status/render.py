@@ -33,8 +33,8 @@ its own there), ``error_pct`` (observed vs target, + means above)}} for each tar
 some partition had more records in the window than one read takes
 (:data:`infra.status.reader.MAX_RECORDS_PER_PARTITION`).
 
-The two shares are :func:`policies.window.answered_share` and
-:func:`policies.window.visited_share`; until the split they were both called ``tier_share``.
+The two shares are :func:`policies.window.answered_share` (the tier whose answer was
+delivered) and :func:`policies.window.visited_share` (every tier a request ran at).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def controller_json(state: ControlState, now: float) -> dict[str, Any] | None:
             "latency_ms": observed.latency_ms,
             "escalation_rate": observed.escalation_rate,
             "mean_confidence": observed.mean_confidence,
-            "visited_share": dict(observed.tier_share),  # the wire field holds the visited share
+            "visited_share": dict(observed.visited_share),
             "tier_latency_ms": dict(observed.tier_latency_ms),
         },
         "version": report.version,

@@ -30,7 +30,7 @@ from infra.control_client import new_command, send_command, send_raw
 from infra.pipeline import Pipeline
 from infra.status import collect_status
 from topics import Request, Result
-from topics.control import Action, ControlCommand, Targets
+from topics.control import CommandAction, ControlCommand, Targets
 from workers.backends.simulated import simulated_gold_label
 
 from .conftest import WAIT_S, running, sim_tier, simulated_config
@@ -107,7 +107,7 @@ def accuracy(results: list[Result]) -> float:
     return float(np.mean([r.output == simulated_gold_label(r.request_id) for r in results]))
 
 
-async def command(config: Config, kafka: dict[str, Any], action: Action, **fields: Any) -> None:
+async def command(config: Config, kafka: dict[str, Any], action: CommandAction, **fields: Any) -> None:
     cmd = new_command(action, "default", KEY.encode(), now=time.time(), issuer="test", **fields)
     reply = await send_command(kafka, config.layout.control, cmd, timeout_s=WAIT_S)
     assert reply.accepted, reply.reason
@@ -151,9 +151,9 @@ def bad_commands(now: float) -> list[tuple[str, bytes]]:
     The first is a good command; it comes back last, as the replay."""
     key = KEY.encode()
 
-    def signed(action: Action = Action.SET_TARGETS, **kw: Any) -> ControlCommand:
+    def signed(action: CommandAction = CommandAction.SET_TARGETS, **kw: Any) -> ControlCommand:
         fields: dict[str, Any] = {"key_id": "default", "seq": time.time_ns(), "issued_at": now, "expires_at": now + 60}
-        if action is Action.SET_TARGETS:
+        if action is CommandAction.SET_TARGETS:
             fields["targets"] = Targets(cost_per_request=1e-4)
         return ControlCommand(action=action, **(fields | kw)).signed(key)
 
@@ -173,7 +173,7 @@ def bad_commands(now: float) -> list[tuple[str, bytes]]:
         ("invalid: out_of_range", unsigned_raw("set_targets", tg={"cr": math.inf})),
         ("invalid: out_of_range", unsigned_raw("set_targets", tg={"cr": 1e12})),
         ("invalid: out_of_range", unsigned_raw("set_thresholds", th={"small": 1.5})),
-        ("unknown_tier", signed(Action.SET_THRESHOLDS, thresholds={"gigantic": 0.5}).to_wire()),
+        ("unknown_tier", signed(CommandAction.SET_THRESHOLDS, thresholds={"gigantic": 0.5}).to_wire()),
         ("invalid: not_msgpack", b"\xc1 definitely not msgpack"),
         ("replayed", good.to_wire()),
     ]
@@ -196,14 +196,14 @@ async def test_bad_commands_change_nothing_and_are_answered_and_counted(
     assert sum(after["rejected"].values()) - sum(before["rejected"].values()) == len(records) - 1
     snapshot = await asyncio.wait_for(collect_status(kafka, config), WAIT_S)
     assert [reply.accepted for _, reply in snapshot.control.replies[:3]] == [False, False, False]  # newest first
-    await command(config, kafka, Action.SET_TARGETS, targets=Targets(quality_floor=0.0))  # no cost target again
+    await command(config, kafka, CommandAction.SET_TARGETS, targets=Targets(quality_floor=0.0))  # no cost target again
 
 
 async def test_a_paused_tier_gets_no_traffic_and_results_record_the_policy_version(
     pipeline: Pipeline, kafka: dict[str, Any]
 ) -> None:
     config = pipeline.config
-    await command(config, kafka, Action.PAUSE_TIER, tier="medium")
+    await command(config, kafka, CommandAction.PAUSE_TIER, tier="medium")
     paused_version = (await state(pipeline))["version"]
     await asyncio.sleep(1.0)  # the routers' and verifiers' feeds pick the update up within a fetch
     async with Load(config, kafka, rate=200, prefix="paused") as load:
@@ -211,7 +211,7 @@ async def test_a_paused_tier_gets_no_traffic_and_results_record_the_policy_versi
         started = time.time()
         await asyncio.sleep(4.0)
         results = load.window(started, time.time())
-    await command(config, kafka, Action.RESUME_TIER, tier="medium")
+    await command(config, kafka, CommandAction.RESUME_TIER, tier="medium")
     assert results
     assert all("medium" not in r.path for r in results)
     assert any("large" in r.path for r in results)  # escalation skips the paused tier instead of stopping
@@ -230,13 +230,13 @@ async def test_a_lowered_cost_target_holds_within_5_percent_and_raising_it_lets_
         free_cost, free_accuracy = cost(baseline), accuracy(baseline)
 
         low = free_cost * 0.5
-        await command(config, kafka, Action.SET_TARGETS, targets=Targets(cost_per_request=low))
+        await command(config, kafka, CommandAction.SET_TARGETS, targets=Targets(cost_per_request=low))
         t1 = time.time()
         await asyncio.sleep(45)
         held_low = load.window(t1 + 30, time.time())
 
         high = free_cost * 0.8
-        await command(config, kafka, Action.SET_TARGETS, targets=Targets(cost_per_request=high))
+        await command(config, kafka, CommandAction.SET_TARGETS, targets=Targets(cost_per_request=high))
         t2 = time.time()
         await asyncio.sleep(40)
         held_high = load.window(t2 + 25, time.time())
@@ -250,7 +250,7 @@ async def test_a_lowered_cost_target_holds_within_5_percent_and_raising_it_lets_
 async def test_a_restarted_controller_resumes_from_the_control_topic(pipeline: Pipeline, kafka: dict[str, Any]) -> None:
     config = pipeline.config
     targets = Targets(cost_per_request=0.0042, latency_ms=900.0)
-    accepted = new_command(Action.SET_TARGETS, "default", KEY.encode(), now=time.time(), targets=targets)
+    accepted = new_command(CommandAction.SET_TARGETS, "default", KEY.encode(), now=time.time(), targets=targets)
     assert (await send_command(kafka, config.layout.control, accepted, WAIT_S)).accepted
     await asyncio.sleep(2.5)  # at least one report published after the command
     before = await state(pipeline)

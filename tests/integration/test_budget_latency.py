@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from topics.control import Action, Targets
+from topics.control import CommandAction, Targets
 
 from .conftest import running
 from .test_budget import Load, _has_version, command, control_key, ladder, state, wait_until
@@ -46,7 +46,7 @@ async def test_a_latency_target_holds_when_a_tier_slows_down(
             fast = load.window(start, time.time())
             assert time.time() < slow_from, "start-up took too long to measure the fast baseline"
             target = float(np.quantile([r.latency_ms for r in fast], 0.95)) + 250.0
-            await command(config, kafka, Action.SET_TARGETS, targets=Targets(latency_ms=target))
+            await command(config, kafka, CommandAction.SET_TARGETS, targets=Targets(latency_ms=target))
             await asyncio.sleep(slow_from - time.time() + 45)
             slowed = load.window(slow_from, slow_from + 10)
             held = load.window(time.time() - 15, time.time())

@@ -6,7 +6,7 @@ import pytest
 
 from infra.config import parse_config
 from infra.control_client import new_command, signing_key, targets_from_args
-from topics.control import Action
+from topics.control import CommandAction
 from topics.errors import ConfigError
 
 CONFIG = parse_config({"namespace": "n", "tiers": [{"name": "a", "backend": "simulated"}]})
@@ -29,7 +29,7 @@ def test_bad_targets_name_the_flag(value: float, flag: str) -> None:
 
 
 def test_commands_get_growing_sequence_numbers_and_a_valid_signature() -> None:
-    first = new_command(Action.RELEASE_POLICY, "default", b"k", now=100.0)
-    second = new_command(Action.RELEASE_POLICY, "default", b"k", now=100.0)
+    first = new_command(CommandAction.RELEASE_POLICY, "default", b"k", now=100.0)
+    second = new_command(CommandAction.RELEASE_POLICY, "default", b"k", now=100.0)
     assert second.seq > first.seq
     assert first.signature_ok(b"k") and first.expires_at == 400.0

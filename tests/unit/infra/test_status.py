@@ -23,7 +23,15 @@ from infra.status.stats import (
     window_stats,
 )
 from policies.window import in_window, latency_at
-from topics.control import Action, ControlCommand, ControllerReport, ControlReply, Observed, PolicyUpdate, Targets
+from topics.control import (
+    CommandAction,
+    ControlCommand,
+    ControllerReport,
+    ControlReply,
+    Observed,
+    PolicyUpdate,
+    Targets,
+)
 from topics.errors import ConfigError
 from topics.messages import Result, Status
 
@@ -137,7 +145,9 @@ def _policy(version: int) -> PolicyUpdate:
 
 
 def test_control_state_keeps_the_newest_of_each_kind() -> None:
-    command = ControlCommand(action=Action.PAUSE_TIER, key_id="k", seq=1, issued_at=NOW, expires_at=NOW + 1, tier="a")
+    command = ControlCommand(
+        action=CommandAction.PAUSE_TIER, key_id="k", seq=1, issued_at=NOW, expires_at=NOW + 1, tier="a"
+    )
     records = [
         (0, _policy(1).to_wire()),
         (1, _report(1).to_wire()),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from policies.budget import LawParams
 from policies.controller import ControllerCore, check_command, measure
-from topics.control import Action, ControlCommand, ControlRecord, Targets
+from topics.control import CommandAction, ControlCommand, ControlRecord, Targets
 
 from .plant import TIERS, Plant
 
@@ -93,9 +93,9 @@ def test_the_latency_guard_cuts_escalation_into_a_slow_tier() -> None:
     assert p95 <= 500.0 * 1.05
 
 
-def command(action: Action = Action.SET_TARGETS, *, key: bytes = KEY, **kw: object) -> ControlCommand:
+def command(action: CommandAction = CommandAction.SET_TARGETS, *, key: bytes = KEY, **kw: object) -> ControlCommand:
     fields: dict[str, object] = {"key_id": "ops", "seq": 10, "issued_at": NOW, "expires_at": NOW + 60}
-    if action is Action.SET_TARGETS:
+    if action is CommandAction.SET_TARGETS:
         fields["targets"] = Targets(cost_per_request=0.01)
     fields |= kw
     return ControlCommand(action=action, **fields).signed(key)  # type: ignore[arg-type]
@@ -126,9 +126,9 @@ def check(cmd: ControlCommand, **kw: object) -> str | None:
         (lambda: command(issued_at=NOW + 3600, expires_at=NOW + 3700), "not_yet_valid"),
         (lambda: command(expires_at=NOW + 10 * 86400), "validity_too_long"),
         (lambda: command(targets=Targets()), "no_targets"),
-        (lambda: command(Action.SET_THRESHOLDS, thresholds={"huge": 0.5}), "unknown_tier"),
-        (lambda: command(Action.PAUSE_TIER, tier="huge"), "unknown_tier"),
-        (lambda: command(Action.PIN_POLICY, policy_version=9), "unknown_version"),
+        (lambda: command(CommandAction.SET_THRESHOLDS, thresholds={"huge": 0.5}), "unknown_tier"),
+        (lambda: command(CommandAction.PAUSE_TIER, tier="huge"), "unknown_tier"),
+        (lambda: command(CommandAction.PIN_POLICY, policy_version=9), "unknown_version"),
     ],
 )
 def test_every_bad_command_is_refused_with_its_reason(make: Callable[[], ControlCommand], reason: str | None) -> None:
@@ -136,7 +136,7 @@ def test_every_bad_command_is_refused_with_its_reason(make: Callable[[], Control
 
 
 def test_pausing_the_last_running_tier_is_refused() -> None:
-    cmd = command(Action.PAUSE_TIER, tier="large")
+    cmd = command(CommandAction.PAUSE_TIER, tier="large")
     assert check(cmd, paused=frozenset({"small", "medium"})) == "no_tier_left"
 
 
@@ -153,13 +153,13 @@ def test_a_refused_command_changes_nothing_and_is_counted() -> None:
 def test_accepted_commands_apply_and_a_replay_of_them_is_refused() -> None:
     c = core()
     c.step(NOW)
-    reply, update = c.handle(3, command(Action.PAUSE_TIER, tier="medium", seq=20), NOW)
+    reply, update = c.handle(3, command(CommandAction.PAUSE_TIER, tier="medium", seq=20), NOW)
     assert reply.accepted and update is not None and update.allowed_tiers == ("small", "large")
-    reply, _ = c.handle(4, command(Action.PAUSE_TIER, tier="medium", seq=20), NOW)
+    reply, _ = c.handle(4, command(CommandAction.PAUSE_TIER, tier="medium", seq=20), NOW)
     assert reply.reason == "replayed"
-    reply, update = c.handle(5, command(Action.SET_THRESHOLDS, thresholds={"small": 0.6}, seq=21), NOW)
+    reply, update = c.handle(5, command(CommandAction.SET_THRESHOLDS, thresholds={"small": 0.6}, seq=21), NOW)
     assert reply.accepted and update is not None and update.thresholds["small"] == pytest.approx(0.6)
-    reply, update = c.handle(6, command(Action.PIN_POLICY, policy_version=1, seq=22), NOW)
+    reply, update = c.handle(6, command(CommandAction.PIN_POLICY, policy_version=1, seq=22), NOW)
     assert reply.accepted and update is not None and update.pinned and update.thresholds["small"] == 0.8
 
 
@@ -168,14 +168,14 @@ def test_a_restarted_controller_recovers_its_state_from_the_control_topic() -> N
     records: list[tuple[int, ControlRecord | None]] = []
     records.append((0, c.step(NOW)))
     records.append((1, c.handle(1, command(seq=30), NOW)[1]))
-    records.append((2, c.handle(2, command(Action.PAUSE_TIER, tier="medium", seq=31), NOW)[1]))
+    records.append((2, c.handle(2, command(CommandAction.PAUSE_TIER, tier="medium", seq=31), NOW)[1]))
     c.targets = Targets(cost_per_request=0.003)
     drive(c, plant, 10, NOW)
     records.append((3, c.report(NOW + 10)))
     # After the last report: one command answered (accepted) before the crash, one never answered.
-    answered = command(Action.RESUME_TIER, tier="medium", seq=32)
+    answered = command(CommandAction.RESUME_TIER, tier="medium", seq=32)
     reply, update = c.handle(4, answered, NOW)
-    records += [(4, answered), (5, reply), (6, update), (7, command(Action.PAUSE_TIER, tier="small", seq=33))]
+    records += [(4, answered), (5, reply), (6, update), (7, command(CommandAction.PAUSE_TIER, tier="small", seq=33))]
     fresh = core()
     pending = fresh.recover((offset, r) for offset, r in records if r is not None)
     assert (fresh.targets, fresh.lam, fresh.version) == (c.targets, c.lam, c.version)
@@ -191,7 +191,7 @@ finite = st.floats(allow_nan=True, allow_infinity=True)
 
 @settings(max_examples=300, deadline=None)
 @given(
-    action=st.sampled_from(list(Action)),
+    action=st.sampled_from(list(CommandAction)),
     key_id=st.sampled_from(["ops", "other", "x"]),
     seq=st.integers(0, 2**40),
     issued=finite,

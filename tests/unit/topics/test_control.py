@@ -7,7 +7,15 @@ import math
 import msgspec
 import pytest
 
-from topics.control import Action, ControlCommand, ControllerReport, Observed, PolicyUpdate, Targets, decode_control
+from topics.control import (
+    CommandAction,
+    ControlCommand,
+    ControllerReport,
+    Observed,
+    PolicyUpdate,
+    Targets,
+    decode_control,
+)
 from topics.errors import DecodeError
 
 KEY = b"k" * 32
@@ -15,7 +23,7 @@ KEY = b"k" * 32
 
 def command(**kw: object) -> ControlCommand:
     fields: dict[str, object] = {"key_id": "ops", "seq": 1, "issued_at": 10.0, "expires_at": 70.0}
-    return ControlCommand(action=Action.SET_TARGETS, targets=Targets(cost_per_request=0.5), **(fields | kw))  # type: ignore[arg-type]
+    return ControlCommand(action=CommandAction.SET_TARGETS, targets=Targets(cost_per_request=0.5), **(fields | kw))  # type: ignore[arg-type]
 
 
 def test_a_signed_command_survives_the_wire_and_verifies_only_with_its_key() -> None:
