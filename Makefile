@@ -7,7 +7,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 # llama-cpp-python compiles from source; only the library is needed, not llama.cpp's tools.
-export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
+# A portable AVX2 build, not -march=native: on a Xeon with AMX the native build's AMX kernels
+# segfaulted in every multi-token decode (llama-cpp-python 0.3.36 on this sandbox's CPUs).
+export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF \
+	-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 .PHONY: demo demo-llm test lint bench bench-budget bench-llm clean
 

@@ -407,3 +407,10 @@ def load_portfolio(name: str) -> Config:
     if not path.is_file():
         raise ConfigError(f"unknown portfolio {name!r}; known: {', '.join(portfolio_names())}")
     return load_config(path)
+
+
+def load_config_or_portfolio(name: str) -> Config:
+    """A config file by path (``*.toml`` or an existing file), else a built-in portfolio by name."""
+    if name.endswith(".toml") or Path(name).is_file():
+        return load_config(name)
+    return load_portfolio(name)

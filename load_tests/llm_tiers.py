@@ -27,7 +27,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infra.trace import TraceOptions, run_trace
+from infra.recorder import TraceOptions, run_trace
 from policies.window import percentile
 from topics.traces import TraceRow
 

@@ -39,7 +39,7 @@ from infra.datasets import load_items
 from infra.lab.features import query_vectors
 from infra.lab.registry import make_method
 from infra.lab.table import TraceTable
-from infra.trace import TraceOptions, run_trace
+from infra.recorder import TraceOptions, run_trace
 from topics.messages import Request
 from topics.traces import read_trace
 from workers.query_features import QueryFeaturizer

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     # Progress goes to stderr: the trace file is the output.
     from rich.console import Console
 
-    from infra.trace import TraceOptions, run_trace
+    from infra.recorder import TraceOptions, run_trace
 
     options = TraceOptions(args.portfolio, args.dataset, args.n, args.seed, args.out, args.threads, args.verify)
     run_trace(options, Console(stderr=True))

@@ -53,8 +53,7 @@ def add_status_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolve(args: argparse.Namespace) -> tuple[Config, str]:
-    from infra.config import load_config
-    from infra.trace import load_any
+    from infra.config import load_config, load_config_or_portfolio
 
     if args.window <= 0:
         raise ConfigError("--window must be > 0")
@@ -62,7 +61,7 @@ def _resolve(args: argparse.Namespace) -> tuple[Config, str]:
         raise ConfigError("--interval must be > 0")
     if args.json and not args.once:
         raise ConfigError("--json needs --once")
-    config = load_config(args.config) if args.config else load_any(args.portfolio)
+    config = load_config(args.config) if args.config else load_config_or_portfolio(args.portfolio)
     if args.namespace:
         config = replace(config, namespace=args.namespace)
         _ = config.layout  # validates the name

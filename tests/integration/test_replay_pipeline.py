@@ -22,7 +22,7 @@ from infra.config import parse_config, with_policy_file
 from infra.lab.evaluate import LabOptions, fit
 from infra.lab.simulate import simulate
 from infra.lab.table import TraceTable
-from infra.trace import TraceOptions, run_trace
+from infra.recorder import TraceOptions, run_trace
 from policies.file import load_policy
 from topics import Request
 from topics.messages import Status

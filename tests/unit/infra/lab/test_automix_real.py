@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 
 from infra.lab.evaluate import LabOptions, evaluate
-from infra.trace import TraceOptions, run_trace
+from infra.recorder import TraceOptions, run_trace
 from topics.traces import read_trace
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]

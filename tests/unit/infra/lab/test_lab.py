@@ -13,7 +13,7 @@ from infra.lab.fitters import FrugalGPTMethod, _chain_outcome
 from infra.lab.registry import METHODS, make_method
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
-from infra.trace import TraceOptions, run_trace
+from infra.recorder import TraceOptions, run_trace
 from policies.file import load_policy
 from topics.errors import ConfigError, DataError
 from topics.traces import read_trace

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from infra.lab.evaluate import LabOptions, evaluate
 from infra.lab.registry import METHODS
-from infra.trace import TraceOptions, run_trace
+from infra.recorder import TraceOptions, run_trace
 
 pytestmark = pytest.mark.slow
 QUIET = Console(quiet=True)

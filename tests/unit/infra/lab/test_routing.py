@@ -18,7 +18,7 @@ from infra.lab.routing import (
 )
 from infra.lab.simulate import simulate
 from infra.lab.table import TraceTable
-from infra.trace import TraceOptions, run_trace
+from infra.recorder import TraceOptions, run_trace
 from policies.file import load_policy
 from policies.scoring import MatrixFactorisation, Standardiser
 from topics.traces import read_trace

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from infra.trace import TraceOptions, grade, run_trace
+from infra.recorder import TraceOptions, grade, run_trace
 from topics.errors import ConfigError, DataError
 from topics.traces import read_trace
 

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from infra.config import Config, TierConfig, load_config, load_portfolio
+from infra.config import TierConfig, load_config_or_portfolio
 from infra.datasets import Item, load_items
 from topics.errors import ConfigError, DataError
 from topics.traces import TraceRow, append_rows, read_trace, truncate_torn_tail
@@ -49,13 +49,6 @@ class TraceOptions:
     here, so each may use every core, unlike in the pipeline where they share them."""
     verify: bool = False
     """Turn on the LLM tiers' self-verification (``verify_p``, for AutoMix)."""
-
-
-def load_any(portfolio: str) -> Config:
-    """A built-in portfolio by name, or a config file by path."""
-    if portfolio.endswith(".toml") or Path(portfolio).is_file():
-        return load_config(portfolio)
-    return load_portfolio(portfolio)
 
 
 def grade(output: str, label: str) -> bool:
@@ -142,7 +135,7 @@ async def _trace_tier(
 
 def run_trace(options: TraceOptions, console: Console) -> list[TraceRow]:
     """Write (or complete) the trace; return all of its rows."""
-    config = load_any(options.portfolio)
+    config = load_config_or_portfolio(options.portfolio)
     dataset = options.dataset or config.dataset
     if not dataset:
         raise ConfigError(f"portfolio {options.portfolio} names no dataset: pass --dataset")
