@@ -21,13 +21,8 @@ paper, so for every rule a larger ``alpha`` means fewer deferrals; ``alpha`` in
   one we recall from the paper (its Diff rule with the margin scaled by the
   distributions' distance); the full text was not at hand to re-check it.
 
-The paper defines the rules for sampled decoding and samples the deferred token
-from the target (or a residual); with greedy decoding (temperature 0, the only
-mode here) the kept token is ``argmax q`` and the deferred one ``argmax p``, so
-Chow at ``alpha = 0`` and any rule with drafter == target reproduce the target's
-own greedy output (up to rounding: the target scores a draft in one batched pass,
-and llama.cpp's batched kernels may round differently from one-token passes, which
-can flip a near-tie).
+With greedy decoding (the decoder's only mode) the kept token is ``argmax q`` and
+the deferred one ``argmax p``; the decoder's docstring says what that implies.
 """
 
 from __future__ import annotations
