@@ -67,6 +67,16 @@ class Collected:
     raw_duplicates: int = 0
     undecodable: int = 0
 
+    def dead_letter_of(self, request_id: str) -> DeadLetter | None:
+        """The first dead letter of a request that ended as one; ``None`` once it has a result too.
+
+        A later hop may dead-letter a record of a request whose result still arrives (a repeated
+        hop), and that request did get its answer: only a dead letter with no result is an ending.
+        """
+        if request_id not in self.dead_ids or request_id in self.results:
+            return None
+        return next((letter for letter in self.dead_letters if letter.request_id == request_id), None)
+
 
 class ResultCollector:
     """Tails ``results`` and ``dlq`` (and optionally ``answers``) from offset 0; first result per id wins."""

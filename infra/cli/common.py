@@ -12,7 +12,10 @@ if TYPE_CHECKING:
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers`` returns; every command module registers itself on one."""
 
+EXIT_INCOMPLETE = 1
+"""The command ran but not all of its work came back (``send --wait``: a result missing, a dead letter)."""
 EXIT_ERROR = 2
+"""An error tierflow anticipates, said in one line: a bad config, argument or input, a broker out of reach."""
 EXIT_INTERRUPTED = 130
 
 
