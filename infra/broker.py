@@ -137,6 +137,22 @@ class EmbeddedBroker(BrokerProvider):
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    def rss_mb(self) -> float | None:
+        """The broker process's resident memory in MB; ``None`` when it is not running.
+
+        The memory engine keeps every record and enforces no retention, so this number only
+        grows while traffic flows: ``tierflow up`` samples it to warn before the machine runs out.
+        """
+        import psutil
+
+        process = self.process
+        if process is None or process.poll() is not None:  # gone (a zombie would read as 0 MB)
+            return None
+        try:
+            return float(psutil.Process(process.pid).memory_info().rss) / (1 << 20)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+
     def restart(self) -> str:
         """Kill the broker (SIGKILL: its memory engine loses every topic) and start it on the same port.
 

@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from infra.cli.common import Subparsers, note
 from infra.config import Config, load_config, with_policy_file
+
+EMBEDDED_MB_PER_MILLION = 6000.0
+"""Resident memory the embedded broker gains per million requests of the simulated portfolio run by the
+real pipeline at 200 requests/s (200-byte inputs, 1.7 tiers per request: 5.4 records each), measured by
+``load_tests/broker_memory.py --pipeline --rate 200`` on the 2-core machine. The slower requests come,
+the smaller the batches the stages produce, and Tansu keeps about 1 KB per batch besides the records,
+so this is the figure for a laptop's trickle; at full speed it is half (``..._AT_FULL_SPEED``). The
+warning's "room left" uses this one: it errs towards warning early."""
+EMBEDDED_MB_PER_MILLION_AT_FULL_SPEED = 3000.0
+"""The same at full speed (~3,000 requests/s, batches of hundreds): ``broker_memory.py --pipeline``."""
+WARN_SHARE = 0.8
+"""Share of ``broker.memory_warn_mb`` at which ``tierflow up`` first warns, early enough to plan."""
+NOT_WARNED, WARNED_NEAR, WARNED_PAST = 0, 1, 2
+"""What :func:`memory_warning` has said so far: nothing, "nearing the bound", "past it"."""
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -37,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.policy:
         config = with_policy_file(config, args.policy)
-    from infra.broker import make_provider
+    from infra.broker import EmbeddedBroker, make_provider
     from infra.ray_cluster import start_ray, stop_ray
     from workers.controller_actor import resolve_keys
 
@@ -49,18 +65,25 @@ def run(args: argparse.Namespace) -> int:
             f"broker {bootstrap}, namespace {config.namespace}; send with: "
             f"tierflow send --config {args.config} --bootstrap {bootstrap}"
         )
+        # Only the embedded broker is ours to watch: an external or docker Kafka has retention.
+        broker_rss = provider.rss_mb if isinstance(provider, EmbeddedBroker) else None
+        if broker_rss is not None:
+            note(embedded_broker_note(config.broker.memory_warn_mb))
         if config.control.enabled and not resolve_keys(config.control):
             names = ", ".join(config.control.keys.values())
             note(f"no control key set ({names}): budget commands will be refused")
         ray_started = start_ray(config.ray)
-        asyncio.run(_serve(config, bootstrap, args.status_every))
+        asyncio.run(_serve(config, bootstrap, args.status_every, broker_rss))
     finally:
         stop_ray(ray_started)
         provider.stop()
     return 0
 
 
-async def _serve(config: Config, bootstrap: str, status_every: float) -> None:
+async def _serve(
+    config: Config, bootstrap: str, status_every: float, broker_rss: Callable[[], float | None] | None = None
+) -> None:
+    """Run the pipeline; every ``status_every`` print the counters and check the embedded broker's memory."""
     from infra.pipeline import Pipeline
 
     stop = asyncio.Event()
@@ -71,20 +94,90 @@ async def _serve(config: Config, bootstrap: str, status_every: float) -> None:
     try:
         await pipeline.start()
         note("pipeline ready; Ctrl-C stops it")
+        warned = NOT_WARNED
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=status_every)
             except TimeoutError:
-                print(status_line(await pipeline.stats()), file=sys.stderr)
+                rss = broker_rss() if broker_rss is not None else None
+                print(status_line(await pipeline.stats(), rss), file=sys.stderr)
+                message, warned = memory_warning(rss, config.broker.memory_warn_mb, warned)
+                if message:
+                    note(message)
     finally:
         await pipeline.stop()
 
 
-def status_line(stats: dict[str, list[dict[str, Any]]]) -> str:
-    """One line per interval — time, then per pool: replicas, consumed, dead letters — for a log to keep."""
+def status_line(stats: dict[str, list[dict[str, Any]]], broker_mb: float | None = None) -> str:
+    """One line per interval — time, then per pool: replicas, consumed, dead letters — for a log to keep.
+
+    With ``broker_mb`` (the embedded broker's resident memory) it ends with it, so a log shows the growth.
+    """
     parts = []
     for pool, replicas in stats.items():
         consumed = sum(r.get("consumed", 0) for r in replicas)
         dead = sum(r.get("dead_letters", 0) for r in replicas)
         parts.append(f"{pool}: {len(replicas)}x in={consumed} dlq={dead}")
+    if broker_mb is not None:
+        parts.append(f"broker {broker_mb:,.0f} MB")
     return time.strftime("%H:%M:%S ") + " | ".join(parts)
+
+
+def embedded_broker_note(bound_mb: int) -> str:
+    """The one line ``tierflow up`` says at start on the embedded broker: what it is for, and what it costs.
+
+    Said up front because its limits are silent until they bite: it loses every record on a
+    restart, and it keeps every record until the machine runs out of memory.
+    """
+    watch = f"warns at {bound_mb:,} MB (broker.memory_warn_mb)" if bound_mb > 0 else "memory warning off"
+    return (
+        "embedded broker: in memory, no retention, for a laptop, tests and demos — use an external Kafka "
+        f"cluster for anything that must outlive this process; ~{EMBEDDED_MB_PER_MILLION_AT_FULL_SPEED:,.0f} to "
+        f"{EMBEDDED_MB_PER_MILLION:,.0f} MB per million requests (more when they come slowly), {watch}"
+    )
+
+
+def _about(count: float) -> str:
+    """``count`` to two significant figures (``68,000``): a projection, not a promise."""
+    if count < 100:
+        return f"{count:.0f}"
+    digits = math.floor(math.log10(count)) - 1
+    return f"{round(count, -digits):,.0f}"
+
+
+def memory_warning(
+    rss_mb: float | None, bound_mb: int, warned: int, mb_per_million: float = EMBEDDED_MB_PER_MILLION
+) -> tuple[str | None, int]:
+    """The warning to give for the embedded broker at ``rss_mb`` under ``bound_mb``, if any, and what was said.
+
+    ``warned`` is what was said so far (``NOT_WARNED``, ``WARNED_NEAR``, ``WARNED_PAST``); pass back the
+    returned value at the next sample. It warns once at ``WARN_SHARE`` of the bound, to plan a move, and
+    once more when the bound is passed — never at every sample: an operator who read it once needs
+    no log full of it. A broker that jumps past the bound between two samples gets only the second.
+    ``bound_mb`` 0 disables it; ``rss_mb`` ``None`` (no broker process to measure) says nothing.
+    """
+    if bound_mb <= 0 or rss_mb is None:
+        return None, warned
+    level = WARNED_PAST if rss_mb > bound_mb else WARNED_NEAR if rss_mb >= WARN_SHARE * bound_mb else NOT_WARNED
+    if level <= warned:
+        return None, warned
+    what_to_do = (
+        "restart tierflow up at a quiet moment (the broker forgets every record, so only once clients "
+        'hold no unanswered requests) or move to an external Kafka cluster (broker.provider = "external")'
+    )
+    if level == WARNED_NEAR:
+        room = ""
+        if mb_per_million > 0:
+            room = f", room for about {_about((bound_mb - rss_mb) / mb_per_million * 1e6)} more requests"
+        message = (
+            f"embedded broker at {rss_mb:,.0f} MB, {rss_mb / bound_mb:.0%} of broker.memory_warn_mb = {bound_mb:,} "
+            f"(in memory, no retention: it grows up to ~{mb_per_million:,.0f} MB per million requests{room}); "
+            f"plan to {what_to_do}"
+        )
+    else:
+        message = (
+            f"embedded broker at {rss_mb:,.0f} MB, past broker.memory_warn_mb = {bound_mb:,}: it keeps every "
+            f"record and grows until this machine runs out of memory; {what_to_do}, "
+            "or raise memory_warn_mb if the machine has room"
+        )
+    return message, level
