@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from policies.decisions import DEFAULT_MAX_HOPS
 from policies.registry import make_post_hoc, make_pre_call
 from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
+from topics.control import parse_key_hex
 from topics.errors import ConfigError
 from topics.names import TopicLayout, check_name
 from workers.backends import check_backend_options
@@ -27,6 +28,7 @@ from workers.spec import (
     PolicyConfig,
     TelemetryConfig,
     TierConfig,
+    find_tier,
 )
 
 T = TypeVar("T")
@@ -95,6 +97,10 @@ class BrokerConfig:
     session_timeout_ms: int = 3000
     fetch_max_wait_ms: int = 10
     replication_factor: int = 1
+    memory_warn_mb: int = 2048
+    """Embedded provider only: ``tierflow up`` warns when the broker's resident memory nears and
+    passes this many MB (0: never). The embedded broker keeps every record in memory with no
+    retention, so a long run grows until the machine runs out; the warning says so in time."""
 
     def connection(self, bootstrap: str) -> KafkaConnection:
         """How clients reach the broker at ``bootstrap`` with these TLS and SASL settings."""
@@ -148,10 +154,7 @@ class Config:
         return TopicLayout(self.namespace, tuple(tier.name for tier in self.tiers))
 
     def tier(self, name: str) -> TierConfig:
-        for tier in self.tiers:
-            if tier.name == name:
-                return tier
-        raise ConfigError(f"unknown tier {name!r}; known: {', '.join(t.name for t in self.tiers)}")
+        return find_tier(self.tiers, name)
 
     def runtime(self, bootstrap: str) -> DeploymentSpec:
         """What the stream runtime of this deployment needs, for a broker at ``bootstrap``."""
@@ -255,6 +258,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         session_timeout_ms=b.number("session_timeout_ms", int, 3000, 500, 600_000),
         fetch_max_wait_ms=b.number("fetch_max_wait_ms", int, 10, 0, 60_000),
         replication_factor=b.number("replication_factor", int, 1, 1, 16),
+        memory_warn_mb=b.number("memory_warn_mb", int, 2048, 0, 1 << 24),
     )
     b.finish()
     if broker.provider == "external" and not broker.bootstrap_servers:
@@ -291,9 +295,17 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         check_name(keys.key(key_id), key_id)
         if not isinstance(env, str) or not env:
             raise ConfigError(f"{keys.key(key_id)} must name an environment variable holding the key")
+    public_keys = c.table("public_keys")
+    for key_id, text in public_keys.data.items():
+        check_name(public_keys.key(key_id), key_id)
+        if not isinstance(text, str):
+            raise ConfigError(f"{public_keys.key(key_id)} must be a string (an Ed25519 public key in hex)")
+        parse_key_hex(text, public_keys.key(key_id))
     control = ControlConfig(
         enabled=c.get("enabled", bool, True),
         keys=dict(keys.data) or ControlConfig().keys,
+        signing_key_env=c.get("signing_key_env", str, ""),
+        public_keys={key_id: text.strip() for key_id, text in public_keys.data.items()},
         period_s=c.number("period_s", float, 1.0, 0.05, 3600),
         window_s=c.number("window_s", float, 3.0, 0.5, 86_400),
         report_every_s=c.number("report_every_s", float, 2.0, 0.1, 3600),

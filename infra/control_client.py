@@ -1,6 +1,10 @@
 """What ``tierflow budget`` does on the wire: sign and send a command and wait for its reply.
 
-(``budget show`` reads the control topic with ``tierflow status``'s reader, ``infra/status.py``.)
+(``budget show`` reads the control topic with ``tierflow status``'s reader, ``infra/status/``.)
+
+A reply counts only when the controller signed it (Ed25519, a key in ``[control] public_keys``)
+and it names the command sent (offset, key id, sequence number): anyone who can produce to the
+topic could otherwise answer "accepted" for a controller that never saw the command.
 
 Sequence numbers are nanoseconds since the epoch, so an operator's commands grow
 without any state on the operator's machine; two operators use two key ids.
@@ -19,11 +23,25 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from infra.config import Config
-from topics.control import CommandAction, ControlCommand, ControlReply, Targets, decode_control
+from topics.control import (
+    CommandAction,
+    ControlCommand,
+    ControlRecord,
+    ControlReply,
+    Targets,
+    TrustedKeys,
+    decode_control,
+    verify_record,
+)
 from topics.errors import BrokerError, ConfigError, DecodeError
 from topics.reader import TopicReader
 
 DEFAULT_VALIDITY_S = 300.0
+
+
+def trusted_keys(config: Config) -> TrustedKeys:
+    """The controller public keys ``config`` lists, for its namespace."""
+    return TrustedKeys.from_hex(config.namespace, config.control.public_keys)
 
 
 def signing_key(config: Config, key_id: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str, bytes]:
@@ -59,24 +77,39 @@ def new_command(
     ).signed(key)
 
 
-async def send_command(kafka: dict[str, Any], topic: str, command: ControlCommand, timeout_s: float) -> ControlReply:
-    """Produce ``command`` and wait for the controller's reply to it."""
-    return await send_raw(kafka, topic, command.to_wire(), timeout_s, (command.key_id, command.seq))
+async def send_command(
+    kafka: dict[str, Any], topic: str, command: ControlCommand, timeout_s: float, *, trusted: TrustedKeys
+) -> ControlReply:
+    """Produce ``command`` and wait for the controller's signed reply to it (``trusted``: :func:`trusted_keys`)."""
+    return await send_raw(kafka, topic, command.to_wire(), timeout_s, (command.key_id, command.seq), trusted=trusted)
 
 
 async def send_raw(
-    kafka: dict[str, Any], topic: str, value: bytes, timeout_s: float, match: tuple[str, int] | None = None
+    kafka: dict[str, Any],
+    topic: str,
+    value: bytes,
+    timeout_s: float,
+    match: tuple[str, int] | None = None,
+    *,
+    trusted: TrustedKeys,
 ) -> ControlReply:
-    """Produce any bytes to the control topic and wait for the reply to that offset (tests send bad ones)."""
+    """Produce any bytes to the control topic and wait for the signed reply to that offset (tests send bad
+    ones); ``match``: the (key id, sequence number) the reply must name as well."""
     reader = TopicReader(kafka, [topic], partitions={topic: 1})
     producer = AIOKafkaProducer(**kafka, acks="all")
+    ignored: list[str] = []
     try:
         await reader.start()
         await producer.start()
         meta = await producer.send_and_wait(topic, value, key=b"operator", partition=0)
         reader.seek(TopicPartition(topic, 0), meta.offset)
-        return await asyncio.wait_for(_reply_to(reader, meta.offset), timeout=timeout_s)
+        return await asyncio.wait_for(_reply_to(reader, meta.offset, match, trusted, ignored), timeout=timeout_s)
     except TimeoutError as exc:
+        if ignored:
+            raise BrokerError(
+                f"no signed reply from the budget controller within {timeout_s:g}s; ignored {len(ignored)} "
+                f"({', '.join(sorted(set(ignored)))}): is its public key in [control] public_keys?"
+            ) from exc
         raise BrokerError(f"no reply from the budget controller within {timeout_s:g}s (is the pipeline up?)") from exc
     except KafkaError as exc:
         raise BrokerError(f"cannot reach the control topic {topic}: {exc}") from exc
@@ -86,13 +119,35 @@ async def send_raw(
         await reader.stop()
 
 
-async def _reply_to(reader: TopicReader, offset: int) -> ControlReply:
+def reply_verdict(
+    message: ControlRecord, offset: int, match: tuple[str, int] | None, trusted: TrustedKeys
+) -> str | None:
+    """``None`` when ``message`` is the controller's signed reply to the command at ``offset`` (naming
+    ``match`` too, when given); ``not_ours`` for any other record; else why the reply is not believed
+    (``unsigned``, ``unknown_key``, ``bad_signature``). Pure."""
+    if not isinstance(message, ControlReply) or message.offset != offset:
+        return "not_ours"
+    if match is not None and (message.key_id, message.seq) != match:
+        return "not_ours"
+    return verify_record(message, trusted)
+
+
+async def _reply_to(
+    reader: TopicReader, offset: int, match: tuple[str, int] | None, trusted: TrustedKeys, ignored: list[str]
+) -> ControlReply:
+    """The first believable reply to ``offset``; replies that are not believed go into ``ignored``."""
     while True:
         for record in await reader.poll():
-            with contextlib.suppress(DecodeError):
+            try:
                 message = decode_control(record.value or b"")
-                if isinstance(message, ControlReply) and message.offset == offset:
-                    return message
+            except DecodeError:
+                continue
+            verdict = reply_verdict(message, offset, match, trusted)
+            if verdict is None:
+                assert isinstance(message, ControlReply)
+                return message
+            if verdict != "not_ours":
+                ignored.append(verdict)
 
 
 def targets_from_args(
@@ -118,7 +173,7 @@ def targets_from_args(
 _FLAGS = {
     "cr": "--cost-per-request",
     "cs": "--cost-per-second",
-    "lm": "--latency-ms",
+    "lm": "--p95-ms",
     "lq": "--quantile",
     "qf": "--quality-floor",
 }

@@ -1,12 +1,19 @@
-"""Deploy a configured pipeline as Ray actor pools and take it down again."""
+"""Deploy a configured pipeline as Ray actor pools and take it down again.
+
+The deployer also holds the controller's signing key: it reads the private key from the
+variable ``[control] signing_key_env`` names (or makes an ephemeral pair when there is none),
+hands it to the controller actor alone, and puts the public key into every replica's spec.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -16,9 +23,11 @@ from infra.broker import kafka_options
 from infra.config import Config
 from infra.watchdog import BrokerWatchdog
 from topics.admin import ensure_topics
-from topics.errors import TierflowError
+from topics.control import ControllerKey, parse_key_hex
+from topics.errors import ConfigError, TierflowError
 from workers.actors import StageActor, StageSpec
 from workers.controller_actor import ControllerActor, controller_name, resolve_keys
+from workers.spec import ControlConfig
 
 log = logging.getLogger("tierflow.pipeline")
 
@@ -36,6 +45,30 @@ class Pool:
     actors: list[Any] = field(default_factory=list)
     runs: list[Any] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def controller_key(
+    control: ControlConfig, environ: Mapping[str, str] = os.environ
+) -> tuple[ControllerKey, dict[str, str], bool]:
+    """The key the controller signs with, the public keys the replicas will trust, and whether it is ephemeral.
+
+    With a private key in the variable ``signing_key_env`` names, its key id is the ``public_keys``
+    entry holding its public key (none: a one-line error naming the entry to add), and the trusted
+    keys are the configured ones. Without one (unset, or the variable empty) a fresh pair is made for
+    this deployment and its public key joins the configured ones: the demo and tests need no setup.
+    """
+    env = control.signing_key_env
+    text = environ.get(env, "").strip() if env else ""
+    public_keys = dict(control.public_keys)
+    if not text:
+        key = ControllerKey.generate()
+        return key, {**public_keys, key.key_id: key.public_key.hex()}, True
+    seed = parse_key_hex(text, f"the controller's private key in ${env}")
+    public = ControllerKey("-", seed).public_key.hex()
+    for key_id, listed in public_keys.items():
+        if listed.strip().lower() == public:
+            return ControllerKey(key_id, seed), public_keys, False
+    raise ConfigError(f'the private key in ${env} matches no [control] public_keys entry: add <id> = "{public}"')
 
 
 def _left_gracefully(run: Any) -> bool:
@@ -62,6 +95,8 @@ class Pipeline:
         self._watching: asyncio.Task[None] | None = None
         self.controller: Any = None
         self._controller_run: Any = None
+        self._signer: ControllerKey | None = None
+        """The controller's private key, made or read once per Pipeline: a restart keeps signing with it."""
 
     def _plan(self) -> None:
         c = self.config
@@ -84,6 +119,8 @@ class Pipeline:
 
     async def start(self, ready_timeout_s: float = 120.0) -> None:
         """Create topics, start every replica, and wait until each pool owns all its partitions."""
+        if self.config.control.enabled:
+            self._signing_key()  # first: a bad key fails before the broker is touched; every spec carries it
         await ensure_topics(
             kafka_options(self.config.broker, self.bootstrap),
             self.config.partitions(),
@@ -136,11 +173,26 @@ class Pipeline:
                 replaced.append(f"{pool.name}[{i}]")
         return replaced
 
+    def _signing_key(self) -> ControllerKey:
+        """The controller's key (see :func:`controller_key`); ``self.config`` then lists its public key."""
+        if self._signer is None:
+            key, public_keys, ephemeral = controller_key(self.config.control)
+            self.config = replace(self.config, control=replace(self.config.control, public_keys=public_keys))
+            self._signer = key
+            if ephemeral:
+                log.warning(
+                    "policy updates, replies and reports are signed with an ephemeral key; to verify them "
+                    'from another process add [control] public_keys = { %s = "%s" }, or set signing_key_env',
+                    key.key_id,
+                    key.public_key.hex(),
+                )
+        return self._signer
+
     def _launch_controller(self) -> None:
         """The budget controller: one named actor per namespace, keys read here from the environment."""
         self.controller = ControllerActor.options(  # type: ignore[attr-defined]
             name=controller_name(self.config.namespace), num_cpus=self.config.router.num_cpus
-        ).remote(self.config.runtime(self.bootstrap), resolve_keys(self.config.control))
+        ).remote(self.config.runtime(self.bootstrap), resolve_keys(self.config.control), self._signing_key())
         self._controller_run = self.controller.run.remote()
 
     def _launch(self, pool: Pool, spec: StageSpec) -> None:

@@ -62,7 +62,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from infra.broker import EmbeddedBroker, kafka_options
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config, RayConfig, parse_config
-from infra.control_client import new_command, send_command
+from infra.control_client import new_command, send_command, trusted_keys
 from infra.pipeline import Pipeline
 from infra.ray_cluster import start_ray, stop_ray
 from policies.window import percentile
@@ -187,7 +187,8 @@ async def scenario(
                 command = new_command(
                     CommandAction.SET_TARGETS, "default", key, now=time.time(), targets=Targets(cost_per_request=target)
                 )
-                reply = await send_command(kafka, config.layout.control, command, timeout_s=30)
+                trusted = trusted_keys(pipeline.config)  # the ephemeral key the pipeline made for this run
+                reply = await send_command(kafka, config.layout.control, command, timeout_s=30, trusted=trusted)
                 assert reply.accepted, reply.reason
             load.hard = hard
             start = time.time()

@@ -7,6 +7,13 @@ tests against a simulated plant.
 
 A command changes nothing unless :func:`check_command` finds no reason to refuse
 it. Every refusal is answered on the control topic and counted by reason.
+
+Recovery trusts nothing it cannot check: reports, updates and replies count only when
+signed by a key in :attr:`ControllerCore.trusted` (anyone who can produce to the topic
+could have written them), a reply only for the command it names, and an accepted command
+is applied again only if its HMAC signature still checks (:func:`check_signature`). Its
+expiry is not checked again: it was valid when it was accepted. Everything ignored is
+counted in :attr:`ControllerCore.ignored` by ``kind:reason``.
 """
 
 from __future__ import annotations
@@ -38,12 +45,16 @@ from topics.control import (
     MAX_VALIDITY_S,
     CommandAction,
     ControlCommand,
+    ControllerRecord,
     ControllerReport,
     ControlRecord,
     ControlReply,
     Observed,
     PolicyUpdate,
     Targets,
+    TrustedKeys,
+    record_kind,
+    verify_record,
 )
 from topics.errors import DecodeError
 from topics.messages import Result
@@ -52,6 +63,19 @@ CLOCK_SKEW_S = 30.0
 """A command issued up to this far in the future (the operator's clock ahead of ours) is still valid."""
 THRESHOLD_CHANGE = 1e-3
 """Thresholds that move less than this are not worth a new policy version."""
+
+
+def check_signature(command: ControlCommand, keys: Mapping[str, bytes]) -> str | None:
+    """Why ``command``'s HMAC does not prove who sent it (``unknown_key``, ``unsigned``,
+    ``bad_signature``), or ``None``. Pure: the part of :func:`check_command` that never expires."""
+    key = keys.get(command.key_id)
+    if key is None:
+        return "unknown_key"
+    if not command.sig:
+        return "unsigned"
+    if not command.signature_ok(key):
+        return "bad_signature"
+    return None
 
 
 def check_command(
@@ -66,13 +90,9 @@ def check_command(
 ) -> str | None:
     """Why ``command`` must be refused, or ``None`` to apply it. Pure; the order of checks is the
     order of trust: who sent it, is it fresh, then is it meaningful."""
-    key = keys.get(command.key_id)
-    if key is None:
-        return "unknown_key"
-    if not command.sig:
-        return "unsigned"
-    if not command.signature_ok(key):
-        return "bad_signature"
+    unproven = check_signature(command, keys)
+    if unproven is not None:
+        return unproven
     if command.seq <= last_seq.get(command.key_id, -1):
         return "replayed"
     if command.issued_at > now + CLOCK_SKEW_S:
@@ -131,6 +151,9 @@ class ControllerCore:
     base: dict[str, float] | None
     """θ⁰: the verifier policy's steerable thresholds (``None``: not steerable, only pausing works)."""
     keys: Mapping[str, bytes]
+    """Operators' HMAC keys by key id: who may command."""
+    trusted: TrustedKeys = field(default_factory=lambda: TrustedKeys(""))
+    """Public keys whose signed reports, updates and replies recovery believes (default: none)."""
     window_s: float = 10.0
     params: LawParams = field(default_factory=LawParams)
     targets: Targets = field(default_factory=Targets)
@@ -143,6 +166,8 @@ class ControllerCore:
     last_seq: dict[str, int] = field(default_factory=dict)
     processed_offset: int = -1
     rejected: Counter[str] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
+    """Control records ignored since this start, by ``kind:reason`` (see the module docstring)."""
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     """Thresholds of every version this controller knows, for ``pin_policy``."""
     window: ResultsWindow = field(init=False)
@@ -158,26 +183,42 @@ class ControllerCore:
 
     # --- recovery -------------------------------------------------------------------------------
 
+    def untrusted(self, record: ControllerRecord) -> str | None:
+        """Why a report, update or reply must be ignored (and count it as ``kind:reason``), or ``None``."""
+        reason = verify_record(record, self.trusted)
+        if reason is not None:
+            self.ignored[f"{record_kind(record)}:{reason}"] += 1
+        return reason
+
     def recover(
         self, records: Iterable[tuple[int, ControlRecord | DecodeError]]
     ) -> list[tuple[int, ControlCommand | DecodeError]]:
         """Rebuild state from the control topic read from its beginning; return what still needs an answer.
 
-        The newest report gives targets, multipliers, pause/pin state and replay counters, the
-        updates give the versions. Commands after that report that were already answered are
-        replayed silently as their reply says (an accepted one is applied again without a new
-        check: its expiry may have passed since); unanswered ones are returned, to be handled now.
+        Only records signed by a trusted key count (see the module docstring). The newest report
+        (most commands answered, then latest) gives targets, multipliers, pause/pin state and replay
+        counters, the updates give the versions. Commands after that report that were already
+        answered are replayed silently as their reply says: an accepted one is applied again after
+        its HMAC is checked again, not its expiry (that may have passed since); unanswered ones (a
+        forged reply answers nothing) are returned, to be handled now.
         """
         records = list(records)
         report: ControllerReport | None = None
+        replies: dict[int, ControlReply] = {}
         for _, record in records:
+            if isinstance(record, ControlCommand | DecodeError) or self.untrusted(record) is not None:
+                continue
             if isinstance(record, PolicyUpdate):
                 self.history[record.version] = dict(record.thresholds)
                 if record.version >= self.version:
                     self.version = record.version
                     self.thresholds = dict(record.thresholds)
             elif isinstance(record, ControllerReport):
-                report = record
+                # a genuine old report copied to the end of the topic must not roll the state back
+                if report is None or (record.processed_offset, record.at) >= (report.processed_offset, report.at):
+                    report = record
+            else:
+                replies[record.offset] = record
         if report is not None:
             self.targets = report.targets
             self.version = max(self.version, report.version)
@@ -189,12 +230,14 @@ class ControllerCore:
             self.rejected = Counter(report.rejected)
             if report.base:
                 self.base = dict(report.base)
-        replies = {r.offset: r for _, r in records if isinstance(r, ControlReply)}
         pending: list[tuple[int, ControlCommand | DecodeError]] = []
         for offset, record in records:
             if offset <= self.processed_offset or not isinstance(record, ControlCommand | DecodeError):
                 continue
             reply = replies.get(offset)
+            if reply is not None and isinstance(record, ControlCommand) and not _answers(reply, record):
+                self.ignored["reply:other_command"] += 1
+                reply = None
             if reply is None:
                 pending.append((offset, record))
                 continue
@@ -202,9 +245,27 @@ class ControllerCore:
             if not reply.accepted:
                 self.rejected[reply.reason] += 1
             elif isinstance(record, ControlCommand):
+                why = self._reapplicable(record)
+                if why is not None:
+                    self.ignored[f"command:{why}"] += 1
+                    continue
                 self.last_seq[record.key_id] = max(self.last_seq.get(record.key_id, -1), record.seq)
                 self._apply(record)
         return pending
+
+    def _reapplicable(self, command: ControlCommand) -> str | None:
+        """Why an accepted command must not be applied again at recovery, or ``None``: its HMAC must
+        still check, and what it names must still exist (a key or a version may have gone since)."""
+        why = check_signature(command, self.keys)
+        if why is not None:
+            return why
+        if command.action is CommandAction.PIN_POLICY and command.policy_version not in self.history:
+            return "unknown_version"
+        if command.action is CommandAction.SET_THRESHOLDS and self.base is None:
+            return "policy_not_steerable"
+        if command.action is CommandAction.SET_TARGETS and command.targets is None:
+            return "no_targets"
+        return None
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -341,7 +402,14 @@ class ControllerCore:
             processed_offset=self.processed_offset,
             rejected=dict(self.rejected),
             base=dict(self.base or {}),
+            ignored=dict(self.ignored),
         )
+
+
+def _answers(reply: ControlReply, command: ControlCommand) -> bool:
+    """Whether ``reply`` names ``command`` (key id and sequence number, besides the offset): a genuine
+    reply to an older command at the same offset (a rebuilt topic) answers nothing here."""
+    return (reply.key_id, reply.seq) == (command.key_id, command.seq)
 
 
 def _describe(targets: Targets) -> str:

@@ -16,17 +16,35 @@ float64, so the bytes are the same in every process). The key id names the key, 
 sequence number must grow per key (replays are refused), and the command is valid
 only between ``issued_at`` and ``expires_at``. Value bounds are part of the schema,
 so NaN, infinite, negative or absurd budgets fail at decode like any bad record.
+
+The controller signs what it writes (:class:`PolicyUpdate`, :class:`ControlReply`,
+:class:`ControllerReport`) with its Ed25519 private key: anyone who can produce to the
+topic can write such a record, and without a signature a forged update would take over
+routing and a forged reply would be applied by a recovering controller. The signature
+covers :func:`signed_bytes` — a context naming the deployment's namespace, then the
+record's canonical msgpack with ``sig`` empty and ``signer`` (the key id) kept — so a
+record signed for one namespace is worthless in another that trusts the same key.
+Keys are 64 hex characters: the raw 32-byte private seed, the raw 32-byte public key.
+:func:`verify_record` is the one check every reader makes against the public keys it
+trusts (:class:`TrustedKeys`); a record without a valid signature is ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from topics.errors import ConfigError, DecodeError
 from topics.wire import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Confidence,
@@ -36,6 +54,7 @@ from topics.wire import (
     Name,
     NonNegative,
     Part,
+    decode,
     decode_any,
     tag,
 )
@@ -139,16 +158,30 @@ class ControlReply(
     Message,
     frozen=True,
     tag=tag("control_reply"),
-    rename={"key_id": "kid", "seq": "sq", "offset": "of", "accepted": "ok", "reason": "rs", "at": "at"},
+    rename={
+        "key_id": "kid",
+        "seq": "sq",
+        "offset": "of",
+        "accepted": "ok",
+        "reason": "rs",
+        "at": "at",
+        "signer": "sk",
+        "sig": "sg",
+    },
 ):
-    """The controller's answer to the command at ``offset`` of the control topic."""
+    """The controller's answer to the command at ``offset`` of the control topic (signed by the controller)."""
 
     offset: int
     accepted: bool
     reason: str
     key_id: str = ""
+    """The answered command's key id and sequence number: a reply counts only for the command it names."""
     seq: int = 0
     at: NonNegative = 0.0
+    signer: Name = ""
+    """Id of the controller key that signed this record (see :meth:`ControllerKey.sign`)."""
+    sig: Name = ""
+    """Ed25519 signature over :func:`signed_bytes`, hex; empty: unsigned, ignored by every reader."""
 
 
 class PolicyUpdate(
@@ -164,9 +197,11 @@ class PolicyUpdate(
         "reason": "rs",
         "issued_at": "ia",
         "pinned": "pn",
+        "signer": "sk",
+        "sig": "sg",
     },
 ):
-    """A version of the routing/verifying policy; routers and verifiers apply the newest."""
+    """A version of the routing/verifying policy; routers and verifiers apply the newest correctly signed one."""
 
     version: Count
     thresholds: dict[str, Confidence]
@@ -180,6 +215,10 @@ class PolicyUpdate(
     mu: Multiplier = 0.0
     """The latency multiplier μ that produced the thresholds."""
     pinned: bool = False
+    signer: Name = ""
+    """Id of the controller key that signed this record (see :meth:`ControllerKey.sign`)."""
+    sig: Name = ""
+    """Ed25519 signature over :func:`signed_bytes`, hex; empty: unsigned, ignored by every reader."""
 
 
 class Observed(
@@ -236,6 +275,9 @@ class ControllerReport(
         "rejected": "rj",
         "base": "b",
         "at": "at",
+        "ignored": "ig",
+        "signer": "sk",
+        "sig": "sg",
     },
 ):
     """The controller's state, published periodically (and what a restarted controller resumes from)."""
@@ -256,10 +298,142 @@ class ControllerReport(
     """Rejected commands by reason, since the controller's first start."""
     base: dict[str, Confidence] = {}
     """The base thresholds θ⁰ the controller steers from."""
+    ignored: dict[str, int] = {}
+    """Records of the control topic this controller ignored since it last started, by ``kind:reason``
+    (``reply:unsigned``, ``update:bad_signature``, ``command:unknown_key`` for an accepted command
+    whose signature no longer checks at recovery, …): forgeries show up here."""
+    signer: Name = ""
+    """Id of the controller key that signed this record (see :meth:`ControllerKey.sign`)."""
+    sig: Name = ""
+    """Ed25519 signature over :func:`signed_bytes`, hex; empty: unsigned, ignored by every reader."""
 
 
 ControlRecord = ControlCommand | ControlReply | PolicyUpdate | ControllerReport
 CONTROL_KINDS = (ControlCommand, ControlReply, PolicyUpdate, ControllerReport)
+ControllerRecord = ControlReply | PolicyUpdate | ControllerReport
+"""What only the controller writes, and signs."""
+R = TypeVar("R", bound=ControllerRecord)
+
+SIGNATURE_CONTEXT = b"tierflow-control-signature-v1\x00"
+"""Domain separation: these bytes can never be mistaken for any other Ed25519-signed message."""
+KEY_HEX_CHARS = 64
+"""Private seeds and public keys are 32 raw bytes, written as 64 hex characters."""
+
+
+def record_kind(record: ControllerRecord) -> str:
+    """``update``, ``reply`` or ``report``: the short name counters and logs use."""
+    if isinstance(record, PolicyUpdate):
+        return "update"
+    return "reply" if isinstance(record, ControlReply) else "report"
+
+
+def signed_bytes(record: ControllerRecord, namespace: str) -> bytes:
+    """What the controller's signature covers: the context, the namespace, then the record's canonical
+    msgpack (its own encoding with ``sig`` empty; ``signer`` stays, so the key id is signed too)."""
+    canonical = msgspec.structs.replace(record, sig="").to_wire()
+    return b"".join((SIGNATURE_CONTEXT, namespace.encode(), b"\x00", canonical))
+
+
+def parse_key_hex(text: str, what: str) -> bytes:
+    """32 raw key bytes from 64 hex characters (surrounding whitespace allowed); ``what`` names the key
+    in the one-line error."""
+    value = text.strip()
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(value) != KEY_HEX_CHARS or len(raw) != KEY_HEX_CHARS // 2:
+        raise ConfigError(f"{what} must be {KEY_HEX_CHARS} hex characters (a raw 32-byte Ed25519 key)")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerKey:
+    """The controller's private key: a key id and the raw 32-byte seed.
+
+    Plain bytes rather than a ``cryptography`` key object, because it travels to the
+    controller actor by pickle (the object does not pickle); the seed stays out of ``repr``.
+    """
+
+    key_id: str
+    seed: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != KEY_HEX_CHARS // 2:
+            raise ConfigError("an Ed25519 private key is 32 bytes")
+
+    @classmethod
+    def generate(cls, key_id: str = "") -> ControllerKey:
+        """A fresh random key; its id defaults to ``ephemeral-`` and the start of its public key."""
+        seed = Ed25519PrivateKey.generate().private_bytes_raw()
+        public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+        return cls(key_id or f"ephemeral-{public.hex()[:12]}", seed)
+
+    @classmethod
+    def from_hex(cls, key_id: str, text: str, what: str = "the controller's private key") -> ControllerKey:
+        return cls(key_id, parse_key_hex(text, what))
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte public key that verifies this key's signatures."""
+        return _private_key(self.seed).public_key().public_bytes_raw()
+
+    def sign(self, record: R, namespace: str) -> R:
+        """``record`` with ``signer`` set to this key's id and ``sig`` to its signature for ``namespace``.
+
+        The record is signed as a reader will see it: decoded from its own bytes first, so an ``int``
+        where the schema says ``float`` (``issued_at=1``, a threshold of ``1`` from a policy file)
+        is signed as the float a reader re-encodes, not as the int that would never verify.
+        """
+        named = msgspec.structs.replace(record, signer=self.key_id, sig="")
+        with contextlib.suppress(DecodeError):  # out of range: no reader decodes it, nothing to agree on
+            named = decode(type(named), named.to_wire())
+        return msgspec.structs.replace(named, sig=_private_key(self.seed).sign(signed_bytes(named, namespace)).hex())
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKeys:
+    """The public keys whose signatures a reader accepts, and the namespace the records must be for.
+
+    Two keys may be trusted at once, so the controller's key can be rotated without a gap:
+    list the new key, switch the controller to it, then drop the old one.
+    """
+
+    namespace: str
+    keys: Mapping[str, bytes] = field(default_factory=dict)
+    """Key id -> raw 32-byte Ed25519 public key."""
+
+    @classmethod
+    def from_hex(cls, namespace: str, public_keys: Mapping[str, str]) -> TrustedKeys:
+        """From the config's ``[control] public_keys`` (key id -> 64 hex characters)."""
+        keys = {kid: parse_key_hex(text, f"control.public_keys.{kid}") for kid, text in public_keys.items()}
+        return cls(namespace, keys)
+
+
+def verify_record(record: ControllerRecord, trusted: TrustedKeys) -> str | None:
+    """Why ``record`` must be ignored — ``unsigned``, ``unknown_key`` or ``bad_signature`` — or ``None``
+    when a trusted key signed exactly these bytes for this namespace. Pure; never raises."""
+    if not record.sig:
+        return "unsigned"
+    public = trusted.keys.get(record.signer)
+    if public is None:
+        return "unknown_key"
+    try:
+        _public_key(bytes(public)).verify(bytes.fromhex(record.sig), signed_bytes(record, trusted.namespace))
+    except (InvalidSignature, ValueError):
+        return "bad_signature"
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _private_key(seed: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """Parsed once per key: every update a replica reads is verified with it."""
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def decode_control(raw: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> ControlRecord:

@@ -164,5 +164,14 @@ class StageActor:
 
     @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
+        """The loop's counters, plus the policy updates this replica ignored (forged, stale), by reason."""
         stats = asdict(self.loop.stats) if self.loop else {}
-        return {"pool": self.spec.pool, "replica": self.spec.replica, "pid": os.getpid(), **stats}
+        feed = getattr(self.loop.handler, "feed", None) if self.loop else None
+        ignored = dict(feed.ignored) if isinstance(feed, PolicyFeed) else {}
+        return {
+            "pool": self.spec.pool,
+            "replica": self.spec.replica,
+            "pid": os.getpid(),
+            **stats,
+            "ignored_updates": ignored,
+        }

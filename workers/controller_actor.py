@@ -6,6 +6,11 @@ answered are answered now), then follows two streams without a consumer group:
 control (commands) and results (cost, latency, confidence; per-tier load and
 latency from their paths). Every ``period_s`` it runs the law and publishes a new
 PolicyUpdate when thresholds moved; every ``report_every_s`` a ControllerReport.
+
+Everything it publishes is signed with its Ed25519 key (:class:`~topics.control.ControllerKey`,
+handed over by the deployer like the HMAC keys; Ray keeps constructor arguments for restarts,
+so a restarted controller signs with the same key). Recovery believes only records signed by
+a key it trusts: the deployment's ``[control] public_keys`` and its own.
 """
 
 from __future__ import annotations
@@ -25,12 +30,20 @@ from aiokafka.errors import KafkaError
 
 from policies.budget import LawParams
 from policies.controller import ControllerCore
-from topics.control import ControlCommand, ControlRecord, decode_control
-from topics.errors import DecodeError
+from topics.control import (
+    ControlCommand,
+    ControllerKey,
+    ControllerRecord,
+    ControlRecord,
+    TrustedKeys,
+    decode_control,
+    record_kind,
+)
+from topics.errors import ConfigError, DecodeError
 from topics.messages import Result
 from topics.reader import Record, TopicReader
-from topics.wire import Message
 from workers.actors import post_hoc_policy
+from workers.policy_feed import trusted_keys
 from workers.spec import ControlConfig, DeploymentSpec
 from workers.telemetry import record_controller_state, setup_telemetry
 
@@ -49,12 +62,22 @@ def resolve_keys(control: ControlConfig, environ: Mapping[str, str] = os.environ
     return {kid: environ[env].encode() for kid, env in control.keys.items() if environ.get(env)}
 
 
-def new_core(config: DeploymentSpec, keys: Mapping[str, bytes]) -> ControllerCore:
+def controller_trust(config: DeploymentSpec, signer: ControllerKey) -> TrustedKeys:
+    """The keys the controller believes at recovery: the configured public keys and its own."""
+    trusted = trusted_keys(config)
+    known = trusted.keys.get(signer.key_id)
+    if known is not None and known != signer.public_key:
+        raise ConfigError(f"control.public_keys.{signer.key_id} is not the public key of the controller's private key")
+    return TrustedKeys(config.namespace, {**trusted.keys, signer.key_id: signer.public_key})
+
+
+def new_core(config: DeploymentSpec, keys: Mapping[str, bytes], trusted: TrustedKeys) -> ControllerCore:
     tiers = config.layout.tiers
     return ControllerCore(
         tiers=tiers,
         base=post_hoc_policy(config).steerable_thresholds(tiers),
         keys=keys,
+        trusted=trusted,
         window_s=config.control.window_s,
         params=LawParams(step=config.control.step),
     )
@@ -67,11 +90,13 @@ class ControllerLoop:
         self,
         config: DeploymentSpec,
         keys: Mapping[str, bytes],
+        signer: ControllerKey,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.kafka = config.kafka.options()
-        self.core = new_core(config, keys)
+        self.signer = signer
+        self.core = new_core(config, keys, controller_trust(config, signer))
         self.clock = clock
         self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
@@ -129,6 +154,9 @@ class ControllerLoop:
             self.core.lam,
             len(pending),
         )
+        if self.core.ignored:
+            ignored = ", ".join(f"{why} {n}" for why, n in sorted(self.core.ignored.items()))
+            log.warning("controller recovery ignored control records it cannot trust: %s", ignored)
 
     async def _on_control(self, record: Record) -> None:
         await self._handle(record.offset, _decode(record))
@@ -141,6 +169,10 @@ class ControllerLoop:
             reply, update = self.core.handle(offset, record, now)
             log.info("command at %d: %s (%s)", offset, "accepted" if reply.accepted else "refused", reply.reason)
             await self._publish(reply, update)
+        else:  # a report, update or reply: ours, or a forgery to count (and to name in the log, once)
+            reason = self.core.untrusted(record)
+            if reason is not None and self.core.ignored[f"{record_kind(record)}:{reason}"] == 1:
+                log.warning("controller: ignored a %s at offset %d (%s)", record_kind(record), offset, reason)
 
     async def _on_result(self, record: Record) -> None:
         with contextlib.suppress(DecodeError):
@@ -159,14 +191,16 @@ class ControllerLoop:
             await self._publish(update, report)
             await asyncio.sleep(control.period_s)
 
-    async def _publish(self, *messages: Message | None) -> None:
+    async def _publish(self, *messages: ControllerRecord | None) -> None:
+        """Sign and send each message; retried until the broker takes it."""
         assert self._producer is not None
         for message in messages:
             if message is None:
                 continue
+            value = self.signer.sign(message, self.config.namespace).to_wire()
             while True:
                 try:
-                    await self._producer.send_and_wait(self.config.layout.control, message.to_wire(), key=b"controller")
+                    await self._producer.send_and_wait(self.config.layout.control, value, key=b"controller")
                     break
                 except KafkaError as exc:  # the broker is away: an update must not be lost
                     log.warning("controller: publish failed, retrying: %r", exc)
@@ -188,13 +222,16 @@ async def _drive(actor: ControllerActor) -> None:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})  # type: ignore[call-overload]  # stubs lack concurrency_groups
 class ControllerActor:
-    """The deployment's one budget controller (a named actor); threaded like the stage replicas."""
+    """The deployment's one budget controller (a named actor); threaded like the stage replicas.
 
-    def __init__(self, config: DeploymentSpec, keys: Mapping[str, bytes]) -> None:
+    ``keys`` are the operators' HMAC secrets, ``signer`` the controller's own private key.
+    """
+
+    def __init__(self, config: DeploymentSpec, keys: Mapping[str, bytes], signer: ControllerKey) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         setup_telemetry(config.telemetry, "tierflow-controller")
-        self.loop = ControllerLoop(config, keys)
+        self.loop = ControllerLoop(config, keys, signer)
         self._event_loop: asyncio.AbstractEventLoop | None = None
 
     def run(self) -> None:
@@ -207,7 +244,7 @@ class ControllerActor:
 
     @ray.method(concurrency_group="control")
     def state(self) -> dict[str, Any]:
-        """λ, μ, version, thresholds, targets and the last observation (tests, ``status``)."""
+        """λ, μ, version, thresholds, targets, the last observation, refused commands and ignored records."""
         core = self.loop.core
         return {
             "version": core.version,
@@ -219,4 +256,5 @@ class ControllerActor:
             "targets": core.targets,
             "observed": core.last_observed,
             "rejected": dict(core.rejected),
+            "ignored": dict(core.ignored),
         }

@@ -69,6 +69,14 @@ class ControlConfig:
     enabled: bool = True
     keys: Mapping[str, str] = field(default_factory=lambda: {"default": "TIERFLOW_CONTROL_KEY"})
     """Key id -> name of the environment variable holding its secret (never the secret itself)."""
+    signing_key_env: str = ""
+    """Name of the environment variable holding the controller's Ed25519 private key (64 hex characters:
+    the raw 32-byte seed), never the key itself; the deployer reads it. Empty, or the variable empty:
+    the deployer makes an ephemeral key pair for the deployment and adds its public key below."""
+    public_keys: Mapping[str, str] = field(default_factory=dict)
+    """Key id -> Ed25519 public key (64 hex characters) whose signatures on policy updates, replies and
+    reports the replicas, the controller's recovery and ``tierflow status`` accept. Two at once during a
+    rotation; the controller signs with the id whose public key matches its private key."""
     period_s: float = 1.0
     """How often the control law runs."""
     window_s: float = 3.0
@@ -113,7 +121,12 @@ class DeploymentSpec:
         return TopicLayout(self.namespace, tuple(tier.name for tier in self.tiers))
 
     def tier(self, name: str) -> TierConfig:
-        for tier in self.tiers:
-            if tier.name == name:
-                return tier
-        raise ConfigError(f"unknown tier {name!r}; known: {', '.join(t.name for t in self.tiers)}")
+        return find_tier(self.tiers, name)
+
+
+def find_tier(tiers: tuple[TierConfig, ...], name: str) -> TierConfig:
+    """The tier called ``name``; an unknown name lists the known ones."""
+    for tier in tiers:
+        if tier.name == name:
+            return tier
+    raise ConfigError(f"unknown tier {name!r}; known: {', '.join(t.name for t in tiers)}")

@@ -1,7 +1,9 @@
 """``tierflow budget``: set or show the targets the budget controller of a running pipeline holds.
 
 Every command but ``show`` is signed (HMAC, with a key named in the config's ``[control]`` table)
-and answered by the controller on the control topic; ``show`` only reads the status topics.
+and answered by the controller on the control topic; ``show`` only reads the status topics. Both
+believe only what the controller signed with a key in ``[control] public_keys`` (its replies, its
+reports): records anyone else wrote there are left out and counted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def add_parser(subparsers: Subparsers) -> None:
         help="set or show the targets the budget controller holds",
         description="Commands are signed with the key named in the config's [control] keys (the secret is "
         "read from the environment variable given there, default TIERFLOW_CONTROL_KEY) and answered by "
-        "the controller on the control topic.",
+        "the controller on the control topic; its replies and reports count only when signed with a key in "
+        "[control] public_keys.",
     )
     actions = budget.add_subparsers(
         dest="action", required=True, metavar="ACTION", help="what to do (tierflow budget ACTION --help: its flags)"
@@ -81,7 +84,7 @@ def add_parser(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when the controller accepted the command, 1 when it refused (the reason is printed either way)."""
     from infra.broker import kafka_options
-    from infra.control_client import new_command, send_command, signing_key, targets_from_args
+    from infra.control_client import new_command, send_command, signing_key, targets_from_args, trusted_keys
     from infra.status import collect_status
     from topics.control import CommandAction
 
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         action = CommandAction.RELEASE_POLICY
     command = new_command(action, kid, key, now=time.time(), validity_s=args.valid_for, issuer=args.issuer, **fields)
-    reply = asyncio.run(send_command(kafka, topic, command, args.timeout))
+    reply = asyncio.run(send_command(kafka, topic, command, args.timeout, trusted=trusted_keys(config)))
     if reply.accepted:
         print(f"tierflow: accepted: {reply.reason}")
         return 0
@@ -126,12 +129,14 @@ def _print_budget(snapshot: Any, as_json: bool) -> None:
 
     if as_json:
         doc = status_json(snapshot)
-        print(json.dumps({key: doc[key] for key in ("controller", "policy", "replies")}, indent=2))
+        print(json.dumps({key: doc[key] for key in ("controller", "policy", "replies", "undecodable")}, indent=2))
         return
     console = Console()
     report, policy = snapshot.control.report, snapshot.control.policy
     if report is None:
-        console.print("controller: no report yet (is the pipeline up?)")
+        unsigned = sum(snapshot.control.unsigned.values())
+        why = f"; {unsigned} not signed by a key in [control] public_keys were left out" if unsigned else ""
+        console.print(f"controller: no signed report yet (is the pipeline up?{why})")
         return
     t, o = report.targets, report.observed
     table = Table(title=f"budget controller — policy v{report.version}{' (pinned)' if report.pinned else ''}")
@@ -150,6 +155,9 @@ def _print_budget(snapshot: Any, as_json: bool) -> None:
         table.add_row("last update", "", policy.reason)
     table.add_row("paused tiers", "", ", ".join(report.paused) or "none")
     table.add_row("refused commands", "", ", ".join(f"{k}: {v}" for k, v in report.rejected.items()) or "none")
+    forged = {**report.ignored, **{f"seen {k}": v for k, v in snapshot.control.unsigned.items()}}
+    if forged:  # the controller's own count since it started, and what this read left out
+        table.add_row("unsigned records ignored", "", ", ".join(f"{k}: {v}" for k, v in sorted(forged.items())))
     console.print(table)
 
 

@@ -14,7 +14,8 @@ brokers (no Ray, no consumer group joined, nothing committed):
   offsets are what the broker reports (Tansu may report the base offset of its last
   batch plus one rather than the high watermark).
 * ``<ns>.control`` — the newest ControllerReport, the newest PolicyUpdate and the last
-  few ControlReplies, read backwards from the end.
+  few ControlReplies, read backwards from the end; only those the controller signed with a
+  key in ``[control] public_keys`` (the rest are counted as unsigned).
 
 Records that do not decode are skipped and counted. aiokafka is imported when a reader
 starts, so importing this module (to build the CLI parser) stays quick.
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from infra.config import Config
 from infra.status.stats import ControlState, Snapshot, control_state, lag_totals, uncommitted
+from topics.control import TrustedKeys
 from topics.errors import BrokerError, ConfigError, DecodeError
 from topics.messages import Result
 
@@ -74,6 +76,7 @@ class StatusReader:
         self.config = config
         self.timeout_s = timeout_s
         self.pools = stage_pools(config)
+        self.trusted = TrustedKeys.from_hex(config.namespace, config.control.public_keys)
         self._data: TopicReader | None = None
         self._groups: dict[str, AIOKafkaConsumer] = {}
 
@@ -245,7 +248,7 @@ class StatusReader:
             while low > starts[tp] and not state.complete() and ends[tp] - low < CONTROL_SCAN_LIMIT:
                 start = max(starts[tp], low - CHUNK)
                 chunk = await _read_ranges(reader, {tp: (start, None if first else low)}, ends)
-                control_state(chunk[tp], state)
+                control_state(chunk[tp], state, trusted=self.trusted)
                 low, first = start, False
         return state
 

@@ -20,8 +20,10 @@ committed nothing on a partition that holds records: their lag counts from its b
 cost_per_second, latency_ms, escalation_rate, mean_confidence, visited_share {tier: share
 of the requests whose path went through it; an escalated one counts at every tier},
 tier_latency_ms), ``version``, ``lam``, ``mu``, ``paused``, ``pinned``, ``rejected``
-{reason: count}, ``at``, ``age_s``, ``thresholds`` (of the newest PolicyUpdate, or null), ``base``
-(the base thresholds the controller steers from);
+{reason: count}, ``ignored`` {kind:reason: control records the controller ignored since it
+started, e.g. ``update:unsigned``, ``reply:bad_signature``: forgeries}, ``at``, ``age_s``,
+``thresholds`` (of the newest PolicyUpdate, or null), ``base`` (the base thresholds the
+controller steers from);
 ``policy``: the newest PolicyUpdate {version, thresholds, allowed_tiers, reason,
 issued_at, lam, mu, pinned} or null;
 ``replies``: the newest ControlReplies, newest first [{offset (of the command answered),
@@ -29,7 +31,9 @@ accepted, reason, key_id, seq, at}];
 ``cost_vs_target`` {cost_per_request | cost_per_second | latency_ms | quality_floor:
 {``target``, ``observed`` (this window's; latency at the target's ``quantile``, a key of
 its own there), ``error_pct`` (observed vs target, + means above)}} for each target the controller holds;
-``undecodable`` {``results``, ``control``}: records skipped; ``truncated``: true when
+``undecodable`` {``results``, ``control``: records skipped as undecodable; ``unsigned``: reports,
+updates and replies left out of everything above because no key in ``[control] public_keys``
+signed them — unsigned, an unknown key id or a bad signature}; ``truncated``: true when
 some partition had more records in the window than one read takes
 (:data:`infra.status.reader.MAX_RECORDS_PER_PARTITION`).
 
@@ -96,6 +100,7 @@ def controller_json(state: ControlState, now: float) -> dict[str, Any] | None:
         "paused": list(report.paused),
         "pinned": report.pinned,
         "rejected": dict(report.rejected),
+        "ignored": dict(report.ignored),
         "at": report.at,
         "age_s": round(max(0.0, now - report.at), 3),
         "thresholds": dict(state.policy.thresholds) if state.policy else None,
@@ -131,7 +136,11 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
             for _, reply in snapshot.control.replies
         ],
         "cost_vs_target": cost_vs_target(report.targets, window, stats) if report else {},
-        "undecodable": {"results": snapshot.undecodable_results, "control": snapshot.control.undecodable},
+        "undecodable": {
+            "results": snapshot.undecodable_results,
+            "control": snapshot.control.undecodable,
+            "unsigned": sum(snapshot.control.unsigned.values()),
+        },
         "truncated": snapshot.truncated,
     }
 
@@ -201,8 +210,9 @@ def render(snapshot: Snapshot, error: str = "") -> Any:
     parts.append(pools)
 
     controller = doc["controller"]
+    skipped_unsigned = doc["undecodable"]["unsigned"]
     if controller is None:
-        parts.append(Text("controller: no report yet"))
+        parts.append(Text("controller: no signed report yet" if skipped_unsigned else "controller: no report yet"))
     else:
         targets = Table(
             title=f"controller · policy v{controller['version']} · λ {controller['lam']:.3g} · μ {controller['mu']:.3g}"
@@ -231,6 +241,9 @@ def render(snapshot: Snapshot, error: str = "") -> Any:
             extra.append("paused tiers: " + ", ".join(controller["paused"]))
         if controller["rejected"]:
             extra.append("rejected commands: " + ", ".join(f"{k} {v}" for k, v in controller["rejected"].items()))
+        if controller["ignored"]:
+            ignored = ", ".join(f"{k} {v}" for k, v in controller["ignored"].items())
+            extra.append(f"ignored by the controller: {ignored}")
         if extra:
             parts.append(Text(" · ".join(extra)))
     policy = doc["policy"]
@@ -249,6 +262,14 @@ def render(snapshot: Snapshot, error: str = "") -> Any:
     skipped = doc["undecodable"]
     if skipped["results"] or skipped["control"]:
         parts.append(Text(f"undecodable records skipped: results {skipped['results']}, control {skipped['control']}"))
+    if skipped_unsigned:
+        kinds = ", ".join(f"{why} {n}" for why, n in sorted(snapshot.control.unsigned.items()))
+        parts.append(
+            Text(
+                f"control records not signed by a key in [control] public_keys, left out: {kinds}",
+                style="yellow",
+            )
+        )
     if doc["truncated"]:
         parts.append(Text(f"(window truncated at {snapshot.truncated_at} records per partition)", style="dim"))
     return Group(*parts)

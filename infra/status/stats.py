@@ -4,16 +4,31 @@ The window's statistics come from :mod:`policies.window` (the same code the budg
 controller measures with); this module shapes them into the ``results`` object, does
 the lag arithmetic and folds control records into the newest report, update and replies.
 Nothing here does I/O, so all of it is tested without a broker.
+
+Only what the controller signed counts: a report, update or reply that is unsigned, signed
+by a key id the config does not list, or badly signed is left out and counted in
+:attr:`ControlState.unsigned` (anyone who can produce to the topic could have written it).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from policies.window import answered_share, answers_per_second, latency_at, percentile_summary, summarize
-from topics.control import ControllerReport, ControlReply, PolicyUpdate, Targets, decode_control
+from topics.control import (
+    ControlCommand,
+    ControllerReport,
+    ControlReply,
+    PolicyUpdate,
+    Targets,
+    TrustedKeys,
+    decode_control,
+    record_kind,
+    verify_record,
+)
 from topics.errors import DecodeError
 from topics.messages import Result
 
@@ -80,21 +95,32 @@ class ControlState:
     replies: list[tuple[int, ControlReply]] = field(default_factory=list)
     """(offset, reply), newest first, at most :data:`REPLIES_SHOWN`."""
     undecodable: int = 0
+    unsigned: Counter[str] = field(default_factory=Counter)
+    """Reports, updates and replies left out because no trusted key signed them, by ``kind:reason``."""
 
     def complete(self) -> bool:
         """Whether reading further back could change nothing shown."""
         return self.report is not None and self.policy is not None and len(self.replies) >= REPLIES_SHOWN
 
 
-def control_state(records: Iterable[tuple[int, bytes | None]], state: ControlState | None = None) -> ControlState:
+def control_state(
+    records: Iterable[tuple[int, bytes | None]], state: ControlState | None = None, *, trusted: TrustedKeys
+) -> ControlState:
     """Fold (offset, value) records of the control topic into ``state``; records may come in any order,
-    but every record passed later must be older than those in ``state`` (the backward walk)."""
+    but every record passed later must be older than those in ``state`` (the backward walk). Reports,
+    updates and replies count only when signed by a key in ``trusted``."""
     state = state or ControlState()
     for offset, value in sorted(records, key=lambda item: -item[0]):
         try:
             message = decode_control(value or b"")
         except DecodeError:
             state.undecodable += 1
+            continue
+        if isinstance(message, ControlCommand):
+            continue
+        reason = verify_record(message, trusted)
+        if reason is not None:
+            state.unsigned[f"{record_kind(message)}:{reason}"] += 1
             continue
         if isinstance(message, ControllerReport) and state.report is None:
             state.report = message

@@ -26,11 +26,11 @@ import ray
 
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config
-from infra.control_client import new_command, send_command, send_raw
+from infra.control_client import new_command, send_command, send_raw, trusted_keys
 from infra.pipeline import Pipeline
 from infra.status import collect_status
 from topics import Request, Result
-from topics.control import CommandAction, ControlCommand, Targets
+from topics.control import CommandAction, ControlCommand, ControllerKey, Targets
 from workers.backends.simulated import simulated_gold_label
 
 from .conftest import WAIT_S, running, sim_tier, simulated_config
@@ -38,6 +38,9 @@ from .conftest import WAIT_S, running, sim_tier, simulated_config
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
 KEY = "integration-test-key"
+SIGNER = ControllerKey.generate("budget-tests")
+"""The controller's Ed25519 key, configured as an operator would (test_control_security covers the ephemeral one)."""
+SIGNING_ENV = "TIERFLOW_TEST_CONTROLLER_KEY"
 RATE = 250
 """Requests per second the load sends: enough results per 3 s window for a steady measurement."""
 
@@ -52,7 +55,12 @@ def ladder(tmp_path: Path, **options: dict[str, Any]) -> Config:
     ]
     for tier in tiers:
         tier["options"] |= options.get(tier["name"], {})
-    return simulated_config(tmp_path, tiers=tiers, control={"window_s": 3.0})
+    control = {
+        "window_s": 3.0,
+        "signing_key_env": SIGNING_ENV,
+        "public_keys": {SIGNER.key_id: SIGNER.public_key.hex()},
+    }
+    return simulated_config(tmp_path, tiers=tiers, control=control)
 
 
 class Load:
@@ -109,7 +117,7 @@ def accuracy(results: list[Result]) -> float:
 
 async def command(config: Config, kafka: dict[str, Any], action: CommandAction, **fields: Any) -> None:
     cmd = new_command(action, "default", KEY.encode(), now=time.time(), issuer="test", **fields)
-    reply = await send_command(kafka, config.layout.control, cmd, timeout_s=WAIT_S)
+    reply = await send_command(kafka, config.layout.control, cmd, timeout_s=WAIT_S, trusted=trusted_keys(config))
     assert reply.accepted, reply.reason
 
 
@@ -127,6 +135,7 @@ async def wait_until(check: Callable[[], Any], what: str, timeout_s: float = WAI
 @pytest.fixture(autouse=True)
 def control_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERFLOW_CONTROL_KEY", KEY)
+    monkeypatch.setenv(SIGNING_ENV, SIGNER.seed.hex())
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +144,7 @@ async def pipeline(
 ) -> AsyncIterator[Pipeline]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TIERFLOW_CONTROL_KEY", KEY)  # read by the driver when it starts the controller
+        patch.setenv(SIGNING_ENV, SIGNER.seed.hex())
         config = ladder(tmp_path_factory.mktemp("budget"))
         async with running(config, bootstrap, kafka) as started:
             await wait_until(lambda: _has_version(started), "the controller's first policy update")
@@ -187,7 +197,7 @@ async def test_bad_commands_change_nothing_and_are_answered_and_counted(
     topic = config.layout.control
     records = bad_commands(time.time())
     for expected, value in records:
-        reply = await send_raw(kafka, topic, value, WAIT_S)
+        reply = await send_raw(kafka, topic, value, WAIT_S, trusted=trusted_keys(config))
         assert (reply.reason if not reply.accepted else "accepted").startswith(expected), (expected, reply)
     after = await state(pipeline)
     assert after["targets"] == Targets(cost_per_request=1e-4)  # only the one good command took effect
@@ -196,6 +206,7 @@ async def test_bad_commands_change_nothing_and_are_answered_and_counted(
     assert sum(after["rejected"].values()) - sum(before["rejected"].values()) == len(records) - 1
     snapshot = await asyncio.wait_for(collect_status(kafka, config), WAIT_S)
     assert [reply.accepted for _, reply in snapshot.control.replies[:3]] == [False, False, False]  # newest first
+    assert all(reply.signer == SIGNER.key_id for _, reply in snapshot.control.replies)  # the configured key signs
     await command(config, kafka, CommandAction.SET_TARGETS, targets=Targets(quality_floor=0.0))  # no cost target again
 
 
@@ -251,7 +262,7 @@ async def test_a_restarted_controller_resumes_from_the_control_topic(pipeline: P
     config = pipeline.config
     targets = Targets(cost_per_request=0.0042, latency_ms=900.0)
     accepted = new_command(CommandAction.SET_TARGETS, "default", KEY.encode(), now=time.time(), targets=targets)
-    assert (await send_command(kafka, config.layout.control, accepted, WAIT_S)).accepted
+    assert (await send_command(kafka, config.layout.control, accepted, WAIT_S, trusted=trusted_keys(config))).accepted
     await asyncio.sleep(2.5)  # at least one report published after the command
     before = await state(pipeline)
     ray.kill(pipeline.controller, no_restart=False)  # Ray restarts it and resubmits run()
@@ -263,7 +274,7 @@ async def test_a_restarted_controller_resumes_from_the_control_topic(pipeline: P
         return False
 
     await wait_until(recovered, "the restarted controller to recover its targets")
-    replay = await send_raw(kafka, config.layout.control, accepted.to_wire(), WAIT_S)
+    replay = await send_raw(kafka, config.layout.control, accepted.to_wire(), WAIT_S, trusted=trusted_keys(config))
     assert replay.reason == "replayed"  # replay protection survived the restart
 
 
@@ -286,7 +297,9 @@ async def test_the_budget_cli_sets_shows_and_refuses_in_one_line(
     config = pipeline.config
     path = tmp_path / "tierflow.toml"
     tiers = "".join(f'[[tiers]]\nname = "{t.name}"\nbackend = "simulated"\n\n' for t in config.tiers)
-    path.write_text(f'namespace = "{config.namespace}"\n\n{tiers}')
+    # the controller signs with the pipeline's ephemeral key: the operator's config lists its public key
+    keys = ", ".join(f'{kid} = "{public}"' for kid, public in config.control.public_keys.items())
+    path.write_text(f'namespace = "{config.namespace}"\n\n[control]\npublic_keys = {{ {keys} }}\n\n{tiers}')
 
     done = await asyncio.to_thread(
         _budget_cli, path, bootstrap, "set", "--cost-per-request", "0.005", "--p95-ms", "900"

@@ -18,7 +18,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from infra.config import Config, parse_config
 from infra.status import collect_status, status_json
 from topics.admin import delete_topics, ensure_topics
-from topics.control import ControllerReport, ControlReply, Observed, PolicyUpdate, Targets
+from topics.control import (
+    ControllerKey,
+    ControllerRecord,
+    ControllerReport,
+    ControlReply,
+    Observed,
+    PolicyUpdate,
+    Targets,
+)
 from topics.messages import Result, Status
 
 pytestmark = pytest.mark.integration
@@ -35,10 +43,15 @@ CLI = (
 )
 
 
+SIGNER = ControllerKey.generate("ctl")
+"""The controller key the records written here are signed with; the configs list its public key."""
+
+
 def _config(namespace: str) -> dict[str, Any]:
     return {
         "namespace": namespace,
         "results_path": "results.jsonl",
+        "control": {"public_keys": {"ctl": SIGNER.public_key.hex()}},
         "router": {"partitions": 2},
         "verifier": {"partitions": 1},
         "sink": {"partitions": 2},
@@ -74,6 +87,8 @@ def _results() -> list[tuple[int, Result]]:
         (1, _result(2, 2.0, latency=200.0, cost=0.02, path=("small", "large"), status=Status.OK)),
         (0, _result(1, 1.0, latency=100.0, cost=0.01, path=("small",), status=Status.OK)),
     ]
+
+
 TARGETS = Targets(cost_per_request=0.02, latency_ms=500.0, latency_quantile=0.5)
 
 
@@ -95,6 +110,10 @@ async def deployment(kafka: dict[str, Any]) -> AsyncIterator[Config]:
 async def _fill(kafka: dict[str, Any], config: Config) -> None:
     layout = config.layout
     producer = AIOKafkaProducer(**kafka)
+
+    def signed(record: ControllerRecord) -> bytes:
+        return SIGNER.sign(record, config.namespace).to_wire()
+
     await producer.start()
     try:
 
@@ -116,29 +135,38 @@ async def _fill(kafka: dict[str, Any], config: Config) -> None:
             targets=TARGETS, observed=Observed(requests=7, rate=0.7), version=1, lam=0.1, mu=0.0, at=NOW - 9
         )
         control = [
-            old_policy.to_wire(),
-            report.to_wire(),
-            ControlReply(offset=0, accepted=False, reason="bad_signature", key_id="ops", seq=1).to_wire(),
+            signed(old_policy),
+            signed(report),
+            signed(ControlReply(offset=0, accepted=False, reason="bad_signature", key_id="ops", seq=1)),
             b"\x00garbage",
+            signed(
+                PolicyUpdate(
+                    version=2,
+                    thresholds={"small": 0.7, "large": 0.0},
+                    allowed_tiers=("small", "large"),
+                    reason="cost above target",
+                    issued_at=NOW - 2,
+                    lam=0.25,
+                )
+            ),
+            signed(
+                ControllerReport(
+                    targets=TARGETS,
+                    observed=Observed(requests=4, window_s=10.0, rate=0.4, cost_per_request=0.025),
+                    version=2,
+                    lam=0.25,
+                    mu=0.0,
+                    at=NOW - 1,
+                    paused=("large",),
+                    rejected={"bad_signature": 1},
+                )
+            ),
+            signed(ControlReply(offset=5, accepted=True, reason="ok", key_id="ops", seq=2)),
+            # what an outsider with a plain producer writes: shown nowhere, counted as unsigned
             PolicyUpdate(
-                version=2,
-                thresholds={"small": 0.7, "large": 0.0},
-                allowed_tiers=("small", "large"),
-                reason="cost above target",
-                issued_at=NOW - 2,
-                lam=0.25,
+                version=1000, thresholds={"small": 0.0}, allowed_tiers=(), reason="x", issued_at=NOW
             ).to_wire(),
-            ControllerReport(
-                targets=TARGETS,
-                observed=Observed(requests=4, window_s=10.0, rate=0.4, cost_per_request=0.025),
-                version=2,
-                lam=0.25,
-                mu=0.0,
-                at=NOW - 1,
-                paused=("large",),
-                rejected={"bad_signature": 1},
-            ).to_wire(),
-            ControlReply(offset=5, accepted=True, reason="ok", key_id="ops", seq=2).to_wire(),
+            ControlReply(offset=9, accepted=True, reason="paused", key_id="ops", seq=3).to_wire(),
         ]
         for value in control:
             await put(layout.control, 0, value)
@@ -173,7 +201,7 @@ async def test_status_reads_window_lag_and_controller(kafka: dict[str, Any], dep
     assert results["answered_share"] == {"small": 0.5, "large": 0.5}
     assert results["tier_answers_per_s"] == pytest.approx({"small": 0.4, "large": 0.2})
     assert len(snapshot.results) == 6  # the old ones were read (the walk reached the partition start) but left out
-    assert doc["undecodable"] == {"results": 1, "control": 1}
+    assert doc["undecodable"] == {"results": 1, "control": 1, "unsigned": 2}, snapshot.control.unsigned
     assert doc["truncated"] is False
 
     # results: p0 holds old, r3, r1, junk (end 4), p1 old, r4, r2 (end 3); sink committed 4 and 1
@@ -210,6 +238,7 @@ async def test_status_walks_back_in_chunks(
     assert doc["results"]["count"] == 2 and doc["truncated"] is False
     assert doc["controller"]["version"] == 2 and doc["policy"]["version"] == 2  # control read in chunks too
     assert [r["offset"] for r in doc["replies"]] == [5, 0] and doc["undecodable"]["control"] == 1
+    assert doc["undecodable"]["unsigned"] == 2
 
     monkeypatch.setattr(infra.status.reader, "MAX_RECORDS_PER_PARTITION", 2)
     doc = status_json(await asyncio.wait_for(collect_status(kafka, deployment, window_s=10.0, now=NOW), WAIT_S))
@@ -240,7 +269,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 async def test_cli_once(deployment: Config, bootstrap: str, tmp_path: Path) -> None:
     path = tmp_path / "tierflow.toml"
     tiers = "".join(f'[[tiers]]\nname = "{t.name}"\nbackend = "simulated"\n\n' for t in deployment.tiers)
-    path.write_text(f'namespace = "{deployment.namespace}"\nresults_path = "r.jsonl"\n\n{tiers}')
+    keys = f'[control]\npublic_keys = {{ ctl = "{SIGNER.public_key.hex()}" }}\n\n'
+    path.write_text(f'namespace = "{deployment.namespace}"\nresults_path = "r.jsonl"\n\n{keys}{tiers}')
     proc = await asyncio.to_thread(_cli, "--config", str(path), "--bootstrap", bootstrap, "--once", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -251,3 +281,16 @@ async def test_cli_once(deployment: Config, bootstrap: str, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     for fragment in ("results, last 60 s", "worker.large", "paused", "policy v2", "cost per request", "+25.0%"):
         assert fragment in proc.stdout, proc.stdout
+
+
+async def test_cli_once_without_the_controllers_public_key_shows_no_controller(
+    deployment: Config, bootstrap: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "tierflow.toml"
+    tiers = "".join(f'[[tiers]]\nname = "{t.name}"\nbackend = "simulated"\n\n' for t in deployment.tiers)
+    path.write_text(f'namespace = "{deployment.namespace}"\nresults_path = "r.jsonl"\n\n{tiers}')
+    proc = await asyncio.to_thread(_cli, "--config", str(path), "--bootstrap", bootstrap, "--once", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["controller"] is None and doc["policy"] is None and doc["replies"] == []
+    assert doc["undecodable"]["unsigned"] >= 6  # every report, update and reply was left out

@@ -82,3 +82,28 @@ def test_relative_trace_and_gguf_paths_are_taken_from_the_config_folder(tmp_path
     assert a.options["trace"] == str(tmp_path / "conf" / "t.jsonl")
     assert b.options["model"] == str(tmp_path / "conf" / "m" / "x.gguf")
     assert c.options["model"] == "smollm2-135m"
+
+
+def test_broker_memory_warning_defaults_to_2048_mb_and_0_disables_it() -> None:
+    assert parse_config({"tiers": [TIER]}).broker.memory_warn_mb == 2048
+    assert parse_config({"tiers": [TIER], "broker": {"memory_warn_mb": 0}}).broker.memory_warn_mb == 0
+    assert parse_config({"tiers": [TIER], "broker": {"memory_warn_mb": 512}}).broker.memory_warn_mb == 512
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, "broker.memory_warn_mb must be in [0, 16777216], got -1"),
+        (1 << 25, "broker.memory_warn_mb must be in [0, 16777216]"),
+        (float("inf"), "broker.memory_warn_mb must be int"),
+        (float("nan"), "broker.memory_warn_mb must be int"),
+        (512.5, "broker.memory_warn_mb must be int"),
+        (True, "broker.memory_warn_mb must be int"),
+        ("2GB", "broker.memory_warn_mb must be int"),
+    ],
+)
+def test_broker_memory_warning_bound_is_a_finite_whole_number_of_mb(value: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"tiers": [TIER], "broker": {"memory_warn_mb": value}})
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)

@@ -26,16 +26,26 @@ from policies.window import in_window, latency_at
 from topics.control import (
     CommandAction,
     ControlCommand,
+    ControllerKey,
+    ControllerRecord,
     ControllerReport,
     ControlReply,
     Observed,
     PolicyUpdate,
     Targets,
+    TrustedKeys,
 )
 from topics.errors import ConfigError
 from topics.messages import Result, Status
 
 NOW = 1_000_000.0
+SIGNER = ControllerKey.generate("ctl")
+TRUST = TrustedKeys("ns", {"ctl": SIGNER.public_key})
+
+
+def _signed(record: ControllerRecord) -> bytes:
+    """What the controller of namespace ``ns`` writes."""
+    return SIGNER.sign(record, "ns").to_wire()
 
 
 def _result(
@@ -149,31 +159,63 @@ def test_control_state_keeps_the_newest_of_each_kind() -> None:
         action=CommandAction.PAUSE_TIER, key_id="k", seq=1, issued_at=NOW, expires_at=NOW + 1, tier="a"
     )
     records = [
-        (0, _policy(1).to_wire()),
-        (1, _report(1).to_wire()),
-        (2, ControlReply(offset=0, accepted=True, reason="ok").to_wire()),
+        (0, _signed(_policy(1))),
+        (1, _signed(_report(1))),
+        (2, _signed(ControlReply(offset=0, accepted=True, reason="ok"))),
         (3, command.to_wire()),
         (4, b"junk"),
         (5, None),
-        (6, _report(2).to_wire()),
-        (7, ControlReply(offset=3, accepted=False, reason="stale").to_wire()),
-        (8, _policy(2).to_wire()),
+        (6, _signed(_report(2))),
+        (7, _signed(ControlReply(offset=3, accepted=False, reason="stale"))),
+        (8, _signed(_policy(2))),
     ]
-    state = control_state(reversed(records))  # order does not matter within one call
+    state = control_state(reversed(records), trusted=TRUST)  # order does not matter within one call
     assert state.report is not None and state.report.version == 2
     assert state.policy is not None and state.policy.version == 2
     assert [(offset, reply.offset) for offset, reply in state.replies] == [(7, 3), (2, 0)]
-    assert state.undecodable == 2
+    assert state.undecodable == 2 and state.unsigned == {}
+
+
+def test_control_state_shows_only_what_a_trusted_key_signed() -> None:
+    """The issue's forgeries: an unsigned update v1000, an accepted reply signed by another key, a report
+    signed for another namespace. None is shown; each is counted."""
+    forged_update = PolicyUpdate(version=1000, thresholds={"a": 0.0}, allowed_tiers=(), reason="x", issued_at=NOW)
+    intruder = ControllerKey.generate("ctl")  # the controller's key id, another key
+    records = [
+        (0, _signed(_policy(3))),
+        (1, _signed(_report(3))),
+        (2, forged_update.to_wire()),
+        (3, intruder.sign(ControlReply(offset=0, accepted=True, reason="paused"), "ns").to_wire()),
+        (4, SIGNER.sign(_report(9, paused=("a",)), "another-namespace").to_wire()),
+        (5, ControllerKey.generate("other").sign(_policy(7), "ns").to_wire()),
+    ]
+    state = control_state(records, trusted=TRUST)
+    assert state.report is not None and state.report.version == 3
+    assert state.policy is not None and state.policy.version == 3 and state.replies == []
+    assert state.unsigned == {
+        "update:unsigned": 1,
+        "reply:bad_signature": 1,
+        "report:bad_signature": 1,
+        "update:unknown_key": 1,
+    }
+    rotated = TrustedKeys("ns", {"ctl": SIGNER.public_key, "other": intruder.public_key})
+    assert control_state(records[:2], trusted=rotated).report is not None  # two keys trusted at once
+    assert control_state(records, trusted=TrustedKeys("ns")).unsigned["report:unknown_key"] == 2
+    doc = status_json(_snapshot(state))
+    assert doc["undecodable"] == {"results": 2, "control": 0, "unsigned": 4}
+    text = _text(render(_snapshot(state)))
+    assert "not signed by a key in [control] public_keys, left out: reply:bad_signature 1" in text
+    assert "controller: no signed report yet" in _text(render(_snapshot(control_state(records[2:], trusted=TRUST))))
 
 
 def test_control_state_folds_older_chunks_without_replacing_newer() -> None:
-    state = control_state([(10, _report(5).to_wire())])
+    state = control_state([(10, _signed(_report(5)))], trusted=TRUST)
     assert not state.complete()
-    control_state([(3, _report(4).to_wire()), (2, _policy(4).to_wire())], state)
+    control_state([(3, _signed(_report(4))), (2, _signed(_policy(4)))], state, trusted=TRUST)
     assert state.report is not None and state.report.version == 5
     assert state.policy is not None and state.policy.version == 4
-    replies = [(i, ControlReply(offset=i, accepted=True, reason="ok").to_wire()) for i in range(REPLIES_SHOWN + 2)]
-    control_state(replies, state)
+    replies = [(i, _signed(ControlReply(offset=i, accepted=True, reason="ok"))) for i in range(REPLIES_SHOWN + 2)]
+    control_state(replies, state, trusted=TRUST)
     assert state.complete() and len(state.replies) == REPLIES_SHOWN
     assert state.replies[0][0] == REPLIES_SHOWN + 1
 
@@ -208,6 +250,7 @@ def test_controller_json() -> None:
         "paused",
         "pinned",
         "rejected",
+        "ignored",
         "at",
         "age_s",
         "thresholds",
@@ -289,7 +332,7 @@ def test_status_json_shape() -> None:
         {"offset": 8, "accepted": False, "reason": "bad_signature", "key_id": "ops", "seq": 4, "at": 0.0}
     ]
     assert doc["cost_vs_target"]["cost_per_request"]["error_pct"] == -75.0
-    assert doc["undecodable"] == {"results": 2, "control": 1}
+    assert doc["undecodable"] == {"results": 2, "control": 1, "unsigned": 0}
     assert json.loads(json.dumps(doc)) == doc
 
 
@@ -315,6 +358,8 @@ def test_render_without_and_with_controller() -> None:
     assert "refresh failed: broker gone" in text
     assert "cost per request" in text and "-75.0%" in text
     assert "paused tiers: b" in text and "policy v2 (v2)" in text
+    ignoring = ControlState(report=_report(2, ignored={"update:unsigned": 3}), policy=_policy(2))
+    assert "ignored by the controller: update:unsigned 3" in _text(render(_snapshot(ignoring)))
 
 
 def _parse(*argv: str) -> argparse.Namespace:

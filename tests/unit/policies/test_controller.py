@@ -14,7 +14,18 @@ from hypothesis import strategies as st
 
 from policies.budget import LawParams
 from policies.controller import ControllerCore, check_command, measure
-from topics.control import CommandAction, ControlCommand, ControlRecord, Targets
+from topics.control import (
+    CommandAction,
+    ControlCommand,
+    ControllerKey,
+    ControllerReport,
+    ControlRecord,
+    ControlReply,
+    PolicyUpdate,
+    Targets,
+    TrustedKeys,
+)
+from topics.errors import DecodeError
 
 from .plant import TIERS, Plant
 
@@ -24,8 +35,29 @@ RATE = 300
 """Results per simulated second: about what the simulated pipeline runs at here."""
 
 
+NAMESPACE = "unit"
+SIGNER = ControllerKey.generate("ctl")
+"""The controller's Ed25519 key: what it publishes is signed with it, and recovery trusts it."""
+TRUST = TrustedKeys(NAMESPACE, {"ctl": SIGNER.public_key})
+
+
 def core(**kw: object) -> ControllerCore:
-    return ControllerCore(TIERS, {"small": 0.8, "medium": 0.8}, {"ops": KEY}, window_s=3.0, **kw)  # type: ignore[arg-type]
+    kw = {"keys": {"ops": KEY}, "trusted": TRUST, "window_s": 3.0} | kw
+    return ControllerCore(TIERS, {"small": 0.8, "medium": 0.8}, **kw)  # type: ignore[arg-type]
+
+
+def first_update(c: ControllerCore) -> PolicyUpdate:
+    """The controller's first step, as it publishes it: version 1, signed."""
+    update = c.step(NOW)
+    assert update is not None
+    return SIGNER.sign(update, NAMESPACE)
+
+
+def published(record: ControlRecord | None) -> ControlRecord | None:
+    """What the controller actor writes: its own records signed, commands as the operator sent them."""
+    if record is None or isinstance(record, ControlCommand):
+        return record
+    return SIGNER.sign(record, NAMESPACE)
 
 
 def drive(c: ControllerCore, plant: Plant, seconds: int, start: float) -> tuple[list[float], list[float], float]:
@@ -177,13 +209,111 @@ def test_a_restarted_controller_recovers_its_state_from_the_control_topic() -> N
     reply, update = c.handle(4, answered, NOW)
     records += [(4, answered), (5, reply), (6, update), (7, command(CommandAction.PAUSE_TIER, tier="small", seq=33))]
     fresh = core()
-    pending = fresh.recover((offset, r) for offset, r in records if r is not None)
+    pending = fresh.recover((offset, r) for offset, r in ((o, published(r)) for o, r in records) if r is not None)
     assert (fresh.targets, fresh.lam, fresh.version) == (c.targets, c.lam, c.version)
     assert fresh.paused == set()  # the answered resume is applied again, without a second reply
     assert fresh.last_seq == {"ops": 32} and fresh.processed_offset == 4
     assert [offset for offset, _ in pending] == [7]  # only the unanswered command is left to answer
     replay, _ = fresh.handle(8, command(seq=31), NOW)
     assert replay.reason == "replayed"  # replay protection survives the restart
+    assert fresh.ignored == {}
+
+
+def _unsigned_pause(tier: str, seq: int) -> ControlCommand:
+    return ControlCommand(
+        action=CommandAction.PAUSE_TIER, key_id="ops", seq=seq, issued_at=NOW, expires_at=NOW + 60, tier=tier
+    )
+
+
+def test_recovery_ignores_forged_replies_and_answers_their_commands_now() -> None:
+    """The issue's attack: unsigned pause commands for every tier, each with a forged accepted reply,
+    written while the controller was down. None is applied; each is left to be refused now."""
+    c = core()
+    records: list[tuple[int, ControlRecord | DecodeError]] = [(0, first_update(c))]
+    records.append((1, SIGNER.sign(c.report(NOW), NAMESPACE)))
+    attacker = ControllerKey.generate("ctl")  # the controller's key id, another key
+    forgeries: list[Callable[[ControlReply], ControlReply]] = [
+        lambda r: r,  # unsigned
+        lambda r: attacker.sign(r, NAMESPACE),  # bad_signature
+        lambda r: ControllerKey.generate("intruder").sign(r, NAMESPACE),  # unknown_key
+    ]
+    offset = 2
+    for forge, tier in zip(forgeries, TIERS, strict=True):
+        pause = _unsigned_pause(tier, 40 + offset)
+        reply = ControlReply(offset=offset, accepted=True, reason="paused", key_id="ops", seq=pause.seq, at=NOW)
+        records += [(offset, pause), (offset + 1, forge(reply))]
+        offset += 2
+    another_namespace = SIGNER.sign(
+        ControlReply(offset=offset, accepted=True, reason="x", key_id="ops", seq=99), "other-deployment"
+    )
+    records += [(offset, _unsigned_pause("small", 99)), (offset + 1, another_namespace)]
+    fresh = core()
+    pending = fresh.recover(records)
+    assert fresh.paused == set() and fresh.version == 1
+    assert [o for o, _ in pending] == [2, 4, 6, 8]  # every command is still to be answered...
+    for o, cmd in pending:
+        assert isinstance(cmd, ControlCommand)
+        reply, update = fresh.handle(o, cmd, NOW + 5)
+        assert not reply.accepted and reply.reason == "unsigned" and update is None  # ...and is refused
+    assert fresh.paused == set()
+    assert fresh.ignored == {"reply:unsigned": 1, "reply:bad_signature": 2, "reply:unknown_key": 1}
+
+
+def test_recovery_reapplies_an_expired_accepted_command_but_not_one_whose_hmac_fails() -> None:
+    c = core()
+    c.step(NOW)
+    report = SIGNER.sign(c.report(NOW - 1), NAMESPACE)  # the last report before the command
+    good = command(CommandAction.PAUSE_TIER, tier="medium", seq=50)
+    reply, _ = c.handle(1, good, NOW)
+    assert reply.accepted
+    records: list[tuple[int, ControlRecord | DecodeError]] = [
+        (0, report),
+        (1, good),
+        (2, SIGNER.sign(reply, NAMESPACE)),
+    ]
+    later = core()
+    later.recover(records)  # a day later: the command has expired, it was valid when accepted
+    assert later.paused == {"medium"} and later.last_seq == {"ops": 50} and later.ignored == {}
+    rotated = core(keys={"ops2": b"new key"})  # the command's key is gone: its signature no longer checks
+    rotated.recover(records)
+    assert rotated.paused == set() and rotated.ignored == {"command:unknown_key": 1}
+    tampered = msgspec.structs.replace(good, tier="small")  # same key, seq; the HMAC fails
+    genuine = core()
+    genuine.recover([records[0], (1, tampered), records[2]])
+    assert genuine.paused == set() and genuine.ignored == {"command:bad_signature": 1}
+
+
+def test_recovery_ignores_a_reply_that_names_another_command() -> None:
+    c = core()
+    c.step(NOW)
+    first = command(CommandAction.PAUSE_TIER, tier="medium", seq=60)
+    reply, _ = c.handle(1, first, NOW)
+    other = command(CommandAction.PAUSE_TIER, tier="small", seq=61)  # a command at the same offset, later
+    fresh = core()
+    pending = fresh.recover([(1, other), (2, SIGNER.sign(reply, NAMESPACE))])
+    assert fresh.paused == set() and [o for o, _ in pending] == [1]
+    assert fresh.ignored == {"reply:other_command": 1}
+
+
+def test_recovery_ignores_forged_updates_and_reports_and_old_reports_copied_forward() -> None:
+    c = core()
+    genuine = first_update(c)
+    c.targets = Targets(cost_per_request=0.004)
+    c.handle(1, command(seq=70, targets=Targets(cost_per_request=0.004)), NOW)
+    newest = SIGNER.sign(c.report(NOW + 2), NAMESPACE)
+    older = SIGNER.sign(msgspec.structs.replace(c.report(NOW), processed_offset=-1, targets=Targets()), NAMESPACE)
+    forged_update = PolicyUpdate(
+        version=1000, thresholds={"small": 0.0, "medium": 0.0}, allowed_tiers=("large",), reason="x", issued_at=NOW
+    )
+    forged_report = ControllerReport(
+        targets=Targets(), observed=c.last_observed, version=1000, lam=0.0, mu=0.0, at=NOW + 9, paused=TIERS[:2]
+    )
+    fresh = core()
+    fresh.recover([(0, genuine), (2, newest), (3, forged_update), (4, forged_report), (5, older)])
+    assert fresh.version == 1 and fresh.paused == set() and 1000 not in fresh.history
+    assert fresh.targets == Targets(cost_per_request=0.004)  # the newest genuine report, not the copy after it
+    assert fresh.ignored == {"update:unsigned": 1, "report:unsigned": 1}
+    assert fresh.report(NOW).ignored == {"update:unsigned": 1, "report:unsigned": 1}
 
 
 finite = st.floats(allow_nan=True, allow_infinity=True)
