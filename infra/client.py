@@ -97,10 +97,8 @@ class ResultCollector:
         try:
             await self._reader.start()
             self._cluster = await self._reader.cluster_id()
-        except KafkaError as exc:
+        except (KafkaError, BrokerError) as exc:
             await self._reader.stop()
-            raise BrokerError(f"cannot read results: {exc}") from exc
-        except BrokerError as exc:
             raise BrokerError(f"cannot read results: {exc}") from exc
 
     async def stop(self) -> None:

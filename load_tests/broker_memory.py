@@ -290,6 +290,19 @@ class Writer:
             self.records += await produce_all(self.producer, batch)
 
 
+async def _producer(kafka: dict[str, Any]) -> AIOKafkaProducer:
+    """A started producer sending batches as large as the stages' (acks from every replica)."""
+    producer = AIOKafkaProducer(
+        **kafka,
+        acks="all",
+        linger_ms=1,
+        max_batch_size=PRODUCER_BATCH_BYTES,
+        max_request_size=PRODUCER_BATCH_BYTES + 65536,
+    )
+    await producer.start()
+    return producer
+
+
 async def measure(config: Config, broker: EmbeddedBroker, args: argparse.Namespace, console: Console) -> dict[str, Any]:
     """Write the records of up to ``--requests`` requests and sample the broker's RSS as they land.
 
@@ -303,14 +316,7 @@ async def measure(config: Config, broker: EmbeddedBroker, args: argparse.Namespa
     topics = config.partitions()
     await ensure_topics(kafka, topics)
     await asyncio.sleep(SETTLE_S)
-    producer = AIOKafkaProducer(
-        **kafka,
-        acks="all",
-        linger_ms=1,
-        max_batch_size=PRODUCER_BATCH_BYTES,
-        max_request_size=PRODUCER_BATCH_BYTES + 65536,
-    )
-    await producer.start()
+    producer = await _producer(kafka)
     writer = Writer(producer, config.layout, args)
     samples = [Sample(0, rss() or 0.0, 0.0, 0.0)]
     sent = 0
@@ -339,14 +345,7 @@ async def measure(config: Config, broker: EmbeddedBroker, args: argparse.Namespa
             await asyncio.sleep(SETTLE_S)
             after_delete = rss() or 0.0
             await ensure_topics(kafka, topics)
-            producer = AIOKafkaProducer(
-                **kafka,
-                acks="all",
-                linger_ms=1,
-                max_batch_size=PRODUCER_BATCH_BYTES,
-                max_request_size=PRODUCER_BATCH_BYTES + 65536,
-            )
-            await producer.start()
+            producer = await _producer(kafka)
             writer.producer = producer
             again = max(1, sent // 4)
             await writer.write(sent, again)

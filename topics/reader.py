@@ -203,7 +203,3 @@ class TopicReader:
             topic: [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
             for topic in topics
         }
-
-    async def known_topics(self) -> set[str]:
-        cluster = await self._consumer._client.fetch_all_metadata()
-        return set(cluster.topics())
