@@ -195,6 +195,7 @@ class StageLoop(Generic[M]):
                 await self._poll_once()
         finally:
             await self._close()
+            self.telemetry.export_last()
             self.telemetry.close()
         return self.stats
 

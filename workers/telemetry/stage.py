@@ -142,6 +142,11 @@ class StageTelemetry:
         """Start reporting this loop's consumer lag."""
         _installed.lag_sources[id(self)] = self
 
+    def export_last(self) -> None:
+        """Export everything now, this stage's last lag reading included: a stage whose whole run is
+        shorter than the export interval has no other export of its lag. Call before :meth:`close`."""
+        flush_telemetry()
+
     def close(self) -> None:
         """Stop reporting lag and export what is buffered (the replica may be killed right after)."""
         _installed.lag_sources.pop(id(self), None)
@@ -171,8 +176,11 @@ class StageTelemetry:
         return _installed.instruments is not None and time.monotonic() - self._lag_at >= LAG_REFRESH_S
 
     async def refresh_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """Highwater minus position for every assigned partition whose highwater a fetch has reported."""
-        self._lag_at = time.monotonic()
+        """Highwater minus position for every assigned partition whose highwater a fetch has reported.
+
+        Until a fetch has reported one, every poll looks again (no ``position`` call is made then),
+        so a short-lived stage still reports its lag instead of waiting out ``LAG_REFRESH_S`` first.
+        """
         lag: dict[tuple[str, int], int] = {}
         for tp in list(consumer.assignment()):
             try:
@@ -184,6 +192,8 @@ class StageTelemetry:
                 continue
             lag[(tp.topic, tp.partition)] = max(0, highwater - position)
         self.lag = lag
+        if lag:
+            self._lag_at = time.monotonic()
 
     def batch_done(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], out: Sequence[Produced], seconds: float
