@@ -7,6 +7,7 @@ with :func:`kafka_options`, inside its own process (SSL contexts do not pickle).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import signal
@@ -16,10 +17,12 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from infra.config import BrokerConfig
+from topics.connection import KafkaConnection
 from topics.errors import BrokerError, ConfigError
 
 
@@ -68,9 +71,26 @@ def tansu_binary() -> str:
 class EmbeddedBroker(BrokerProvider):
     """The Tansu broker as a subprocess on a free loopback port, memory-only storage."""
 
-    def __init__(self, log_dir: str | Path | None = None, ready_timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        log_dir: str | Path | None = None,
+        ready_timeout_s: float = 15.0,
+        advertised_port: int = 0,
+        authentication: bool = False,
+    ) -> None:
+        """``advertised_port``: the port the broker tells clients to connect to, when not its own (a proxy
+        in front of it, as in the fault tests); 0 advertises the port it listens on.
+
+        ``authentication``: Tansu's ``--authentication``, every client must log in with SASL SCRAM-SHA-256
+        or -512. Tansu 0.6.0 keeps its users in the storage engine and creates them only for a client that
+        has logged in, so a memory broker started this way has no user and refuses every login: it serves
+        to check how a refused login is reported, not to run a pipeline (see the README, TLS and SASL).
+        Tansu 0.6.0 cannot serve TLS itself (``--cert`` and ``--key`` exclude each other), so this broker
+        has no TLS option: put a TLS terminator in front of it and advertise its port."""
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="tierflow-broker-"))
         self.ready_timeout_s = ready_timeout_s
+        self.advertised_port = advertised_port
+        self.authentication = authentication
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -98,13 +118,14 @@ class EmbeddedBroker(BrokerProvider):
                         "--listener-url",
                         url,
                         "--advertised-listener-url",
-                        url,
+                        f"tcp://127.0.0.1:{self.advertised_port or self.port}",
                         "--storage-engine",
                         "memory://tansu/",
                         # A fresh id at every start: a restarted memory broker lost every record, and
                         # clients and the watchdog tell it from a healthy one by this id alone.
                         "--cluster-id",
                         f"tierflow-{uuid.uuid4().hex[:12]}",
+                        *(["--authentication"] if self.authentication else []),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -212,20 +233,40 @@ class DockerKafka(BrokerProvider):
 
 
 class ExternalBroker(BrokerProvider):
-    """A cluster that already runs; nothing to start or stop."""
+    """A cluster that already runs; nothing to start or stop.
 
-    def __init__(self, bootstrap_servers: str) -> None:
+    With a ``connection`` that uses TLS or SASL, ``start()`` connects once and logs in, so a
+    certificate the client does not trust or a refused login is one line naming the setting
+    (``broker.ssl_cafile``, ``broker.sasl_username``…) before anything else starts, instead of
+    aiokafka's "Unable to bootstrap" from the first client that tries.
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, connection: KafkaConnection | None = None, probe_timeout_s: float = 10.0
+    ) -> None:
         if not bootstrap_servers:
             raise ConfigError("broker.bootstrap_servers is required for an external broker")
         self.bootstrap_servers = bootstrap_servers
+        self.connection = connection
+        self.probe_timeout_s = probe_timeout_s
 
     def start(self) -> str:
+        connection = self.connection
+        if connection is not None and (connection.uses_tls or connection.uses_sasl):
+            connection.check()
+            _run_coroutine(connection.probe(self.probe_timeout_s))
         return self.bootstrap_servers
+
+
+def _run_coroutine(coroutine: Any) -> Any:
+    """Run ``coroutine`` to its end from synchronous code, also when the caller is inside an event loop."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-probe") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def make_provider(config: BrokerConfig, log_dir: str | Path | None = None) -> BrokerProvider:
     if config.provider == "external":
-        return ExternalBroker(config.bootstrap_servers)
+        return ExternalBroker(config.bootstrap_servers, config.connection(config.bootstrap_servers))
     if config.provider == "docker":
         return DockerKafka()
     return EmbeddedBroker(log_dir=log_dir)

@@ -121,6 +121,7 @@ class ResultCollector:
         self._next_reset_check = time.monotonic() + 1.0
         try:
             cluster = await self._reader.cluster_id()
+            await self._reader.take_new_partitions()  # a rebuilt topic may have gained some
         except (KafkaError, BrokerError):
             return False  # broker away right now; look again later
         if not cluster or cluster == self._cluster:

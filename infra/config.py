@@ -101,6 +101,9 @@ class BrokerConfig:
     """Embedded provider only: ``tierflow up`` warns when the broker's resident memory nears and
     passes this many MB (0: never). The embedded broker keeps every record in memory with no
     retention, so a long run grows until the machine runs out; the warning says so in time."""
+    drain_s: float = 30.0
+    """Embedded provider only: on Ctrl-C or SIGTERM, how long ``tierflow up`` keeps the stages running to
+    finish what the broker holds before it stops the broker (which forgets it); 0 stops at once."""
 
     def connection(self, bootstrap: str) -> KafkaConnection:
         """How clients reach the broker at ``bootstrap`` with these TLS and SASL settings."""
@@ -259,10 +262,12 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         fetch_max_wait_ms=b.number("fetch_max_wait_ms", int, 10, 0, 60_000),
         replication_factor=b.number("replication_factor", int, 1, 1, 16),
         memory_warn_mb=b.number("memory_warn_mb", int, 2048, 0, 1 << 24),
+        drain_s=b.number("drain_s", float, 30.0, 0.0, 86_400.0),
     )
     b.finish()
     if broker.provider == "external" and not broker.bootstrap_servers:
         raise ConfigError("broker.bootstrap_servers is required when broker.provider = 'external'")
+    broker.connection(broker.bootstrap_servers).check()  # TLS and SASL settings that cannot work, by key
 
     r = root.table("ray")
     ray = RayConfig(address=r.get("address", str, ""), num_cpus=r.number("num_cpus", int, 0, 0, 100_000))

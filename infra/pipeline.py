@@ -267,11 +267,14 @@ class Pipeline:
             await self._stop_actor(actor, run, timeout_s=30)
 
     async def _stop_actor(self, actor: Any, run: Any, timeout_s: float) -> None:
-        with contextlib.suppress(RayError):
-            await actor.stop.remote()
+        """Ask, wait at most ``timeout_s`` for the batch in flight, then kill: every wait here is bounded,
+        so a replica that hangs cannot keep ``stop()`` (and the demo) from returning."""
+        with contextlib.suppress(RayError, asyncio.TimeoutError):
+            await asyncio.wait_for(actor.stop.remote(), timeout=timeout_s)
         with contextlib.suppress(RayError, asyncio.TimeoutError):
             await asyncio.wait_for(run, timeout=timeout_s)
-        ray.kill(actor, no_restart=True)
+        with contextlib.suppress(RayError):
+            ray.kill(actor, no_restart=True)
 
     async def stop(self, timeout_s: float = 30.0) -> None:
         """Graceful stop of every replica (finish, commit, leave group), then kill leftovers."""

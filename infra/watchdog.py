@@ -10,6 +10,7 @@ to resubmit (see ``ResultCollector.broker_resets``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from topics.admin import cluster_id, ensure_topics
+from topics.admin import cluster_id, ensure_topics, partition_counts
 from topics.errors import BrokerError
 
 log = logging.getLogger("tierflow.watchdog")
@@ -58,4 +59,16 @@ class BrokerWatchdog:
         what = f"{len(missing)} topics ({missing[0]}…)" if missing else f"its data (new cluster id {cluster})"
         log.warning("broker lost %s: data is gone; recreating the topics and rewinding the stages", what)
         await ensure_topics(self.kafka, self.partitions, self.replication)
+        with contextlib.suppress(KafkaError, BrokerError):
+            counts = await partition_counts(self.kafka, sorted(self.partitions))
+            for topic, count in counts.items():
+                if count != self.partitions[topic]:
+                    # a client's metadata request made the new broker create it with its default count
+                    log.warning(
+                        "%s came back with %d partitions, not the configured %d (a client asked for it before "
+                        "it was rebuilt); every stage and the client read them all, nothing is lost",
+                        topic,
+                        count,
+                        self.partitions[topic],
+                    )
         return True

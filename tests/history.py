@@ -85,17 +85,23 @@ def consumer_groups(config: Config) -> dict[str, list[str]]:
 
 
 async def total_lag(kafka: dict[str, Any], config: Config) -> int:
-    """Records not yet committed by their stage, over every group (no group is joined to ask)."""
+    """Records not yet committed by their stage, over every group (no group is joined to ask).
+
+    Ends are high watermarks from a fetch: Tansu's ListOffsets answer can trail the records.
+    """
+    from topics.reader import TopicReader
+
     lag = 0
     counts = config.partitions()
-    for group, topics in consumer_groups(config).items():
+    groups = consumer_groups(config)
+    every = sorted({TopicPartition(t, p) for topics in groups.values() for t in topics for p in range(counts[t])})
+    async with TopicReader(kafka, sorted({tp.topic for tp in every})) as reader:
+        ends = await reader.high_watermarks(every)
+    for group, topics in groups.items():
         consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
-            partitions = [TopicPartition(t, p) for t in topics for p in range(counts[t])]
-            consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
-            for tp in partitions:
+            for tp in (TopicPartition(t, p) for t in topics for p in range(counts[t])):
                 lag += max(0, ends[tp] - (await consumer.committed(tp) or 0))
         finally:
             await consumer.stop()

@@ -41,6 +41,20 @@ async def ensure_topics(
         await admin.close()
 
 
+async def partition_counts(client_options: Mapping[str, Any], topics: list[str]) -> dict[str, int]:
+    """How many partitions each of ``topics`` has on the broker (topics it lacks are left out)."""
+    admin = AIOKafkaAdminClient(**client_options)
+    try:
+        await admin.start()
+        present = set(await admin.list_topics())
+        described = await admin.describe_topics([t for t in topics if t in present]) if present else []
+        return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+    except KafkaError as exc:
+        raise BrokerError(f"could not describe topics: {exc}") from exc
+    finally:
+        await admin.close()
+
+
 async def delete_topics(client_options: Mapping[str, Any], names: list[str]) -> None:
     """Delete ``names`` that exist (the embedded broker keeps everything in memory)."""
     admin = AIOKafkaAdminClient(**client_options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -161,12 +162,58 @@ class TopicReader:
         wanted = list(self.assigned if partitions is None else partitions)
         return {tp: int(offset) for tp, offset in (await self._consumer.beginning_offsets(wanted)).items()}
 
+    async def high_watermarks(
+        self, partitions: Iterable[TopicPartition], timeout_s: float = 5.0
+    ) -> dict[TopicPartition, int]:
+        """The end of each partition as a fetch reports it (its high watermark); reassigns, as :meth:`read_ranges`.
+
+        Tansu's ListOffsets answer is no end to count by: with several batches in a partition it
+        reported 1 where a fetch found 160 records. Every fetch response carries the true high
+        watermark, so one small fetch per partition, from just below the reported end, settles
+        it. A partition no fetch answered for within ``timeout_s`` keeps the reported end.
+        """
+        wanted = list(partitions)
+        if not wanted:
+            return {}
+        reported = await self.end_offsets(wanted)
+        beginnings = await self.beginning_offsets(wanted)
+        self._consumer.assign(wanted)
+        for tp in wanted:
+            self._consumer.seek(tp, max(beginnings[tp], reported[tp] - 1))
+        marks: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(marks) < len(wanted) and time.monotonic() < deadline:
+            await self._consumer.getmany(*(tp for tp in wanted if tp not in marks), timeout_ms=100, max_records=1)
+            marks |= {tp: mark for tp in wanted if (mark := self._consumer.highwater(tp)) is not None}
+        self._consumer.pause(*wanted)
+        return {tp: marks.get(tp, reported[tp]) for tp in wanted}
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._consumer.seek(partition, offset)
 
     async def rewind(self) -> None:
-        """Read every assigned partition again from its beginning (the broker lost its data)."""
+        """Read every partition again from its beginning (the broker lost its data), new ones included."""
+        await self.take_new_partitions()
         await self._consumer.seek_to_beginning(*self.assigned)
+
+    async def take_new_partitions(self) -> list[TopicPartition]:
+        """Assign, from their beginning, partitions the broker's metadata shows beyond those assigned.
+
+        A rebuilt topic can have more partitions than before: a client's metadata request for a
+        topic that is missing makes the broker create it with its default count (Tansu: 4) before
+        the deployment's own creation runs. Records keyed there would go unread by an assignment
+        made at start. Reads cached metadata only (no request); returns the partitions added.
+        """
+        added = []
+        for topic in self.topics:
+            known = {tp.partition for tp in self.assigned if tp.topic == topic}
+            cached = self._consumer.partitions_for_topic(topic) or set()
+            added += [TopicPartition(topic, p) for p in sorted(cached - known)]
+        if added:
+            self.assigned = self.assigned + added
+            self._consumer.assign(self.assigned)
+            await self._consumer.seek_to_beginning(*added)
+        return added
 
     async def cluster_id(self) -> str:
         """The broker's cluster id (see ``topics.admin.cluster_id``)."""

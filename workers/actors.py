@@ -85,9 +85,14 @@ def build_handler(spec: StageSpec, context: StageContext) -> Handler[Any]:
 def build_loop(spec: StageSpec) -> StageLoop[Any]:
     config = spec.deployment
     handler = build_handler(spec, StageContext(config))
+    # The client id names the replica in the broker's logs (and lets a fault test's proxy single it out).
+    # Each incarnation gets its own (the pid): Tansu lost a record when a replacement replica reused the
+    # client id of the one it replaced.
+    client_id = f"{config.namespace}.{spec.pool}.{spec.replica}.{os.getpid()}"
+    kafka = {**config.kafka.options(), "client_id": client_id}
     return StageLoop(
         handler,
-        config.kafka.options(),
+        kafka,
         config.layout.dlq,
         group_id=f"{config.namespace}.{spec.pool}",
         layout=config.layout,
@@ -155,7 +160,7 @@ class StageActor:
     def rewind(self) -> None:
         """The broker lost its data: read the rebuilt topics from their beginning."""
         if self._event_loop is not None and self.loop is not None:
-            self._event_loop.call_soon_threadsafe(self.loop.request_rewind)
+            self._event_loop.call_soon_threadsafe(self.loop.request_broker_check)
 
     @ray.method(concurrency_group="control")
     def node_id(self) -> str:

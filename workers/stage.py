@@ -24,7 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from topics.errors import DecodeError
+from topics.admin import cluster_id
+from topics.errors import BrokerError, DecodeError
 from topics.messages import DeadLetter
 from topics.names import TopicLayout
 from topics.produce import produce_all
@@ -111,6 +112,9 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.loop.stats.assigned = sorted((tp.topic, tp.partition) for tp in self.loop.assignment())
+        # A broker that lost its data makes every member rejoin: look before the next fetch (not here:
+        # seeking waits for the fetcher, which a rebalance in progress may hold up)
+        self.loop.request_broker_check(assigned=True)
 
 
 def resident_mb() -> float:
@@ -157,7 +161,12 @@ class StageLoop(Generic[M]):
         self.idle = asyncio.Event()
         self.idle.set()
         self._stopping = asyncio.Event()
-        self._rewind = False
+        self._broker_id = ""
+        """Cluster id of the broker the consumer's positions and commits refer to ("" until known)."""
+        self._check_broker = False
+        self._assigned_since_check = False
+        self._rejoin_pending = False
+        """A new broker was noticed outside an assignment: the next assignment rewinds again."""
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self.telemetry = StageTelemetry(handler.stage, layout)
@@ -190,6 +199,8 @@ class StageLoop(Generic[M]):
             await self._producer.start()
             self._consumer.subscribe(self.handler.topics(), listener=_DrainOnRevoke(self))
             await self._consumer.start()
+            with contextlib.suppress(KafkaError, BrokerError):
+                self._broker_id = self._broker_id or await cluster_id(self._consumer._client)
             self.telemetry.open()
             while not self._stopping.is_set():
                 await self._poll_once()
@@ -199,10 +210,60 @@ class StageLoop(Generic[M]):
             self.telemetry.close()
         return self.stats
 
-    def request_rewind(self) -> None:
-        """Read every assigned partition from its beginning again: the broker lost its data and the
-        topics were rebuilt empty, so the old positions point past their ends."""
-        self._rewind = True
+    def request_broker_check(self, assigned: bool = False) -> None:
+        """Look at the broker before the next fetch, and rewind if it is a new one (see :meth:`rewind_if_new_broker`).
+
+        Asked by the watchdog, and at every assignment (``assigned``); cheap to ask often: a
+        replica that already rewound for that broker does nothing.
+        """
+        self._check_broker = True
+        self._assigned_since_check |= assigned
+
+    async def rewind_if_new_broker(self) -> bool:
+        """Read every assigned partition from its beginning when the broker is a new one; True if it did.
+
+        A memory broker that restarted has rebuilt topics whose offsets start at 0 again,
+        while this consumer may still hold positions from the old one, and, before it
+        rejoined, may even have committed them into the new broker's empty group: fetching
+        from those would silently skip every record below them. The cluster id changes
+        only with a new broker. Noticed between assignments (the watchdog asked while this
+        replica still had its old membership), the assignment that follows — the rejoin,
+        whose positions come from such commits — rewinds once more. Every rewind commits
+        the beginnings at once, so no stale commit outlives it. Records read twice are the
+        idempotent sink's to drop.
+        """
+        assert self._consumer is not None
+        at_assignment, self._assigned_since_check = self._assigned_since_check, False
+        try:
+            current = await asyncio.wait_for(cluster_id(self._consumer._client), timeout=self.drain_timeout_s)
+        except (KafkaError, BrokerError, TimeoutError):
+            self._check_broker = True  # unreachable now: look again before a later fetch
+            self._assigned_since_check |= at_assignment
+            return False
+        if not self._broker_id or not current:
+            self._broker_id = self._broker_id or current
+            return False
+        new_broker = current != self._broker_id
+        if not new_broker and not (self._rejoin_pending and at_assignment):
+            return False
+        assigned = self._consumer.assignment()
+        if new_broker:
+            log.warning("%s: the broker is a new one (cluster id %s): reading from the start", self.group_id, current)
+            self._broker_id = current
+            self._rejoin_pending = not at_assignment
+        elif at_assignment:
+            self._rejoin_pending = False
+        if not assigned:
+            self._rejoin_pending = True  # nothing to rewind yet: the next assignment does it
+            return False
+        try:
+            await self._consumer.seek_to_beginning(*assigned)
+        except KafkaError:  # the assignment moved meanwhile: the rebalance's own assignment rewinds
+            self._rejoin_pending = True
+            return False
+        with contextlib.suppress(KafkaError):
+            await self._consumer.commit({tp: await self._consumer.position(tp) for tp in assigned})
+        return True
 
     def request_stop(self) -> None:
         """Stop fetching; the batch in flight finishes and commits first. Safe to call twice."""
@@ -221,10 +282,9 @@ class StageLoop(Generic[M]):
 
     async def _poll_once(self) -> None:
         assert self._consumer is not None
-        if self._rewind:
-            self._rewind = False
-            if self._consumer.assignment():
-                await self._consumer.seek_to_beginning(*self._consumer.assignment())
+        if self._check_broker:
+            self._check_broker = False
+            await self.rewind_if_new_broker()
         fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=200, max_records=self.max_batch))
         stop = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)

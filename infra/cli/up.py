@@ -8,11 +8,16 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from infra.cli.common import Subparsers, note
 from infra.config import Config, load_config, with_policy_file
+from infra.drain import DrainResult, drain, split_lag
+from topics.errors import TierflowError
+
+if TYPE_CHECKING:
+    from infra.pipeline import Pipeline
 
 EMBEDDED_MB_PER_MILLION = 6000.0
 """Resident memory the embedded broker gains per million requests of the simulated portfolio run by the
@@ -25,6 +30,8 @@ EMBEDDED_MB_PER_MILLION_AT_FULL_SPEED = 3000.0
 """The same at full speed (~3,000 requests/s, batches of hundreds): ``broker_memory.py --pipeline``."""
 WARN_SHARE = 0.8
 """Share of ``broker.memory_warn_mb`` at which ``tierflow up`` first warns, early enough to plan."""
+DRAIN_NOTE_EVERY_S = 5.0
+"""How often a drain says how much is left."""
 NOT_WARNED, WARNED_NEAR, WARNED_PAST = 0, 1, 2
 """What :func:`memory_warning` has said so far: nothing, "nearing the bound", "past it"."""
 
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from workers.controller_actor import resolve_keys
 
     provider = make_provider(config.broker)
-    ray_started = False
+    ray_started, outcome = False, None
     try:
         bootstrap = provider.start()
         note(
@@ -73,27 +80,42 @@ def run(args: argparse.Namespace) -> int:
             names = ", ".join(config.control.keys.values())
             note(f"no control key set ({names}): budget commands will be refused")
         ray_started = start_ray(config.ray)
-        asyncio.run(_serve(config, bootstrap, args.status_every, broker_rss))
+        drain_s = config.broker.drain_s if broker_rss is not None else 0.0  # only a broker that forgets
+        outcome = asyncio.run(_serve(config, bootstrap, args.status_every, broker_rss, drain_s))
     finally:
         stop_ray(ray_started)
         provider.stop()
-    return 0
+    return 1 if outcome is not None and (outcome.requests_unfinished or outcome.unwritten or outcome.error) else 0
 
 
 async def _serve(
-    config: Config, bootstrap: str, status_every: float, broker_rss: Callable[[], float | None] | None = None
-) -> None:
-    """Run the pipeline; every ``status_every`` print the counters and check the embedded broker's memory."""
+    config: Config,
+    bootstrap: str,
+    status_every: float,
+    broker_rss: Callable[[], float | None] | None = None,
+    drain_s: float = 0.0,
+) -> DrainResult | None:
+    """Run the pipeline until Ctrl-C or SIGTERM; every ``status_every`` print the counters and check the
+    embedded broker's memory. With ``drain_s``, finish what the broker holds before the stages stop
+    (a second signal stops at once) and return how far that got."""
+    from infra.broker import kafka_options
     from infra.pipeline import Pipeline
 
-    stop = asyncio.Event()
+    stop, stop_now = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            stop_now.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     pipeline = Pipeline(config, bootstrap)
     try:
         await pipeline.start()
-        note("pipeline ready; Ctrl-C stops it")
+        after = f" (after finishing what the broker holds, up to {drain_s:g} s)" if drain_s else ""
+        note(f"pipeline ready; Ctrl-C stops it{after}")
         warned = NOT_WARNED
         while not stop.is_set():
             try:
@@ -104,8 +126,49 @@ async def _serve(
                 message, warned = memory_warning(rss, config.broker.memory_warn_mb, warned)
                 if message:
                     note(message)
+        if drain_s <= 0:
+            return None
+        outcome = await _drain(pipeline, config, kafka_options(config.broker, bootstrap), drain_s, stop_now)
+        note(outcome.summary())
+        return outcome
     finally:
         await pipeline.stop()
+
+
+async def _drain(
+    pipeline: Pipeline, config: Config, kafka: dict[str, Any], drain_s: float, stop_now: asyncio.Event
+) -> DrainResult:
+    """Keep the stages running until the broker holds nothing unfinished, ``drain_s`` passed, or ``stop_now``."""
+    from infra.status.reader import StatusReader
+
+    note(
+        f"stopping: finishing what the embedded broker holds (up to {drain_s:g} s, broker.drain_s); "
+        "requests sent from now on may go unanswered; Ctrl-C again stops at once"
+    )
+    reader = StatusReader(kafka, config)
+    try:
+        await reader.start()
+    except TierflowError as exc:
+        return DrainResult(False, 0.0, error=f"cannot read what is left ({exc})")
+    noted = 0.0
+
+    def progress(waited: float, lag: Mapping[str, int]) -> None:
+        nonlocal noted
+        if waited - noted >= DRAIN_NOTE_EVERY_S:
+            noted = waited
+            unfinished, unwritten = split_lag(lag)
+            note(f"draining: {sum(unfinished.values()):,} requests unfinished, {unwritten:,} results unwritten")
+
+    async def read_lag() -> Mapping[str, int]:
+        return (await reader.lag())[0]
+
+    async def consumed() -> int:
+        return sum(r.get("consumed", 0) for replicas in (await pipeline.stats()).values() for r in replicas)
+
+    try:
+        return await drain(read_lag, consumed, drain_s, stop_now=stop_now, on_progress=progress)
+    finally:
+        await reader.stop()
 
 
 def status_line(stats: dict[str, list[dict[str, Any]]], broker_mb: float | None = None) -> str:

@@ -11,8 +11,8 @@ brokers (no Ray, no consumer group joined, nothing committed):
   committed offset on a partition counts that partition from its beginning. Committed
   offsets are read by a plain consumer created with the group id that never subscribes
   (Tansu's admin OffsetFetch reply cannot be parsed by aiokafka's admin client); end
-  offsets are what the broker reports (Tansu may report the base offset of its last
-  batch plus one rather than the high watermark).
+  offsets are the high watermarks a fetch reports (Tansu's ListOffsets answer can trail
+  the records by whole batches: see ``TopicReader.high_watermarks``).
 * ``<ns>.control`` — the newest ControllerReport, the newest PolicyUpdate and the last
   few ControlReplies, read backwards from the end; only those the controller signed with a
   key in ``[control] public_keys`` (the rest are counted as unsigned).
@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from infra.config import Config
@@ -65,6 +66,17 @@ def stage_pools(config: Config) -> dict[str, list[str]]:
     if config.results_path:
         pools["sink"] = [layout.results]
     return pools
+
+
+@dataclass(frozen=True, slots=True)
+class _Offsets:
+    """One read of the deployment's offsets, and the lag computed from them."""
+
+    partitions: dict[str, list[Partition]]
+    ends: dict[Partition, int]
+    starts: dict[Partition, int]
+    lag: dict[str, int]
+    uncommitted: list[str]
 
 
 class StatusReader:
@@ -160,15 +172,30 @@ class StatusReader:
             raise self._no_namespace()  # the topics went away since the reader started
         return {topic: [(tp.topic, tp.partition) for tp in tps] for topic, tps in found.items()}
 
-    async def _collect(self, window_s: float, now: float) -> Snapshot:
+    async def lag(self) -> tuple[dict[str, int], list[str]]:
+        """Lag per stage pool, and the pools that have committed nothing on a partition holding records.
+
+        Only offsets are read (no records): ``tierflow up`` asks this every half second while it drains.
+        """
+        from aiokafka.errors import KafkaError
+
+        try:
+            reader = await self._reader()
+            offsets = await asyncio.wait_for(self._offsets(reader), self.timeout_s)
+        except TimeoutError as exc:
+            raise BrokerError(f"no offsets from {self._bootstrap} within {self.timeout_s:g}s") from exc
+        except KafkaError as exc:
+            raise BrokerError(f"reading offsets failed: {exc}") from exc
+        return offsets.lag, offsets.uncommitted
+
+    async def _offsets(self, reader: TopicReader) -> _Offsets:
         from aiokafka import TopicPartition
 
-        reader = await self._reader()
         layout = self.config.layout
         pool_topics = {t for topics in self.pools.values() for t in topics}
         partitions = await self._partitions(reader, sorted(pool_topics | {layout.results, layout.control}))
         every = [TopicPartition(*tp) for tps in partitions.values() for tp in tps]
-        ends = {(tp.topic, tp.partition): o for tp, o in (await reader.end_offsets(every)).items()}
+        ends = {(tp.topic, tp.partition): o for tp, o in (await reader.high_watermarks(every)).items()}
         starts = {(tp.topic, tp.partition): o for tp, o in (await reader.beginning_offsets(every)).items()}
 
         pools = {pool: [tp for t in topics for tp in partitions[t]] for pool, topics in self.pools.items()}
@@ -179,11 +206,17 @@ class StatusReader:
             consumer.assign(assigned)
             consumer.pause(*assigned)  # never fetch: this consumer only asks for committed offsets
             committed[pool] = {tp: await consumer.committed(TopicPartition(*tp)) for tp in tps}
+        lag = lag_totals(pools, ends, committed, starts)
+        return _Offsets(partitions, ends, starts, lag, uncommitted(pools, committed, ends, starts))
 
+    async def _collect(self, window_s: float, now: float) -> Snapshot:
+        reader = await self._reader()
+        layout = self.config.layout
+        o = await self._offsets(reader)
         results, bad, truncated = await self._read_results(
-            reader, partitions[layout.results], ends, starts, now - window_s
+            reader, o.partitions[layout.results], o.ends, o.starts, now - window_s
         )
-        control = await self._read_control(reader, partitions[layout.control], ends, starts)
+        control = await self._read_control(reader, o.partitions[layout.control], o.ends, o.starts)
         return Snapshot(
             namespace=self.config.namespace,
             bootstrap=self._bootstrap,
@@ -191,8 +224,8 @@ class StatusReader:
             at=now,
             window_s=window_s,
             results=results,
-            lag=lag_totals(pools, ends, committed, starts),
-            uncommitted=uncommitted(pools, committed, ends, starts),
+            lag=o.lag,
+            uncommitted=o.uncommitted,
             control=control,
             undecodable_results=bad,
             truncated=truncated,

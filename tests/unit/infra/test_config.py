@@ -107,3 +107,45 @@ def test_broker_memory_warning_bound_is_a_finite_whole_number_of_mb(value: objec
         parse_config({"tiers": [TIER], "broker": {"memory_warn_mb": value}})
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("broker", "message"),
+    [
+        (
+            {"security_protocol": "SSL", "ssl_cafile": "/no/such/ca.pem"},
+            "broker.ssl_cafile: cannot read /no/such/ca.pem",
+        ),
+        ({"ssl_cafile": "/no/such/ca.pem"}, "broker.ssl_cafile is set but broker.security_protocol = 'PLAINTEXT'"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI"}, "broker.sasl_mechanism must be one of PLAIN"),
+        (
+            {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256"},
+            "broker.sasl_username is required",
+        ),
+        ({"sasl_username": "svc"}, "broker.sasl_username is set but broker.security_protocol = 'PLAINTEXT'"),
+    ],
+)
+def test_tls_and_sasl_settings_that_cannot_work_fail_at_load_naming_the_key(
+    broker: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"tiers": [TIER], "broker": broker})
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_complete_sasl_ssl_broker_config_loads(tmp_path: Path) -> None:
+    from ...tls_material import make_ca
+
+    ca = make_ca(tmp_path)
+    broker = {
+        "provider": "external",
+        "bootstrap_servers": "k1:9093",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": "svc",
+        "sasl_password_env": "KAFKA_PW",
+        "ssl_cafile": str(ca.path),
+    }
+    config = parse_config({"tiers": [TIER], "broker": broker})
+    assert config.broker.connection("k1:9093").uses_tls and config.broker.connection("k1:9093").uses_sasl
