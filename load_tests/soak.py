@@ -75,7 +75,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
@@ -85,8 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from infra.broker import EmbeddedBroker, kafka_options
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config, load_config_or_portfolio
-from infra.status.reader import stage_pools
-from infra.status.stats import lag_totals
+from infra.status.reader import StatusReader
 from load_tests.broker_memory import CpuWatch, fit_line
 from load_tests.chaos import rss_mb
 from load_tests.pipeline_throughput import VALUE_BYTES, _busy_ticks, _descendants, _text
@@ -98,7 +96,8 @@ from topics.messages import Request, Result
 DEFAULT_JSON = "load_tests/results/soak.json"
 SAMPLE_EVERY_S = 10.0
 PACE_HZ = 50
-"""Send ticks per second: ``rate / 50`` requests per tick, each tick acknowledged before the next."""
+"""Default send ticks per second (``--sends-per-s``): ``rate / 50`` requests per tick, each tick
+acknowledged before the next."""
 WARMUP_S = 120.0
 """Samples in the first two minutes (group joins, first allocations, caches filling) are not fitted."""
 SLOPE_GOAL_MB_PER_H = 5.0
@@ -135,51 +134,20 @@ class SoakError(TierflowError):
 
 
 class LagProbe:
-    """Consumer lag per stage pool, defined as ``tierflow status`` defines it.
-
-    The pools and their topics come from ``infra.status.reader.stage_pools`` and the sums from
-    ``infra.status.stats.lag_totals``; the offsets are read as :class:`~infra.status.reader.StatusReader`
-    reads them (one plain consumer per group that assigns and pauses its partitions, never joining
-    the group), but without the status snapshot's walk back through the results and control topics,
-    which would cost this driver seconds of CPU per sample an hour into a run.
-    """
+    """Consumer lag per stage pool, exactly as ``tierflow status`` reads it (offsets only, no records:
+    :meth:`infra.status.reader.StatusReader.lag`, high watermarks minus committed offsets)."""
 
     def __init__(self, kafka: Mapping[str, Any], config: Config) -> None:
-        counts = config.partitions()
-        self.kafka = dict(kafka)
-        self.namespace = config.namespace
-        self.pools = {
-            pool: [(topic, p) for topic in topics for p in range(counts[topic])]
-            for pool, topics in stage_pools(config).items()
-        }
-        self._consumers: dict[str, AIOKafkaConsumer] = {}
+        self._reader = StatusReader(kafka, config)
 
     async def start(self) -> None:
-        for pool, tps in self.pools.items():
-            consumer = AIOKafkaConsumer(**self.kafka, group_id=f"{self.namespace}.{pool}", enable_auto_commit=False)
-            self._consumers[pool] = consumer
-            await consumer.start()
-            partitions = [TopicPartition(*tp) for tp in tps]
-            consumer.assign(partitions)
-            consumer.pause(*partitions)  # only asks for offsets; never fetches a record
+        await self._reader.start()
 
     async def stop(self) -> None:
-        consumers, self._consumers = list(self._consumers.values()), {}
-        for consumer in consumers:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+        await self._reader.stop()
 
     async def lag(self) -> dict[str, int]:
-        ends: dict[tuple[str, int], int] = {}
-        starts: dict[tuple[str, int], int] = {}
-        committed: dict[str, dict[tuple[str, int], int | None]] = {}
-        for pool, tps in self.pools.items():
-            consumer = self._consumers[pool]
-            partitions = [TopicPartition(*tp) for tp in tps]
-            ends |= {(tp.topic, tp.partition): o for tp, o in (await consumer.end_offsets(partitions)).items()}
-            starts |= {(tp.topic, tp.partition): o for tp, o in (await consumer.beginning_offsets(partitions)).items()}
-            committed[pool] = {(tp.topic, tp.partition): await consumer.committed(tp) for tp in partitions}
-        return lag_totals(self.pools, ends, committed, starts)
+        return (await self._reader.lag())[0]
 
 
 @dataclass
@@ -251,11 +219,17 @@ async def collect_results(collector: ResultCollector, tally: Tally, stop: asynci
 
 
 async def send_steady(
-    producer: RequestProducer, tally: Tally, rate: float, seconds: float, stop: asyncio.Event, text: str
+    producer: RequestProducer,
+    tally: Tally,
+    rate: float,
+    seconds: float,
+    stop: asyncio.Event,
+    text: str,
+    pace_hz: float = PACE_HZ,
 ) -> dict[str, float]:
     """Send ``rate`` requests a second for ``seconds`` (or until ``stop``), stamped when sent.
 
-    Every tick (``PACE_HZ`` a second) sends what the clock says is due, at most a second's worth,
+    Every tick (``pace_hz`` a second) sends what the clock says is due, at most a second's worth,
     each batch acknowledged before the next: a slow acknowledgement is caught up rather than lost
     from the rate, and how far the sender ever fell behind is returned.
     """
@@ -275,7 +249,7 @@ async def send_steady(
                 [Request(id=tally.request_id(i), input=text, created_at=stamp) for i in range(first, first + count)]
             )
             tally.sent = first + count
-        next_tick = max(next_tick + 1.0 / PACE_HZ, time.monotonic())
+        next_tick = max(next_tick + 1.0 / pace_hz, time.monotonic())
         await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
     return {"sent": tally.sent, "seconds": time.monotonic() - started, "max_behind_s": behind}
 
@@ -583,6 +557,7 @@ class Options:
     fail_on_slope: bool
     run_dir: str
     abort_on_stall_s: float
+    sends_per_s: float = PACE_HZ
 
 
 async def soak(config: Config, broker: EmbeddedBroker, options: Options, console: Console) -> dict[str, Any]:
@@ -633,7 +608,7 @@ async def soak(config: Config, broker: EmbeddedBroker, options: Options, console
             if options.abort_on_stall_s > 0
             else None
         )
-        sending = await send_steady(producer, tally, options.rate, seconds, stop_traffic, text)
+        sending = await send_steady(producer, tally, options.rate, seconds, stop_traffic, text, options.sends_per_s)
         stop_traffic.set()
         stalled_since = await watchdog if watchdog is not None else None
         sent = int(sending["sent"])
@@ -732,6 +707,7 @@ async def soak(config: Config, broker: EmbeddedBroker, options: Options, console
         "dead_letter_reasons": dict(dead_reasons),
         "broker_resets": broker_resets,
         "rate": options.rate,
+        "sends_per_s": options.sends_per_s,
         "minutes": options.minutes,
         "achieved_rate_rps": round(achieved, 1),
         "sending_s": round(sending["seconds"], 1),
@@ -870,6 +846,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="the request text (default 0)")
     parser.add_argument(
+        "--sends-per-s",
+        type=float,
+        default=PACE_HZ,
+        metavar="HZ",
+        help=f"produce requests in this many acknowledged sends a second (default {PACE_HZ}); the embedded "
+        "broker's fetches slow down once a partition holds ~20,000 batches, so a long run wants few",
+    )
+    parser.add_argument(
         "--fail-on-slope", action="store_true", help="exit 1 when a stage's RSS slope misses the 5 MB/h goal"
     )
     parser.add_argument(
@@ -892,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--drain-timeout must be >= 0" if not args.drain_timeout >= 0 else "",
         "--warmup must be >= 0" if args.warmup is not None and not args.warmup >= 0 else "",
         "--abort-on-stall must be >= 0" if not args.abort_on_stall >= 0 else "",
+        "--sends-per-s must be > 0" if not args.sends_per_s > 0 else "",
     ]
     if any(problems):
         print(f"soak: {next(p for p in problems if p)}", file=sys.stderr)
@@ -909,6 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail_on_slope=args.fail_on_slope,
         abort_on_stall_s=args.abort_on_stall,
         run_dir=args.run_dir,
+        sends_per_s=args.sends_per_s,
     )
     # A log file or a pipe gets wide lines (one per sample) rather than rich's 80 columns.
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)

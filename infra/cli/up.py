@@ -28,6 +28,10 @@ so this is the figure for a laptop's trickle; at full speed it is half (``..._AT
 warning's "room left" uses this one: it errs towards warning early."""
 EMBEDDED_MB_PER_MILLION_AT_FULL_SPEED = 3000.0
 """The same at full speed (~3,000 requests/s, batches of hundreds): ``broker_memory.py --pipeline``."""
+EMBEDDED_BATCHES_PER_PARTITION = 20_000
+"""Batches one partition of the embedded broker holds before a fetch takes a second or more (0.33 s at
+20,000, 5 s at 25,000, over 20 s at 30,000: ``load_tests/broker_batches.py``). Every acknowledged send
+and every stage batch adds one batch per partition it touches, so small frequent sends reach it first."""
 WARN_SHARE = 0.8
 """Share of ``broker.memory_warn_mb`` at which ``tierflow up`` first warns, early enough to plan."""
 DRAIN_NOTE_EVERY_S = 5.0
@@ -196,7 +200,8 @@ def embedded_broker_note(bound_mb: int) -> str:
     return (
         "embedded broker: in memory, no retention, for a laptop, tests and demos — use an external Kafka "
         f"cluster for anything that must outlive this process; ~{EMBEDDED_MB_PER_MILLION_AT_FULL_SPEED:,.0f} to "
-        f"{EMBEDDED_MB_PER_MILLION:,.0f} MB per million requests (more when they come slowly), {watch}"
+        f"{EMBEDDED_MB_PER_MILLION:,.0f} MB per million requests (more when they come slowly), {watch}; "
+        f"its fetches slow to seconds once a partition holds ~{EMBEDDED_BATCHES_PER_PARTITION:,} batches"
     )
 
 

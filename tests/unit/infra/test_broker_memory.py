@@ -81,6 +81,7 @@ def test_the_start_line_says_what_the_embedded_broker_is_for() -> None:
     assert "external Kafka cluster" in line and "MB per million requests" in line and "2,048 MB" in line
     assert f"{EMBEDDED_MB_PER_MILLION_AT_FULL_SPEED:,.0f} to {EMBEDDED_MB_PER_MILLION:,.0f} MB per million" in line
     assert "warning off" in embedded_broker_note(0)
+    assert "fetches slow to seconds once a partition holds ~20,000 batches" in line
     assert "\n" not in line
 
 
