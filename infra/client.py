@@ -9,7 +9,6 @@ counts raw duplicates separately so the repeats stay visible.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,6 +27,11 @@ from workers.stage import PRODUCER_BATCH_BYTES
 from workers.telemetry import new_trace_headers
 
 log = logging.getLogger("tierflow.client")
+
+RESUBMIT_QUIET_S = 10.0
+"""After a broker lost its data: seconds without any result before still-missing requests are resubmitted again."""
+RESUBMIT_ROUNDS = 3
+"""How often, at most, those are resubmitted again after one loss."""
 
 
 class RequestProducer:
@@ -126,11 +130,13 @@ class ResultCollector:
             return False  # broker away right now; look again later
         if not cluster or cluster == self._cluster:
             return False
+        try:
+            await self._reader.rewind()
+        except KafkaError:
+            return False  # still at the old positions: rewinding is retried at the next look, not skipped
         log.warning("the broker is a new one (cluster id %s, was %s): its data is gone", cluster, self._cluster)
         self._cluster = cluster
         self.broker_resets += 1
-        with contextlib.suppress(KafkaError):
-            await self._reader.rewind()
         return True
 
     def _take(self, topic: str, value: bytes) -> str | None:
@@ -169,17 +175,42 @@ class ResultCollector:
         """Poll until every id has a result or a dead letter, the timeout, or ``stop``; return the missing ids.
 
         With ``resubmit``, a broker that lost its data is noticed and the ids still missing are handed to
-        it, so no request the client holds is silently dropped.
+        it, so no request the client holds is silently dropped. After such a loss, ids still unanswered
+        when no result has come for ``RESUBMIT_QUIET_S`` are handed over again (at most
+        ``RESUBMIT_ROUNDS`` times): the stages rewind to the rebuilt topics, but a record can still slip
+        past a stage in the confusion of a broker restart, and the client is the one that knows what is
+        unanswered. A healthy broker never triggers either: both wait for a real loss.
         """
         deadline = time.monotonic() + timeout_s
         missing = set(ids) - self.collected.results.keys() - self.collected.dead_ids
+        resubmitted_at: float | None = None
+        rounds = 0
         while True:
             settled = await self.poll()
+            now = time.monotonic()
             if on_progress and settled:
                 on_progress(len(settled))
             missing.difference_update(settled)
+            if settled and resubmitted_at is not None:
+                resubmitted_at = now  # still answering: quiet is measured from the last result
             if resubmit is not None and missing and await self.lost_broker_data():
                 log.warning("the broker lost its data: resubmitting %d unanswered requests", len(missing))
                 await resubmit(set(missing))
+                resubmitted_at, rounds = now, 0
+            elif (
+                resubmit is not None
+                and missing
+                and resubmitted_at is not None
+                and rounds < RESUBMIT_ROUNDS
+                and now - resubmitted_at > RESUBMIT_QUIET_S
+            ):
+                rounds += 1
+                log.warning(
+                    "%d resubmitted requests still unanswered after %.0f s without a result: resubmitting them again",
+                    len(missing),
+                    RESUBMIT_QUIET_S,
+                )
+                await resubmit(set(missing))
+                resubmitted_at = now
             if not missing or time.monotonic() > deadline or (stop is not None and stop.is_set()):
                 return missing

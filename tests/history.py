@@ -194,3 +194,26 @@ def delivered_counts(path: str) -> Counter[str]:
     file = Path(path)
     lines = file.read_text().splitlines() if file.exists() else []
     return Counter(json.loads(line)["id"] for line in lines)
+
+
+async def where_are(kafka: dict[str, Any], config: Config, ids: Collection[str]) -> dict[str, dict[str, int]]:
+    """For a failing test's message: how often each id's msgpack string occurs in each of the deployment's
+    topics, over every partition the broker has (a rebuilt topic can have more than configured)."""
+    import msgspec
+
+    from topics.reader import TopicReader
+
+    layout = config.layout
+    topics = sorted(config.partitions())
+    needles = {i: msgspec.msgpack.encode(i) for i in ids}
+    found: dict[str, Counter[str]] = {i: Counter() for i in ids}
+    async with TopicReader(kafka, [layout.requests]) as reader:
+        every = [tp for tps in (await reader.topic_partitions(topics)).values() for tp in tps]
+        ends = await reader.high_watermarks(every)
+        records = await reader.read_ranges({tp: (0, None) for tp in every if ends[tp]}, ends)
+    for tp, rows in records.items():
+        for row in rows:
+            for i, needle in needles.items():
+                if needle in (row.value or b""):
+                    found[i][f"{tp.topic.removeprefix(config.namespace + '.')}[{tp.partition}]"] += 1
+    return {i: dict(counter) for i, counter in found.items()}

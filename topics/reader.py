@@ -202,13 +202,14 @@ class TopicReader:
         A rebuilt topic can have more partitions than before: a client's metadata request for a
         topic that is missing makes the broker create it with its default count (Tansu: 4) before
         the deployment's own creation runs. Records keyed there would go unread by an assignment
-        made at start. Reads cached metadata only (no request); returns the partitions added.
+        made at start. Asks the broker (one metadata request: a consumer's cached metadata may be
+        minutes old); returns the partitions added.
         """
         added = []
+        found = await self.topic_partitions(self.topics)
         for topic in self.topics:
             known = {tp.partition for tp in self.assigned if tp.topic == topic}
-            cached = self._consumer.partitions_for_topic(topic) or set()
-            added += [TopicPartition(topic, p) for p in sorted(cached - known)]
+            added += [tp for tp in found.get(topic, []) if tp.partition not in known]
         if added:
             self.assigned = self.assigned + added
             self._consumer.assign(self.assigned)

@@ -14,7 +14,7 @@ import pytest
 from infra.client import ResultCollector
 from topics import Status
 
-from ..history import check_history, total_lag
+from ..history import check_history, total_lag, where_are
 from .conftest import WAIT_S, running, sim_tier, simulated_config
 from .helpers import await_delivered, make_requests, send_and_await_some, send_and_collect
 
@@ -205,6 +205,7 @@ async def test_a_restarted_broker_is_detected_topics_rebuilt_and_held_requests_r
                     await producer.send_many([by_id[i] for i in sorted(ids)])
 
                 missing = await collector.wait_for(set(by_id), WAIT_S, resubmit=resubmit)
+                where = await where_are(kafka, config, sorted(missing)[:5]) if missing else {}
                 delivered = await await_delivered(config, set(by_id) - answered_before)
                 watchdog_resets = pipeline.watchdog.resets
             finally:
@@ -213,10 +214,11 @@ async def test_a_restarted_broker_is_detected_topics_rebuilt_and_held_requests_r
     finally:
         broker.stop()
     # the client notices (the broker has a new cluster id), rebuilds the topics if the pipeline's watchdog has
-    # not yet, and resubmits what it still held; the watchdog notices too, even when the client rebuilt first
+    # not yet, and resubmits what it still held (again, for what stays unanswered 10 s without any result);
+    # the watchdog notices too, even when the client rebuilt first
     assert collector.broker_resets == 1 and resubmitted, "the client noticed once and resubmitted what it held"
     assert watchdog_resets >= 1, "the watchdog noticed the new broker and rewound the stages"
-    assert not missing, f"{len(missing)} requests silently dropped"
+    assert not missing, f"{len(missing)} requests silently dropped; found in: {where}"
     assert len(delivered) == len(set(delivered)), "the sink never delivers an id twice"
     # A result the client had already read but the sink had not yet consumed vanished with the broker: the
     # client holds it, the sink never sees it. Only those may be absent from the sink.
