@@ -16,7 +16,7 @@ from infra.client import RequestProducer
 from topics import Request
 
 from .conftest import running, simulated_config
-from .helpers import send_and_collect
+from .helpers import await_delivered, send_and_collect
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
@@ -60,6 +60,8 @@ async def test_console_telemetry_has_one_trace_per_request_and_no_request_text(
         finally:
             await producer.stop()
         collector = await send_and_collect(config, kafka, requests, also={"p-poison"})
+        # the client reads results as the sink does: a loaded machine can leave the sink behind it
+        await await_delivered(config, {r.id for r in requests})
     # Pipeline.stop waits for every replica's run to return, and a run flushes its telemetry on the way out.
 
     assert set(collector.collected.results) == {r.id for r in requests}
