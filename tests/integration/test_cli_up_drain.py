@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli_up_send import _wait_for_line
+from .test_cli_up_send import _ready, _wait_for_line
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +52,10 @@ def _up_with_a_backlog(tmp_path: Path, requests: int, drain_s: float, latency_ms
         text=True,
     )
     try:
-        seen = _wait_for_line(up, r"pipeline ready", timeout_s=120)
-        bootstrap = re.search(r"--bootstrap (\S+)", "\n".join(seen))
-        assert bootstrap, seen
+        seen, bootstrap = _ready(up)
         lines = "".join(json.dumps({"id": f"d{i}", "input": f"question {i}"}) + "\n" for i in range(requests))
         send = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "send", "--config", str(config), "--bootstrap", bootstrap.group(1)],
+            [sys.executable, "-m", "infra.cli", "send", "--config", str(config), "--bootstrap", bootstrap],
             input=lines,
             capture_output=True,
             text=True,

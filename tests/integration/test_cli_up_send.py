@@ -66,6 +66,14 @@ def _wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout_s: float) 
     raise AssertionError(f"no line matching {pattern!r}; saw: {seen}")
 
 
+def _ready(up: subprocess.Popen[str]) -> tuple[list[str], str]:
+    """The lines ``up`` printed until its pipeline was ready, and the bootstrap it named."""
+    seen = _wait_for_line(up, r"pipeline ready", timeout_s=120)
+    bootstrap = re.search(r"--bootstrap (\S+)", "\n".join(seen))
+    assert bootstrap, seen
+    return seen, bootstrap.group(1)
+
+
 def _send_wait(config: Path, bootstrap: str, lines: str) -> subprocess.CompletedProcess[str]:
     """``tierflow send --wait`` of ``lines`` (JSONL) against the running pipeline."""
     args = ["send", "--config", str(config), "--bootstrap", bootstrap, "--wait", "--timeout", "60"]
@@ -93,18 +101,16 @@ def test_up_then_send_wait_then_ctrl_c(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        seen = _wait_for_line(up, r"pipeline ready", timeout_s=120)
-        bootstrap = re.search(r"--bootstrap (\S+)", "\n".join(seen))
-        assert bootstrap, seen
+        _, bootstrap = _ready(up)
         lines = "".join(json.dumps({"id": f"q{i}", "input": f"question {i}"}) + "\n" for i in range(20))
-        send = _send_wait(config, bootstrap.group(1), lines)
+        send = _send_wait(config, bootstrap, lines)
         assert send.returncode == 0, send.stderr
         got = [json.loads(line) for line in send.stdout.splitlines()]
         assert [r["id"] for r in got] == [f"q{i}" for i in range(20)]
         assert all(r["status"] == "ok" and r["path"][0] == "small" for r in got)
 
         big = {"id": "big", "input": "x" * 6000}
-        send = _send_wait(client_config, bootstrap.group(1), "".join(json.dumps(x) + "\n" for x in (GOOD, big)))
+        send = _send_wait(client_config, bootstrap, "".join(json.dumps(x) + "\n" for x in (GOOD, big)))
         assert send.returncode == 1, send.stderr
         assert [json.loads(line)["id"] for line in send.stdout.splitlines()] == ["fits"]
         assert "stdin:2: request 'big' ended as a dead letter at the router (too_large: " in send.stderr, send.stderr
