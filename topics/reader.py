@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from topics.admin import cluster_id
 from topics.errors import BrokerError
+from topics.pacing import FetchPacer
 
 log = logging.getLogger("tierflow.reader")
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -46,7 +47,8 @@ class TopicReader:
     ``partitions`` gives each topic's partition count when the caller knows it (the
     deployment's own topics); otherwise it is asked from the broker, and a topic the
     broker does not have is a :class:`BrokerError` naming it. ``start()`` and
-    ``stop()`` are safe to call twice.
+    ``stop()`` are safe to call twice. After 5 s without a record, fetches wait
+    ``idle_fetch_wait_ms`` instead of ``fetch_max_wait_ms`` (``topics/pacing.py``).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class TopicReader:
         start_at: Literal["beginning", "end"] = "beginning",
         partitions: Mapping[str, int] | None = None,
         fetch_max_wait_ms: int = 20,
+        idle_fetch_wait_ms: int = 200,
     ) -> None:
         self.topics = tuple(topics)
         self.start_at = start_at
@@ -70,6 +73,7 @@ class TopicReader:
             "fetch_max_wait_ms": fetch_max_wait_ms,
         }
         self._client: AIOKafkaConsumer | None = None
+        self._pacer = FetchPacer(fetch_max_wait_ms, idle_fetch_wait_ms)
 
     @property
     def _consumer(self) -> AIOKafkaConsumer:
@@ -123,7 +127,9 @@ class TopicReader:
     async def poll(self, timeout_ms: int = 200, max_records: int = 1000) -> list[Record]:
         """What is available now (waiting up to ``timeout_ms``), in order within each partition."""
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return [record for records in batches.values() for record in records]
+        records = [record for records in batches.values() for record in records]
+        self._pacer.observe(self._consumer, len(records))
+        return records
 
     async def follow(self, handle: Callable[[Record], Awaitable[Any] | Any], timeout_ms: int = 200) -> None:
         """Hand every record to ``handle`` until cancelled; a failed fetch is logged and retried."""

@@ -99,6 +99,8 @@ def build_loop(spec: StageSpec) -> StageLoop[Any]:
         max_batch=config.limits.max_batch,
         session_timeout_ms=config.session_timeout_ms,
         fetch_max_wait_ms=config.fetch_max_wait_ms,
+        idle_fetch_wait_ms=config.idle_fetch_wait_ms,
+        commit_interval_ms=config.commit_interval_ms,
         max_payload_bytes=config.limits.max_payload_bytes,
         max_rss_mb=config.limits.max_rss_mb,
     )

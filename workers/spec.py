@@ -115,6 +115,8 @@ class DeploymentSpec:
     results_path: str = ""
     session_timeout_ms: int = 3000
     fetch_max_wait_ms: int = 10
+    idle_fetch_wait_ms: int = 200
+    commit_interval_ms: int = 100
 
     @cached_property
     def layout(self) -> TopicLayout:

@@ -3,8 +3,13 @@
 Delivery is at-least-once: offsets are committed only after everything the batch
 produced is acknowledged, so a crash repeats a hop and never loses one (sinks are
 idempotent on request id). In-flight work is bounded by ``max_batch``: the loop
-does not fetch the next batch before the current one is committed. A record that
+does not fetch the next batch before the current one is acknowledged. A record that
 cannot be decoded or validated becomes one dead letter and the offset moves on.
+
+Commits are coalesced: acknowledged offsets are committed at most every
+``commit_interval_ms`` (and always before partitions move, at a rewind and at the
+stop), so at a few dozen batches a second a stage pays the broker one commit per
+interval instead of one per batch; a crash redoes at most that interval's records.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from topics.admin import cluster_id
 from topics.errors import BrokerError, DecodeError
 from topics.messages import DeadLetter
 from topics.names import TopicLayout
+from topics.pacing import FetchPacer
 from topics.produce import produce_all
 from topics.wire import Message
 from workers.telemetry import Headers, StageTelemetry, passthrough, stage_span, tracing_enabled
@@ -90,7 +96,10 @@ class Handler(ABC, Generic[M]):
 class StageStats:
     consumed: int = 0
     committed: int = 0
-    """Records whose batch was committed (or given up to a rebalance); ``consumed - committed`` is in flight."""
+    """Records whose outputs are acknowledged and whose offsets are committed or due in the next coalesced commit
+    (or that were given up to a rebalance); ``consumed - committed`` is in flight."""
+    commits: int = 0
+    """Commit requests sent: at most one per ``commit_interval_ms`` however many batches."""
     produced: int = 0
     dead_letters: int = 0
     batches: int = 0
@@ -109,6 +118,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.loop.idle.wait(), timeout=self.loop.drain_timeout_s)
+        await self.loop.flush_commits()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.loop.stats.assigned = sorted((tp.topic, tp.partition) for tp in self.loop.assignment())
@@ -140,6 +150,8 @@ class StageLoop(Generic[M]):
         max_batch: int = 64,
         session_timeout_ms: int = 3000,
         fetch_max_wait_ms: int = 10,
+        idle_fetch_wait_ms: int = 0,
+        commit_interval_ms: int = 0,
         max_payload_bytes: int = 1 << 20,
         max_rss_mb: int = 0,
         clock: Callable[[], float] = time.time,
@@ -151,6 +163,11 @@ class StageLoop(Generic[M]):
         self.max_batch = max_batch
         self.session_timeout_ms = session_timeout_ms
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.pacer = FetchPacer(fetch_max_wait_ms, idle_fetch_wait_ms)
+        self.commit_interval_s = commit_interval_ms / 1000
+        self._pending_commit: dict[TopicPartition, int] = {}
+        """Acknowledged offsets not yet committed (coalesced up to ``commit_interval_ms``)."""
+        self._last_commit = 0.0
         self.max_payload_bytes = max_payload_bytes
         self.max_rss_mb = max_rss_mb
         self.over_memory = False
@@ -253,6 +270,7 @@ class StageLoop(Generic[M]):
             self._rejoin_pending = not at_assignment
         elif at_assignment:
             self._rejoin_pending = False
+        self._pending_commit.clear()  # offsets of the old broker: never to be committed into the new one
         if not assigned:
             self._rejoin_pending = True  # nothing to rewind yet: the next assignment does it
             return False
@@ -270,6 +288,7 @@ class StageLoop(Generic[M]):
         self._stopping.set()
 
     async def _close(self) -> None:
+        await self.flush_commits()
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
         with contextlib.suppress(KafkaError):
@@ -295,13 +314,15 @@ class StageLoop(Generic[M]):
         if self.telemetry.lag_due():
             await self.telemetry.refresh_lag(self._consumer)
         records = [record for batch in fetch.result().values() for record in batch]
-        if not records:
-            return
-        self.idle.clear()
-        try:
-            await self._handle_batch(records)
-        finally:
-            self.idle.set()
+        self.pacer.observe(self._consumer, len(records))
+        if records:
+            self.idle.clear()
+            try:
+                await self._handle_batch(records)
+            finally:
+                self.idle.set()
+        if self._pending_commit and time.monotonic() - self._last_commit >= self.commit_interval_s:
+            await self.flush_commits()
 
     async def _handle_batch(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         started = time.perf_counter()
@@ -325,7 +346,7 @@ class StageLoop(Generic[M]):
             await asyncio.sleep(0.5)
             return
         self.telemetry.batch_done(records, out, time.perf_counter() - started)
-        await self._commit(records)
+        self._acknowledged(records)
         if self.max_rss_mb and (rss := resident_mb()) > self.max_rss_mb:
             log.warning("stage %s: %.0f MB resident > max_rss_mb %d: leaving", self.handler.stage, rss, self.max_rss_mb)
             self.over_memory = True
@@ -397,13 +418,25 @@ class StageLoop(Generic[M]):
         records = ((item.topic, item.key.encode(), item.value, item.headers) for item in out)
         self.stats.produced += await produce_all(self._producer, records)
 
-    async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        assert self._consumer is not None
-        offsets: dict[TopicPartition, int] = {}
+    def _acknowledged(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Everything ``records`` produced is acknowledged: their offsets may be committed."""
+        pending = self._pending_commit
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+            pending[tp] = max(pending.get(tp, 0), record.offset + 1)
         self.stats.committed += len(records)  # done either way: committed, or redone by the new owner
+
+    async def flush_commits(self) -> None:
+        """Commit the acknowledged offsets of partitions this replica still holds (a moved one's new owner redoes)."""
+        offsets, self._pending_commit = self._pending_commit, {}
+        self._last_commit = time.monotonic()
+        if self._consumer is None or not offsets:
+            return
+        held = self._consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in held}
+        if not offsets:
+            return
+        self.stats.commits += 1
         try:
             await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:

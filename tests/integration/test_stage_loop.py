@@ -1,0 +1,103 @@
+"""The stage loop against the real broker: coalesced commits and fetch pacing lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from topics import TopicLayout
+from topics.admin import delete_topics, ensure_topics
+from topics.pacing import FetchPacer
+from workers.stage import Handler, Inbound, Outbound, StageLoop
+
+from .conftest import WAIT_S
+
+BUSY_MS, IDLE_MS = 10, 300
+
+
+class Echo(Handler[bytes]):
+    """Copies every record to ``out``."""
+
+    stage = "echo"
+
+    def __init__(self, source: str, out: str) -> None:
+        self.source, self.out = source, out
+
+    def topics(self) -> list[str]:
+        return [self.source]
+
+    def decode(self, raw: bytes) -> bytes:
+        return raw
+
+    async def process(self, batch: Sequence[Inbound[bytes]]) -> list[Outbound]:
+        return [
+            Outbound(self.out, inbound.record.key.decode() if inbound.record.key else "", inbound.message)
+            for inbound in batch
+        ]
+
+
+async def _wait_until(condition: Any, what: str) -> None:
+    for _ in range(int(WAIT_S / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {what} within {WAIT_S:.0f} s")
+
+
+async def _committed(kafka: dict[str, Any], group: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return sum([await consumer.committed(TopicPartition(topic, p)) or 0 for p in range(2)])
+    finally:
+        await consumer.stop()
+
+
+async def test_coalesced_commits_cover_every_acknowledged_batch_and_pacing_idles_and_wakes(
+    kafka: dict[str, Any],
+) -> None:
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    source, out = f"{ns}.in", f"{ns}.out"
+    await ensure_topics(kafka, {source: 2, out: 2})
+    layout = TopicLayout(ns, ("small",))
+    group = f"{ns}.echo"
+    loop = StageLoop(
+        Echo(source, out),
+        kafka,
+        layout.dlq,
+        group_id=group,
+        layout=layout,
+        session_timeout_ms=2000,
+        fetch_max_wait_ms=BUSY_MS,
+        commit_interval_ms=60_000,
+    )
+    loop.pacer = FetchPacer(BUSY_MS, IDLE_MS, idle_after_s=0.5)
+    producer = AIOKafkaProducer(**kafka, acks="all")
+    await producer.start()
+    running = asyncio.create_task(loop.run())
+    try:
+        await _wait_until(lambda: loop.stats.assigned, "an assignment")
+        for round_ in range(3):  # three rounds a moment apart: at least three batches
+            for i in range(20):
+                await producer.send_and_wait(source, f"v{round_}-{i}".encode(), key=f"k{i}".encode())
+            await _wait_until(lambda n=20 * (round_ + 1): loop.stats.committed >= n, "the round acknowledged")
+        assert loop.stats.batches >= 3
+        assert loop.stats.commits <= 1, "one 60 s interval: at most the first batch's commit went out"
+
+        await _wait_until(lambda: loop.pacer.idle, "the idle wait")
+        assert loop._consumer is not None and loop._consumer._fetcher._fetch_max_wait_ms == IDLE_MS
+        await producer.send_and_wait(source, b"after-idle", key=b"k0")
+        await _wait_until(lambda: loop.stats.committed >= 61, "the record sent while idle")
+        assert not loop.pacer.idle and loop._consumer._fetcher._fetch_max_wait_ms == BUSY_MS
+    finally:
+        loop.request_stop()
+        async with asyncio.timeout(WAIT_S):
+            stats = await running
+        await producer.stop()
+    assert stats.consumed == stats.produced == 61 and stats.commit_failures == 0
+    assert await _committed(kafka, group, source) == 61, "the stop commits what the interval held back"
+    await delete_topics(kafka, [source, out])
