@@ -69,7 +69,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +78,18 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
 from infra.broker import EmbeddedBroker, kafka_options
 from infra.client import RequestProducer, ResultCollector
-from infra.config import BrokerConfig, Config, RayConfig, parse_config
+from infra.config import BrokerConfig, Config, RayConfig, load_portfolio, parse_config
+from infra.datasets import Item, load_items
+from load_tests.sustained import SustainedSearch
 from policies.window import percentile_summary
 from topics.admin import delete_topics, ensure_topics
 from topics.errors import BrokerError, TierflowError
 from topics.messages import Request, Result
+from topics.pacing import IDLE_AFTER_S
 from topics.produce import produce_all
 from workers.stage import PRODUCER_BATCH_BYTES
 
@@ -104,8 +109,10 @@ session timeout each, and must not count as throughput."""
 RAW_REPEATS = 3
 """The raw chain is ~10x faster than the pipeline, so one pass lasts seconds and a burst of other
 load on a small machine skews it; it runs this often and reports the median pass."""
-IDLE_S = 3.0
+IDLE_S = 5.0
 """How long each system's CPU is metered with no traffic: the cost of consumers polling empty topics."""
+IDLE_SETTLE_S = IDLE_AFTER_S + 1.0
+"""Quiet time before the pipeline's idle phase is metered: its consumers have switched to the idle wait."""
 HALF_LOAD_S = 15.0
 """How long (c) sends at half rate."""
 PACE_HZ = 50
@@ -244,13 +251,20 @@ class ChainTail:
 
     consumer: AIOKafkaConsumer
     seen: dict[str, set[bytes]] = field(default_factory=dict)
+    latencies_ms: dict[bytes, float] = field(default_factory=dict)
+    """End-to-end latency of each paced record (its value starts with its send time)."""
 
     async def poll(self) -> None:
         batches = await self.consumer.getmany(timeout_ms=200, max_records=1000)
+        now = time.time()
         for records in batches.values():
             for record in records:
                 key = record.key or b""
-                self.seen.setdefault(key.split(b"-", 1)[0].decode(), set()).add(key)
+                prefix = key.split(b"-", 1)[0].decode()
+                self.seen.setdefault(prefix, set()).add(key)
+                if prefix == "half" and key not in self.latencies_ms:
+                    sent = float((record.value or b"0|").split(b"|", 1)[0])
+                    self.latencies_ms[key] = (now - sent) * 1000
 
     async def wait(self, prefix: str, count: int, timeout_s: float) -> float:
         """Poll until ``count`` distinct keys of ``prefix`` arrived; return when (monotonic)."""
@@ -307,8 +321,9 @@ async def measure_raw_chain(broker: EmbeddedBroker, n: int, seed: int, console: 
         tail.consumer.assign(partitions)
         await tail.consumer.seek_to_beginning(*partitions)
 
-        async def send(prefix: str, lo: int, hi: int) -> None:
-            await produce_all(producer, ((topics[0], f"{prefix}-{i}".encode(), value, ()) for i in range(lo, hi)))
+        async def send(prefix: str, lo: int, hi: int, stamped: bool = False) -> None:
+            body = f"{time.time():.6f}|".encode() + value[:-18] if stamped else value  # same length
+            await produce_all(producer, ((topics[0], f"{prefix}-{i}".encode(), body, ()) for i in range(lo, hi)))
 
         with console.status("raw chain: warming up (three group joins)…"):
             await send("warm", 0, WARMUP)
@@ -325,6 +340,13 @@ async def measure_raw_chain(broker: EmbeddedBroker, n: int, seed: int, console: 
                 sender = asyncio.create_task(_send_chunks(functools.partial(send, prefix), n))
                 ended = await _await_with(sender, tail.wait(prefix, n, _wait_bound(n)))
                 runs.append((ended - started, meter.cores()))
+        rate = n / sorted(seconds for seconds, _ in runs)[len(runs) // 2] / 2
+        count = max(1, int(rate * HALF_LOAD_S))
+        with console.status(f"raw chain: {count} records at {rate:.0f}/s (half load)…"):
+            began = time.monotonic()
+            pacer = asyncio.create_task(_pace(lambda lo, hi: send("half", lo, hi, stamped=True), count, rate))
+            await _await_with(pacer, tail.wait("half", count, _wait_bound(count)))  # the tail reads while sent
+            sending = pacer.result() if pacer.done() else time.monotonic() - began
     except KafkaError as exc:
         raise BrokerError(f"raw chain lost the broker: {exc}") from exc
     finally:
@@ -347,11 +369,18 @@ async def measure_raw_chain(broker: EmbeddedBroker, n: int, seed: int, console: 
         "processes": "one OS process per hop (multiprocessing spawn)",
         "cpu_cores": cores,
         "idle_cpu_cores": idle,
+        "half_load": {
+            "target_rps": round(rate, 1),
+            "sent_rps": round(count / sending, 1) if sending > 0 else 0.0,
+            "records": count,
+            "latency_ms": percentile_summary(list(tail.latencies_ms.values())),
+        },
     }
 
 
-async def _idle_cores(pids: dict[str, int]) -> dict[str, float]:
-    """Cores used with no traffic for ``IDLE_S``: the fixed price of polling (``fetch_max_wait_ms``)."""
+async def _idle_cores(pids: dict[str, int], settle_s: float = 0.0) -> dict[str, float]:
+    """Cores used with no traffic for ``IDLE_S`` after ``settle_s``: the fixed price of polling."""
+    await asyncio.sleep(settle_s)
     meter = CpuMeter(pids)
     await asyncio.sleep(IDLE_S)
     return meter.cores()
@@ -455,13 +484,13 @@ class Driver:
         return [found[i] for i in self.ids(phase, count) if i in found]
 
 
-async def _send_paced(driver: Driver, count: int, rate: float) -> float:
-    """Send ``count`` requests at ``rate`` per second in ``PACE_HZ`` ticks; return the sending time."""
+async def _pace(send: Callable[[int, int], Awaitable[None]], count: int, rate: float) -> float:
+    """Send ``count`` items at ``rate`` per second in ``PACE_HZ`` ticks; return the sending time."""
     step = max(1, round(rate / PACE_HZ))
     started = time.monotonic()
     for lo in range(0, count, step):
         await asyncio.sleep(max(0.0, started + lo / rate - time.monotonic()))
-        await driver.send("half", lo, min(count, lo + step))
+        await send(lo, min(count, lo + step))
     return time.monotonic() - started
 
 
@@ -508,7 +537,8 @@ async def measure_pipeline(
                 await driver.settle("warm", WARMUP, READY_S)
             warm = await pipeline.stats()
             pids = {"broker": broker.pid or 0, "driver": os.getpid()} | _stage_pids(warm)
-            idle = await _idle_cores(pids)
+            with console.status(f"pipeline: idle ({IDLE_SETTLE_S:.0f} s to settle, {IDLE_S:.0f} s metered)…"):
+                idle = await _idle_cores(pids, IDLE_SETTLE_S)
             with console.status(f"pipeline: {n} requests at maximum rate…"):
                 meter = CpuMeter(pids)
                 started = time.monotonic()
@@ -524,7 +554,7 @@ async def measure_pipeline(
             count = max(1, int(rate * HALF_LOAD_S))
             with console.status(f"pipeline: {count} requests at {rate:.0f}/s (half load)…"):
                 meter = CpuMeter(pids)
-                sending = await _send_paced(driver, count, rate)
+                sending = await _pace(functools.partial(driver.send, "half"), count, rate)
                 await driver.settle("half", count, _wait_bound(count))
                 half_cores = meter.cores()
             after_half = await pipeline.stats()
@@ -565,6 +595,84 @@ async def measure_pipeline(
     }
 
 
+# --------------------------------------------------------------------------- (d) sustained rate
+
+SUSTAINED_START_RPS = {"simulated": 500.0, "headlines": 25.0}
+"""First rate probed per portfolio; the search doubles from there."""
+
+
+def measure_sustained(
+    portfolio: str, broker: EmbeddedBroker, run_dir: Path, options: SustainedOptions, console: Console
+) -> dict[str, Any]:
+    """Deploy a shipped portfolio as configured (default batch size, one replica per pool) and search (d)."""
+    from infra.demo import prepare_backends  # imports ray: only after the caller set Ray's environment
+
+    config = load_portfolio(portfolio)
+    items = load_items(config.dataset, 2000, seed=1)
+    config = replace(
+        config, namespace=f"bench-{portfolio}-{uuid.uuid4().hex[:8]}", results_path=str(run_dir / f"{portfolio}.jsonl")
+    )
+    config, _ = prepare_backends(config, items[0], console)  # trains and caches models (runs its own event loop)
+    return asyncio.run(_search_sustained(portfolio, config, items, broker, options, console))
+
+
+async def _search_sustained(
+    portfolio: str,
+    config: Config,
+    items: list[Item],
+    broker: EmbeddedBroker,
+    options: SustainedOptions,
+    console: Console,
+) -> dict[str, Any]:
+    from infra.pipeline import Pipeline
+
+    kafka = kafka_options(config.broker, broker.bootstrap)
+    pipeline = Pipeline(config, broker.bootstrap)
+    try:
+        with console.status(f"{portfolio}: starting stage actors on Ray…"):
+            await asyncio.wait_for(pipeline.start(ready_timeout_s=READY_S), timeout=READY_S + 10)
+        producer, collector = RequestProducer(kafka, config.layout), ResultCollector(kafka, config.layout)
+        await collector.start()
+        await producer.start()
+        try:
+            search = SustainedSearch(producer, collector, items, options.probe_s)
+            with console.status(f"{portfolio}: warming up…"):
+                warm = [
+                    Request(id=f"warm-{i}", input=item.text, created_at=time.time())
+                    for i, item in enumerate(items[:WARMUP])
+                ]
+                await producer.send_many(warm)
+                if missing := await collector.wait_for({r.id for r in warm}, READY_S):
+                    raise BenchmarkError(f"{portfolio}: {len(missing)}/{WARMUP} warm-up requests unsettled")
+            start = options.start_rps or SUSTAINED_START_RPS.get(portfolio, 100.0)
+            found = await search.search(start, options.max_probes, console, portfolio)
+        finally:
+            await producer.stop()
+            await collector.stop()
+    finally:
+        with console.status(f"{portfolio}: stopping stage actors…"):
+            await pipeline.stop()
+        with contextlib.suppress(BrokerError):
+            await delete_topics(kafka, config.layout.all_topics())
+    found["config"] = {
+        "max_batch": config.limits.max_batch,
+        "tiers": {
+            tier.name: {"latency_ms": tier.options.get("latency_ms"), "batch_size": tier.batch_size}
+            for tier in config.tiers
+        },
+    }
+    return found
+
+
+@dataclass(frozen=True)
+class SustainedOptions:
+    probe_s: float = 60.0
+    max_probes: int = 6
+    start_rps: float = 0.0
+    """0: the portfolio's ``SUSTAINED_START_RPS``."""
+    portfolios: tuple[str, ...] = ("simulated", "headlines")
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -591,6 +699,20 @@ def summarize(report: dict[str, Any], console: Console) -> None:
         (
             f"latency at half load ({half['sent_rps']:.0f} req/s)",
             f"p50 {lat['p50']:.0f} ms / p95 {lat['p95']:.0f} ms / p99 {lat['p99']:.0f} ms",
+        ),
+        (
+            f"raw chain at half load ({raw['half_load']['sent_rps']:.0f} rec/s)",
+            f"p50 {raw['half_load']['latency_ms']['p50']:.0f} ms / p99 {raw['half_load']['latency_ms']['p99']:.0f} ms"
+            f" (pipeline p50 = {report['half_load_p50_vs_raw']:.1f}x; goal <= 3x)",
+        ),
+        ("idle pipeline, broker included (goal < 0.1)", f"{report['idle_cores']:.2f} cores"),
+        *(
+            (
+                f"sustained, {name} as shipped",
+                f"{found['sustained_rps']:.0f} req/s, p99 {found['sustained_p99_ms'] or 0:.0f} ms"
+                + (f" ({report['sustained_vs_raw']:.2f} x raw; goal >= 0.2)" if name == "simulated" else ""),
+            )
+            for name, found in report["sustained"].items()
         ),
         ("dead letters / raw duplicates", f"{pipe['dead_letters']} / {pipe['raw_duplicates']}"),
     ]
@@ -634,10 +756,22 @@ def _parser() -> argparse.ArgumentParser:
         help=f"records for (a) and requests for (b) (default {DEFAULT_REQUESTS})",
     )
     parser.add_argument("--seed", type=int, default=0, help="payload text, request ids and tier draws (default 0)")
+    parser.add_argument(
+        "--probe-s", type=float, default=60.0, metavar="S", help="seconds per sustained-rate probe (default 60)"
+    )
+    parser.add_argument(
+        "--max-probes", type=int, default=6, metavar="N", help="sustained-rate probes per portfolio (default 6)"
+    )
+    parser.add_argument(
+        "--sustained",
+        default="simulated,headlines",
+        metavar="LIST",
+        help="portfolios whose sustained rate is searched, comma-separated ('' skips; default simulated,headlines)",
+    )
     return parser
 
 
-def run(n: int, seed: int, console: Console) -> dict[str, Any]:
+def run(n: int, seed: int, console: Console, sustained: SustainedOptions) -> dict[str, Any]:
     """All three measurements; everything started here is stopped here, on success or error."""
     run_dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-"))
     broker = EmbeddedBroker(log_dir=run_dir)
@@ -655,15 +789,29 @@ def run(n: int, seed: int, console: Console) -> dict[str, Any]:
         with console.status("starting Ray on 127.0.0.1…"):
             ray_started = start_ray(RayConfig())
         pipe = asyncio.run(measure_pipeline(config, broker, n, seed, console))
+        held = {name: measure_sustained(name, broker, run_dir, sustained, console) for name in sustained.portfolios}
     finally:
         stop_ray(ray_started)
         broker.stop()  # terminates the broker subprocess by its pid (never by name)
     shutil.rmtree(run_dir, ignore_errors=True)  # kept only when a phase failed: the broker log is there
+    idle = pipe["idle_cpu_cores"]
+    simulated, headlines = held.get("simulated", {}), held.get("headlines", {})
     return {
         "raw_chain_rps": raw["rps"],
         "pipeline_rps": pipe["max_rate"]["rps"],
         "ratio": round(pipe["max_rate"]["rps"] / raw["rps"], 3),
         "half_load_latency_ms": {k: pipe["half_load"]["latency_ms"][k] for k in ("p50", "p99")},
+        "raw_half_load_latency_ms": {k: raw["half_load"]["latency_ms"][k] for k in ("p50", "p99")},
+        "half_load_p50_vs_raw": round(
+            pipe["half_load"]["latency_ms"]["p50"] / max(raw["half_load"]["latency_ms"]["p50"], 1e-9), 2
+        ),
+        "idle_cores": round(sum(v for k, v in idle.items() if k not in ("driver", "other", "machine")), 3),
+        "sustained_rps": simulated.get("sustained_rps"),
+        "sustained_p99_ms": simulated.get("sustained_p99_ms"),
+        "sustained_vs_raw": round(simulated["sustained_rps"] / raw["rps"], 3) if simulated else None,
+        "headlines_sustained_rps": headlines.get("sustained_rps"),
+        "headlines_sustained_p99_ms": headlines.get("sustained_p99_ms"),
+        "sustained": held,
         "requests": n,
         "seed": seed,
         "raw_chain": raw,
@@ -695,8 +843,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--requests must be >= 1", file=sys.stderr)
         return 2
     console = Console()
+    portfolios = tuple(name.strip() for name in args.sustained.split(",") if name.strip())
+    sustained = SustainedOptions(args.probe_s, args.max_probes, portfolios=portfolios)
     try:
-        report = run(args.requests, args.seed, console)
+        report = run(args.requests, args.seed, console, sustained)
     except TierflowError as exc:
         print(f"pipeline_throughput: {exc}", file=sys.stderr)
         return 2
