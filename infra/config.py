@@ -96,6 +96,10 @@ class BrokerConfig:
     ssl_cafile: str = ""
     session_timeout_ms: int = 3000
     fetch_max_wait_ms: int = 10
+    idle_fetch_wait_ms: int = 200
+    """The fetch wait of a consumer that has read nothing for 5 s (``topics/pacing.py``); <= fetch_max_wait_ms: off."""
+    commit_interval_ms: int = 100
+    """A stage commits its acknowledged offsets at most this often (0: after every batch)."""
     replication_factor: int = 1
     memory_warn_mb: int = 2048
     """Embedded provider only: ``tierflow up`` warns when the broker's resident memory nears and
@@ -173,6 +177,8 @@ class Config:
             results_path=self.results_path,
             session_timeout_ms=self.broker.session_timeout_ms,
             fetch_max_wait_ms=self.broker.fetch_max_wait_ms,
+            idle_fetch_wait_ms=self.broker.idle_fetch_wait_ms,
+            commit_interval_ms=self.broker.commit_interval_ms,
         )
 
     def partitions(self) -> dict[str, int]:
@@ -259,7 +265,9 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         sasl_password_env=b.get("sasl_password_env", str, ""),
         ssl_cafile=b.get("ssl_cafile", str, ""),
         session_timeout_ms=b.number("session_timeout_ms", int, 3000, 500, 600_000),
-        fetch_max_wait_ms=b.number("fetch_max_wait_ms", int, 10, 0, 60_000),
+        fetch_max_wait_ms=b.number("fetch_max_wait_ms", int, 10, 1, 60_000),
+        idle_fetch_wait_ms=b.number("idle_fetch_wait_ms", int, 200, 0, 60_000),
+        commit_interval_ms=b.number("commit_interval_ms", int, 100, 0, 60_000),
         replication_factor=b.number("replication_factor", int, 1, 1, 16),
         memory_warn_mb=b.number("memory_warn_mb", int, 2048, 0, 1 << 24),
         drain_s=b.number("drain_s", float, 30.0, 0.0, 86_400.0),
