@@ -386,7 +386,7 @@ async def _idle_cores(pids: dict[str, int], settle_s: float = 0.0) -> dict[str, 
     return meter.cores()
 
 
-async def _await_with(sender: asyncio.Task[None], waiting: Awaitable[float]) -> float:
+async def _await_with(sender: asyncio.Task[Any], waiting: Awaitable[float]) -> float:
     """Await ``waiting`` while ``sender`` sends; cancel the sender if waiting fails, else let it finish."""
     try:
         result = await waiting
