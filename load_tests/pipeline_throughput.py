@@ -343,10 +343,9 @@ async def measure_raw_chain(broker: EmbeddedBroker, n: int, seed: int, console: 
         rate = n / sorted(seconds for seconds, _ in runs)[len(runs) // 2] / 2
         count = max(1, int(rate * HALF_LOAD_S))
         with console.status(f"raw chain: {count} records at {rate:.0f}/s (half load)…"):
-            began = time.monotonic()
             pacer = asyncio.create_task(_pace(lambda lo, hi: send("half", lo, hi, stamped=True), count, rate))
             await _await_with(pacer, tail.wait("half", count, _wait_bound(count)))  # the tail reads while sent
-            sending = pacer.result() if pacer.done() else time.monotonic() - began
+            sending = pacer.result()  # _await_with awaited it
     except KafkaError as exc:
         raise BrokerError(f"raw chain lost the broker: {exc}") from exc
     finally:
