@@ -70,6 +70,8 @@ class PreCallPolicy(ABC):
     family: str = "pre-call"
     needs_features: bool = False
     """True when ``route`` reads the query vector (``policies/features.py``); the router computes it."""
+    embedding: str = ""
+    """With ``needs_features``: the query embedding (``policies/features.EMBEDDINGS``) it was fitted on."""
 
     @abstractmethod
     def route(

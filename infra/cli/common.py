@@ -41,6 +41,17 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-fraction", type=float, default=0.5, metavar="F", help="share of items to fit on (default 0.5)"
     )
+    parser.add_argument(
+        "--split-seed", type=int, default=0, metavar="N", help="draw another train/test split (default 0: standard)"
+    )
+    from policies.features import DEFAULT_EMBEDDING, EMBEDDINGS
+
+    parser.add_argument(
+        "--embedding",
+        choices=list(EMBEDDINGS),
+        default=DEFAULT_EMBEDDING,
+        help=f"query embedding the routers read (default {DEFAULT_EMBEDDING}: fast; e5-small-q4: a sentence encoder)",
+    )
 
 
 def split_names(text: str) -> tuple[str, ...]:

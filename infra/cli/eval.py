@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         budgets = tuple(float(b) for b in split_names(args.budget))
     except ValueError as exc:
         raise ConfigError(f"--budget must be comma-separated numbers: {exc}") from exc
-    options = LabOptions(args.trace, args.methods, budgets, split_names(args.tiers), args.train_fraction)
+    options = LabOptions(args.trace, args.methods, budgets, split_names(args.tiers), args.train_fraction,
+                         embedding=args.embedding, split_seed=args.split_seed)  # fmt: skip
     report = evaluate(options, Console(stderr=True))
     print_report(report, Console())
     write_outputs(report, args.json, args.plot, args.md)

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     from infra.lab.evaluate import LabOptions, fit
 
-    options = LabOptions(args.trace, args.method, (), split_names(args.tiers), args.train_fraction)
+    options = LabOptions(args.trace, args.method, (), split_names(args.tiers), args.train_fraction,
+                         embedding=args.embedding, split_seed=args.split_seed)  # fmt: skip
     policy = fit(options, args.method, args.budget, args.target_accuracy, args.out, Console(stderr=True))
     train, test = policy.fitted["train"], policy.fitted["test"]
     print(

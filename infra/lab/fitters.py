@@ -21,6 +21,7 @@ from infra.lab.table import TraceTable
 from policies.base import PostHocPolicy, PreCallPolicy
 from policies.cascades import FrugalGPT, Gatekeeper, LMCascade
 from policies.defaults import CheapestFirst, ConfidenceThreshold
+from policies.features import DEFAULT_EMBEDDING
 from policies.routers import ChainRouter
 from policies.scoring import Calibrator, LinearScorer, answer_signal
 from topics.errors import DataError
@@ -102,6 +103,8 @@ class Method(ABC):
     family: str = "post-hoc"
     reads_queries: bool = False
     """True for methods fitted on the query vectors (the routers): ``eval`` embeds the trace first."""
+    embedding: str = DEFAULT_EMBEDDING
+    """The query embedding a method that reads queries is fitted on (``make_method`` sets it)."""
 
     @abstractmethod
     def prepare(self, train: TraceTable) -> None:

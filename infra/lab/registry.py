@@ -15,6 +15,7 @@ from infra.lab.routing import (
     RouteLLMMF,
     SelectThenRouteMethod,
 )
+from policies.features import DEFAULT_EMBEDDING, check_embedding
 from topics.errors import ConfigError
 
 METHODS: dict[str, type[Method]] = {
@@ -40,10 +41,13 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def make_method(name: str) -> Method:
+def make_method(name: str, embedding: str = DEFAULT_EMBEDDING) -> Method:
+    """The method ``name``; a router among them is fitted on the query embedding ``embedding``."""
     if name not in METHODS:
         raise ConfigError(f"unknown policy {name!r}; known: {', '.join(sorted(METHODS))}, all")
-    return METHODS[name]()
+    method = METHODS[name]()
+    method.embedding = check_embedding(embedding, name)
+    return method
 
 
 def method_names(spec: str) -> list[str]:

@@ -49,7 +49,7 @@ def simulate(
 ) -> list[Outcome]:
     tiers = table.tier_infos()
     index = {name: t for t, name in enumerate(table.tiers)}
-    vectors = query_vectors(table) if pre.needs_features else None
+    vectors = query_vectors(table, pre.embedding) if pre.needs_features else None
     outcomes = []
     for i, (item, rows) in enumerate(zip(table.items, table.rows, strict=True)):
         request = Request(id=item, input=rows[0].input, created_at=0.0)

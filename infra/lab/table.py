@@ -21,8 +21,11 @@ from topics.traces import TraceRow, models_of
 _SPLIT_SALT = b"tierflow-lab-split-v1\x00"
 
 
-def in_train(item_id: str, train_fraction: float) -> bool:
-    digest = hashlib.blake2b(_SPLIT_SALT + item_id.encode("utf-8"), digest_size=8).digest()
+def in_train(item_id: str, train_fraction: float, seed: int = 0) -> bool:
+    """Whether ``item_id`` is in the train split: a hash, so an item keeps its side as a trace grows;
+    ``seed`` > 0 draws another split (to see how much a result owes to the split)."""
+    salt = _SPLIT_SALT + (seed.to_bytes(8, "big") if seed else b"")
+    digest = hashlib.blake2b(salt + item_id.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") < train_fraction * 2**64
 
 
@@ -56,9 +59,9 @@ class TraceTable:
     def subset(self, keep: Sequence[int]) -> TraceTable:
         return TraceTable(self.tiers, tuple(self.items[i] for i in keep), tuple(self.rows[i] for i in keep))
 
-    def split(self, train_fraction: float = 0.5) -> tuple[TraceTable, TraceTable]:
+    def split(self, train_fraction: float = 0.5, seed: int = 0) -> tuple[TraceTable, TraceTable]:
         """(train, test); either empty is a DataError naming the sizes."""
-        train = [i for i, item in enumerate(self.items) if in_train(item, train_fraction)]
+        train = [i for i, item in enumerate(self.items) if in_train(item, train_fraction, seed)]
         chosen = set(train)
         test = [i for i in range(len(self.items)) if i not in chosen]
         if not train or not test:

@@ -210,3 +210,14 @@ def test_routellm_ignores_tiers_dearer_than_its_strong_one() -> None:
     assert set(router.win_rates(x)) == {"a"}
     assert router.share_score(x) == pytest.approx(sigmoid(6.0))
     assert router.route(request(), TIERS, RNG, x).start == "b"
+
+
+def test_a_router_names_the_embedding_it_reads_and_old_files_read_e5() -> None:
+    """Vectors of another featuriser would be noise to a fitted router: the name travels in its params."""
+    clf = heads(("a", "b"), [[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    fitted = HybridLLM(tiers=NAMES, strong="c", tau=0.6, classifier=clf, embedding="ngram-256")
+    assert make_pre_call(fitted.name, fitted.params()).embedding == "ngram-256"
+    legacy = {k: v for k, v in fitted.params().items() if k != "embedding"}
+    assert make_pre_call(fitted.name, legacy).embedding == "e5-small-q4"
+    with pytest.raises(ConfigError, match="reads embedding 'glove'"):
+        make_pre_call(fitted.name, {**fitted.params(), "embedding": "glove"})

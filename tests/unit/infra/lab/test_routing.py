@@ -19,6 +19,7 @@ from infra.lab.routing import (
 from infra.lab.simulate import simulate
 from infra.lab.table import TraceTable
 from infra.recorder import TraceOptions, run_trace
+from policies.features import DEFAULT_EMBEDDING
 from policies.file import load_policy
 from policies.scoring import MatrixFactorisation, Standardiser
 from topics.traces import read_trace
@@ -102,3 +103,10 @@ def test_a_fitted_router_file_decides_like_the_lab(name: str, trace: Path, tmp_p
     direct = simulate(test, *policy.build())
     assert loaded == direct
     assert policy.fitted["train"]["cost"] <= 0.01
+    assert policy.pre_call_params["embedding"] == DEFAULT_EMBEDDING  # the router stage embeds with it
+
+
+def test_another_split_seed_draws_another_split(trace: Path) -> None:
+    table = TraceTable.from_rows(read_trace(trace))
+    standard, other = table.split(0.5)[1], table.split(0.5, seed=1)[1]
+    assert standard.items != other.items and abs(len(standard) - len(other)) < len(table) // 5
