@@ -322,6 +322,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         period_s=c.number("period_s", float, 1.0, 0.05, 3600),
         window_s=c.number("window_s", float, 3.0, 0.5, 86_400),
         report_every_s=c.number("report_every_s", float, 2.0, 0.1, 3600),
+        quiet_report_every_s=c.number("quiet_report_every_s", float, 60.0, 0.1, 86_400),
         step=c.number("step", float, 0.04, 1e-6, 1.0),
     )
     c.finish()

@@ -705,6 +705,10 @@ def summarize(report: dict[str, Any], console: Console) -> None:
             f" (pipeline p50 = {report['half_load_p50_vs_raw']:.1f}x; goal <= 3x)",
         ),
         ("idle pipeline, broker included (goal < 0.1)", f"{report['idle_cores']:.2f} cores"),
+        (
+            f"Ray alone, {report['ray_idle_floor']['actors']} idle actors and its daemons",
+            f"{report['ray_idle_floor_cores']:.2f} cores",
+        ),
         *(
             (
                 f"sustained, {name} as shipped",
@@ -770,6 +774,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def measure_ray_floor(actors: int, console: Console) -> dict[str, Any]:
+    """Idle cores of ``actors`` Ray actors that do nothing, and of Ray's own daemons: the floor under
+    the idle pipeline, which runs one actor process per stage replica and the controller."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Idle:
+        def pid(self) -> int:
+            return os.getpid()
+
+    handles = [Idle.remote() for _ in range(actors)]  # type: ignore[attr-defined]
+    try:
+        pids = {f"idle actor {i}": pid for i, pid in enumerate(ray.get([h.pid.remote() for h in handles]))}
+        with console.status(f"Ray's own floor: {actors} idle actors ({IDLE_S:.0f} s metered)…"):
+            cores = asyncio.run(_idle_cores(pids | {"driver": os.getpid()}, settle_s=2.0))
+    finally:
+        for handle in handles:
+            ray.kill(handle)
+    per_actor = [cores[name] for name in pids]
+    return {"actors": actors, "actors_cores": round(sum(per_actor), 3), "daemons_cores": cores["ours (rest)"],
+            "cores": round(sum(per_actor) + cores["ours (rest)"], 3), "per_process": cores}  # fmt: skip
+
+
 def run(n: int, seed: int, console: Console, sustained: SustainedOptions) -> dict[str, Any]:
     """All three measurements; everything started here is stopped here, on success or error."""
     run_dir = Path(tempfile.mkdtemp(prefix="tierflow-bench-"))
@@ -788,6 +815,8 @@ def run(n: int, seed: int, console: Console, sustained: SustainedOptions) -> dic
         with console.status("starting Ray on 127.0.0.1…"):
             ray_started = start_ray(RayConfig())
         pipe = asyncio.run(measure_pipeline(config, broker, n, seed, console))
+        replicas = [name for name in pipe["idle_cpu_cores"] if "[" in name]  # "router[0]", ...
+        floor = measure_ray_floor(len(replicas) + 1, console)  # the stage replicas and the controller
         held = {name: measure_sustained(name, broker, run_dir, sustained, console) for name in sustained.portfolios}
     finally:
         stop_ray(ray_started)
@@ -805,6 +834,8 @@ def run(n: int, seed: int, console: Console, sustained: SustainedOptions) -> dic
             pipe["half_load"]["latency_ms"]["p50"] / max(raw["half_load"]["latency_ms"]["p50"], 1e-9), 2
         ),
         "idle_cores": round(sum(v for k, v in idle.items() if k not in ("driver", "other", "machine")), 3),
+        "ray_idle_floor_cores": floor["cores"],
+        "ray_idle_floor": floor,
         "sustained_rps": simulated.get("sustained_rps"),
         "sustained_p99_ms": simulated.get("sustained_p99_ms"),
         "sustained_vs_raw": round(simulated["sustained_rps"] / raw["rps"], 3) if simulated else None,

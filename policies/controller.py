@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import msgspec
+
 from policies.budget import (
     Goals,
     LawParams,
@@ -387,6 +389,15 @@ class ControllerCore:
             mu=self.mu,
             pinned=self.pinned,
         )
+
+    def report_due(self, report: ControllerReport, last: ControllerReport | None, every_s: float,
+                   quiet_every_s: float) -> bool:  # fmt: skip
+        """Whether to publish ``report``: every ``every_s`` while the state moves, every ``quiet_every_s``
+        while it equals ``last`` but for its time (each report keeps a control topic's readers busy)."""
+        if last is None:
+            return True
+        unchanged = msgspec.structs.replace(report, at=last.at) == last
+        return report.at - last.at >= (quiet_every_s if unchanged else every_s)
 
     def report(self, now: float) -> ControllerReport:
         return ControllerReport(

@@ -5,7 +5,8 @@ updates restore its state, and commands that arrived after the last one it
 answered are answered now), then follows two streams without a consumer group:
 control (commands) and results (cost, latency, confidence; per-tier load and
 latency from their paths). Every ``period_s`` it runs the law and publishes a new
-PolicyUpdate when thresholds moved; every ``report_every_s`` a ControllerReport.
+PolicyUpdate when thresholds moved; every ``report_every_s`` a ControllerReport (every
+``quiet_report_every_s`` while its state holds still).
 
 Everything it publishes is signed with its Ed25519 key (:class:`~topics.control.ControllerKey`,
 handed over by the deployer like the HMAC keys; Ray keeps constructor arguments for restarts,
@@ -34,6 +35,7 @@ from topics.control import (
     ControlCommand,
     ControllerKey,
     ControllerRecord,
+    ControllerReport,
     ControlRecord,
     TrustedKeys,
     decode_control,
@@ -180,15 +182,15 @@ class ControllerLoop:
 
     async def _tick(self) -> None:
         control = self.config.control
-        next_report = 0.0
+        last: ControllerReport | None = None
         while True:
             now = self.clock()
             update = self.core.step(now)
             record_controller_state(self.core.lam, self.core.mu, self.core.thresholds, self.core.version)
-            report = self.core.report(now) if now >= next_report else None
-            if report is not None:
-                next_report = now + control.report_every_s
-            await self._publish(update, report)
+            report = self.core.report(now)
+            due = self.core.report_due(report, last, control.report_every_s, control.quiet_report_every_s)
+            last = report if due else last
+            await self._publish(update, report if due else None)
             await asyncio.sleep(control.period_s)
 
     async def _publish(self, *messages: ControllerRecord | None) -> None:

@@ -83,6 +83,10 @@ class ControlConfig:
     """The sliding window observed cost, latency and quality are measured over (longer: less noise,
     but more delay in the loop, which makes the law oscillate; 3 s settles in ~15 s at 300 req/s)."""
     report_every_s: float = 2.0
+    """How often the controller reports its state while that state moves (``tierflow status`` reads it)."""
+    quiet_report_every_s: float = 60.0
+    """How often while it holds still (an idle deployment): every reader of the control topic (the
+    routers' and verifiers' policy feeds, the controller) then falls back to its idle fetch wait."""
     step: float = 0.04
     """Largest change of a multiplier per period (the bounded step of the dual ascent)."""
 

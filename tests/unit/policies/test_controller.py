@@ -368,3 +368,17 @@ def test_fuzzed_commands_never_crash_and_only_valid_ones_pass(**kw: object) -> N
             numbers.append(cmd.targets.cost_per_request)
         assert all(math.isfinite(x) and x >= 0 for x in numbers)
         assert all(0 <= v <= 1 for v in (cmd.thresholds or {}).values())
+
+
+def test_reports_slow_down_while_the_state_holds_still_and_resume_when_it_moves() -> None:
+    """An idle deployment publishes a report a minute, not one every 2 s (its control readers can rest)."""
+    c = core()
+    c.step(NOW)
+    last = c.report(NOW)
+    assert c.report_due(last, None, 2.0, 60.0)
+    assert not c.report_due(c.report(NOW + 2.5), last, 2.0, 60.0)  # the same state: not yet
+    assert c.report_due(c.report(NOW + 60.0), last, 2.0, 60.0)
+    reply, _ = c.handle(3, command(targets=Targets(cost_per_request=0.5)), NOW + 1.0)
+    assert reply.accepted
+    assert c.report_due(c.report(NOW + 2.5), last, 2.0, 60.0)  # the state moved: the usual period
+    assert not c.report_due(c.report(NOW + 1.5), last, 2.0, 60.0)
