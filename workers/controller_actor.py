@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from policies.budget import LawParams
-from policies.controller import ControllerCore
+from policies.controller import ControllerCore, report_due
 from topics.control import (
     ControlCommand,
     ControllerKey,
@@ -188,7 +188,7 @@ class ControllerLoop:
             update = self.core.step(now)
             record_controller_state(self.core.lam, self.core.mu, self.core.thresholds, self.core.version)
             report = self.core.report(now)
-            due = self.core.report_due(report, last, control.report_every_s, control.quiet_report_every_s)
+            due = report_due(report, last, control.report_every_s, control.quiet_report_every_s)
             last = report if due else last
             await self._publish(update, report if due else None)
             await asyncio.sleep(control.period_s)

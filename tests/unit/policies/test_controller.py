@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.budget import LawParams
-from policies.controller import ControllerCore, check_command, measure
+from policies.controller import ControllerCore, check_command, measure, report_due
 from topics.control import (
     CommandAction,
     ControlCommand,
@@ -375,10 +375,10 @@ def test_reports_slow_down_while_the_state_holds_still_and_resume_when_it_moves(
     c = core()
     c.step(NOW)
     last = c.report(NOW)
-    assert c.report_due(last, None, 2.0, 60.0)
-    assert not c.report_due(c.report(NOW + 2.5), last, 2.0, 60.0)  # the same state: not yet
-    assert c.report_due(c.report(NOW + 60.0), last, 2.0, 60.0)
+    assert report_due(last, None, 2.0, 60.0)
+    assert not report_due(c.report(NOW + 2.5), last, 2.0, 60.0)  # the same state: not yet
+    assert report_due(c.report(NOW + 60.0), last, 2.0, 60.0)
     reply, _ = c.handle(3, command(targets=Targets(cost_per_request=0.5)), NOW + 1.0)
     assert reply.accepted
-    assert c.report_due(c.report(NOW + 2.5), last, 2.0, 60.0)  # the state moved: the usual period
-    assert not c.report_due(c.report(NOW + 1.5), last, 2.0, 60.0)
+    assert report_due(c.report(NOW + 2.5), last, 2.0, 60.0)  # the state moved: the usual period
+    assert not report_due(c.report(NOW + 1.5), last, 2.0, 60.0)
