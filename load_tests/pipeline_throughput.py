@@ -109,7 +109,7 @@ session timeout each, and must not count as throughput."""
 RAW_REPEATS = 3
 """The raw chain is ~10x faster than the pipeline, so one pass lasts seconds and a burst of other
 load on a small machine skews it; it runs this often and reports the median pass."""
-IDLE_S = 5.0
+IDLE_S = 15.0
 """How long each system's CPU is metered with no traffic: the cost of consumers polling empty topics."""
 IDLE_SETTLE_S = IDLE_AFTER_S + 1.0
 """Quiet time before the pipeline's idle phase is metered: its consumers have switched to the idle wait."""
@@ -182,10 +182,10 @@ class CpuMeter:
         used = {name: (_busy_ticks(pid) - self.ticks[name]) / ticks for name, pid in self.pids.items()}
         rest = sum(max(0, _busy_ticks(pid) - start) for pid, start in self.rest_ticks.items()) / ticks
         machine = (_busy_ticks() - self.machine) / ticks
-        out = {name: round(value, 2) for name, value in used.items()}
-        out["ours (rest)"] = round(rest, 2)
-        out["other"] = round(max(0.0, machine - rest - sum(used.values())), 2)
-        out["machine"] = round(machine, 2)
+        out = {name: round(value, 3) for name, value in used.items()}  # an idle Ray actor uses ~0.008
+        out["ours (rest)"] = round(rest, 3)
+        out["other"] = round(max(0.0, machine - rest - sum(used.values())), 3)
+        out["machine"] = round(machine, 3)
         return out
 
 
