@@ -185,15 +185,17 @@ def _slow_config(tmp_path: Path, latency_ms: float = 20.0) -> Config:
 async def _signal_mid_stream(
     tmp_path: Path, bootstrap: str, kafka: dict[str, Any], pool_name: str, signum: signal.Signals
 ) -> tuple[ResultCollector, Config, Any]:
-    """Stream 300 requests, send ``signum`` to one replica of ``pool_name`` mid-stream, collect everything."""
+    """Stream 250 requests, send ``signum`` to one replica of ``pool_name`` mid-stream, then 50 more (only the
+    replica that replaced or restarted it can read those), and collect everything."""
     config = _slow_config(tmp_path)
     requests = make_requests(300, f"sig{signum.value}")
+    head, tail = requests[:250], requests[250:]
     collector = ResultCollector(kafka, config.layout)
     async with running(config, bootstrap, kafka) as pipeline:
         pool = pipeline.pools[pool_name]
         (stats,) = await pipeline.pool_stats(pool)
-        # Signal early: after 30 results a loaded machine's router had sometimes routed all 300 already.
-        await send_and_await_some(config, kafka, requests, collector, 5)
+        # Signal early: after 30 results a loaded machine's router had sometimes routed all of them already.
+        await send_and_await_some(config, kafka, head, collector, 5)
         os.kill(stats["pid"], signum)
         if signum is signal.SIGTERM:
             # A graceful stop is final for the replica (Ray does not restart it); the pipeline starts another.
@@ -207,6 +209,10 @@ async def _signal_mid_stream(
                     break
                 await asyncio.sleep(0.2)
             assert pool.runs[0] is not old_run, "the pipeline did not replace the departed replica"
+        producer = RequestProducer(kafka, config.layout)
+        await producer.start()
+        await producer.send_many(tail)
+        await producer.stop()
         try:
             missing = await collector.wait_for({r.id for r in requests}, WAIT_S)
         finally:
