@@ -68,7 +68,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ from infra.broker import EmbeddedBroker, kafka_options
 from infra.client import RequestProducer, ResultCollector
 from infra.config import BrokerConfig, Config, RayConfig, load_portfolio, parse_config
 from infra.datasets import Item, load_items
-from load_tests.sustained import SustainedSearch
+from load_tests.sustained import ProbeTarget, SustainedSearch
 from policies.window import percentile_summary
 from topics.admin import delete_topics, ensure_topics
 from topics.errors import BrokerError, TierflowError
@@ -608,23 +608,37 @@ def measure_sustained(
 
     config = load_portfolio(portfolio)
     items = load_items(config.dataset, 2000, seed=1)
-    config = replace(
-        config, namespace=f"bench-{portfolio}-{uuid.uuid4().hex[:8]}", results_path=str(run_dir / f"{portfolio}.jsonl")
-    )
     config, _ = prepare_backends(config, items[0], console)  # trains and caches models (runs its own event loop)
-    return asyncio.run(_search_sustained(portfolio, config, items, broker, options, console))
+    deploy = functools.partial(_fresh_pipeline, portfolio, config, items, broker, run_dir, console)
+    start = options.start_rps or SUSTAINED_START_RPS.get(portfolio, 100.0)
+    found = asyncio.run(
+        SustainedSearch(deploy, items, options.probe_s).search(start, options.max_probes, console, portfolio)
+    )
+    found["config"] = {
+        "max_batch": config.limits.max_batch,
+        "tiers": {
+            tier.name: {"latency_ms": tier.options.get("latency_ms"), "batch_size": tier.batch_size}
+            for tier in config.tiers
+        },
+    }
+    return found
 
 
-async def _search_sustained(
+@contextlib.asynccontextmanager
+async def _fresh_pipeline(
     portfolio: str,
     config: Config,
     items: list[Item],
     broker: EmbeddedBroker,
-    options: SustainedOptions,
+    run_dir: Path,
     console: Console,
-) -> dict[str, Any]:
+    label: str,
+) -> AsyncIterator[ProbeTarget]:
+    """One probe's pipeline: its own namespace (so fresh topics), started, warmed up; stopped and deleted after."""
     from infra.pipeline import Pipeline
 
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    config = replace(config, namespace=namespace, results_path=str(run_dir / f"{label}.jsonl"))
     kafka = kafka_options(config.broker, broker.bootstrap)
     pipeline = Pipeline(config, broker.bootstrap)
     try:
@@ -634,7 +648,6 @@ async def _search_sustained(
         await collector.start()
         await producer.start()
         try:
-            search = SustainedSearch(producer, collector, items, options.probe_s)
             with console.status(f"{portfolio}: warming up…"):
                 warm = [
                     Request(id=f"warm-{i}", input=item.text, created_at=time.time())
@@ -643,8 +656,8 @@ async def _search_sustained(
                 await producer.send_many(warm)
                 if missing := await collector.wait_for({r.id for r in warm}, READY_S):
                     raise BenchmarkError(f"{portfolio}: {len(missing)}/{WARMUP} warm-up requests unsettled")
-            start = options.start_rps or SUSTAINED_START_RPS.get(portfolio, 100.0)
-            found = await search.search(start, options.max_probes, console, portfolio)
+            topics = [topic for topic in config.layout.all_topics() if topic != config.layout.control]
+            yield ProbeTarget(producer, collector, kafka, topics, pipeline.stats)
         finally:
             await producer.stop()
             await collector.stop()
@@ -653,14 +666,6 @@ async def _search_sustained(
             await pipeline.stop()
         with contextlib.suppress(BrokerError):
             await delete_topics(kafka, config.layout.all_topics())
-    found["config"] = {
-        "max_batch": config.limits.max_batch,
-        "tiers": {
-            tier.name: {"latency_ms": tier.options.get("latency_ms"), "batch_size": tier.batch_size}
-            for tier in config.tiers
-        },
-    }
-    return found
 
 
 @dataclass(frozen=True)
