@@ -3,6 +3,11 @@
 The deployer also holds the controller's signing key: it reads the private key from the
 variable ``[control] signing_key_env`` names (or makes an ephemeral pair when there is none),
 hands it to the controller actor alone, and puts the public key into every replica's spec.
+
+Every replica is a named actor (``<namespace>.<pool>.<n>``, see :func:`replica_name`).
+Deployed ``detached`` (by the supervisor), the replicas outlive whoever created them, and
+a deployer that starts again for the same namespace adopts the live ones by name instead
+of starting a second set.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class Pool:
     """The replicas of one stage (router, verifier, sink or one tier's workers)."""
 
     name: str
+    template: StageSpec
+    """What every replica of the pool runs (its replica number aside)."""
     specs: list[StageSpec] = field(default_factory=list)
     actors: list[Any] = field(default_factory=list)
     runs: list[Any] = field(default_factory=list)
@@ -71,6 +78,35 @@ def controller_key(
     raise ConfigError(f'the private key in ${env} matches no [control] public_keys entry: add <id> = "{public}"')
 
 
+def replica_name(namespace: str, pool: str, replica: int) -> str:
+    """The Ray actor name of one stage replica; unique per incarnation (a replacement takes a new number)."""
+    return f"{namespace}.{pool}.{replica}"
+
+
+def live_replicas(namespace: str, pool: str) -> list[int]:
+    """Replica numbers of the named actors of ``pool`` alive in this Ray namespace, in order."""
+    prefix = f"{namespace}.{pool}."
+    numbers = []
+    for name in ray.util.list_named_actors():
+        tail = name[len(prefix) :] if name.startswith(prefix) else ""
+        if tail.isdigit():
+            numbers.append(int(tail))
+    return sorted(numbers)
+
+
+def with_signing_key(config: Config) -> tuple[Config, ControllerKey]:
+    """The config listing the public key of the controller's signing key, and that key (:func:`controller_key`)."""
+    key, public_keys, ephemeral = controller_key(config.control)
+    if ephemeral:
+        log.warning(
+            "policy updates, replies and reports are signed with an ephemeral key; to verify them "
+            'from another process add [control] public_keys = { %s = "%s" }, or set signing_key_env',
+            key.key_id,
+            key.public_key.hex(),
+        )
+    return replace(config, control=replace(config.control, public_keys=public_keys)), key
+
+
 def _left_gracefully(run: Any) -> bool:
     """Whether a finished ``run`` ended with the replica's own graceful exit (``exit_actor`` after SIGTERM)."""
     try:
@@ -83,11 +119,28 @@ def _left_gracefully(run: Any) -> bool:
 
 
 class Pipeline:
-    """All stage pools of one config against one broker; ``stop()`` is safe twice."""
+    """All stage pools of one config against one broker; ``stop()`` is safe twice.
 
-    def __init__(self, config: Config, bootstrap: str) -> None:
+    ``detached``: the replicas and the controller outlive this object's process (the
+    supervisor's deployment), and ``start`` adopts the live ones of the namespace.
+    ``signer`` and ``operator_keys``: the controller's private key (its public key already
+    in ``config``, see :func:`with_signing_key`) and the operators' HMAC secrets, when they
+    were read elsewhere (a supervisor runs where the operator's environment is not).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        bootstrap: str,
+        *,
+        detached: bool = False,
+        signer: ControllerKey | None = None,
+        operator_keys: Mapping[str, bytes] | None = None,
+    ) -> None:
         self.config = config
         self.bootstrap = bootstrap
+        self.detached = detached
+        self.operator_keys = operator_keys
         self.pools: dict[str, Pool] = {}
         self.watchdog = BrokerWatchdog(
             kafka_options(config.broker, bootstrap), config.partitions(), config.broker.replication_factor
@@ -95,7 +148,9 @@ class Pipeline:
         self._watching: asyncio.Task[None] | None = None
         self.controller: Any = None
         self._controller_run: Any = None
-        self._signer: ControllerKey | None = None
+        self._numbered: dict[str, int] = {}
+        """Per pool, the next replica number: a name is never reused, even for a replica still dying."""
+        self._signer: ControllerKey | None = signer
         """The controller's private key, made or read once per Pipeline: a restart keeps signing with it."""
 
     def _plan(self) -> None:
@@ -112,9 +167,12 @@ class Pipeline:
             stages.append(("sink", "", c.sink.replicas, {"num_cpus": c.sink.num_cpus}))
         for kind, tier_name, replicas, options in stages:
             spec = StageSpec(kind, deployment, tier_name)
-            pool = Pool(spec.pool, options=options)
+            pool = Pool(spec.pool, spec, options=options)
             self.pools[pool.name] = pool
-            for replica in range(replicas):
+            # A detached deployment adopts the replicas alive under its names (scaled or replaced ones
+            # included), so a supervisor that starts again never runs a second set.
+            numbers = live_replicas(c.namespace, pool.name) if self.detached else []
+            for replica in numbers or range(replicas):
                 pool.specs.append(StageSpec(kind, deployment, tier_name, replica))
 
     async def start(self, ready_timeout_s: float = 120.0) -> None:
@@ -168,7 +226,8 @@ class Pipeline:
                     continue
                 i = pool.runs.index(ref)
                 ray.kill(pool.actors[i], no_restart=True)
-                actor = StageActor.options(**pool.options).remote(pool.specs[i])  # type: ignore[attr-defined]
+                pool.specs[i] = self._next_spec(pool)
+                actor = self._create(pool, pool.specs[i])
                 pool.actors[i], pool.runs[i] = actor, actor.run.remote()
                 replaced.append(f"{pool.name}[{i}]")
         return replaced
@@ -176,34 +235,43 @@ class Pipeline:
     def _signing_key(self) -> ControllerKey:
         """The controller's key (see :func:`controller_key`); ``self.config`` then lists its public key."""
         if self._signer is None:
-            key, public_keys, ephemeral = controller_key(self.config.control)
-            self.config = replace(self.config, control=replace(self.config.control, public_keys=public_keys))
-            self._signer = key
-            if ephemeral:
-                log.warning(
-                    "policy updates, replies and reports are signed with an ephemeral key; to verify them "
-                    'from another process add [control] public_keys = { %s = "%s" }, or set signing_key_env',
-                    key.key_id,
-                    key.public_key.hex(),
-                )
+            self.config, self._signer = with_signing_key(self.config)
         return self._signer
 
+    def _lifetime(self, name: str) -> dict[str, Any]:
+        """Actor options for a named actor: detached ones are adopted when alive (``get_if_exists``)."""
+        if self.detached:
+            return {"name": name, "lifetime": "detached", "get_if_exists": True}
+        return {"name": name}
+
     def _launch_controller(self) -> None:
-        """The budget controller: one named actor per namespace, keys read here from the environment."""
+        """The budget controller: one named actor per namespace, keys read from the environment unless given."""
+        keys = self.operator_keys if self.operator_keys is not None else resolve_keys(self.config.control)
         self.controller = ControllerActor.options(  # type: ignore[attr-defined]
-            name=controller_name(self.config.namespace), num_cpus=self.config.router.num_cpus
-        ).remote(self.config.runtime(self.bootstrap), resolve_keys(self.config.control), self._signing_key())
+            **self._lifetime(controller_name(self.config.namespace)), num_cpus=self.config.router.num_cpus
+        ).remote(self.config.runtime(self.bootstrap), keys, self._signing_key())
         self._controller_run = self.controller.run.remote()
 
+    def _create(self, pool: Pool, spec: StageSpec) -> Any:
+        name = replica_name(self.config.namespace, pool.name, spec.replica)
+        return StageActor.options(**pool.options, **self._lifetime(name)).remote(spec)  # type: ignore[attr-defined]
+
+    def _next_spec(self, pool: Pool) -> StageSpec:
+        """A spec for a new replica of ``pool``, numbered after every replica it had (names are never reused)."""
+        base = pool.template
+        number = max(self._numbered.get(pool.name, 0), *(s.replica + 1 for s in pool.specs))
+        self._numbered[pool.name] = number + 1
+        return StageSpec(base.kind, base.deployment, base.tier, number)
+
     def _launch(self, pool: Pool, spec: StageSpec) -> None:
-        actor = StageActor.options(**pool.options).remote(spec)  # type: ignore[attr-defined]
+        actor = self._create(pool, spec)
         pool.actors.append(actor)
         pool.runs.append(actor.run.remote())
 
     def _pool_partitions(self, pool: Pool) -> set[tuple[str, int]]:
         counts = self.config.partitions()
         layout = self.config.layout
-        spec = pool.specs[0]
+        spec = pool.template
         topics = {
             "router": [layout.requests],
             "verifier": [layout.answers],
@@ -254,8 +322,7 @@ class Pipeline:
         """Add or remove replicas of a pool at run time (the group rebalances)."""
         pool = self.pools[pool_name]
         while len(pool.actors) < replicas:
-            base = pool.specs[0]
-            spec = StageSpec(base.kind, base.deployment, base.tier, max(s.replica for s in pool.specs) + 1)
+            spec = self._next_spec(pool)
             pool.specs.append(spec)
             self._launch(pool, spec)
         while len(pool.actors) > replicas:

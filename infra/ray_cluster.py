@@ -12,6 +12,9 @@ from infra.config import RayConfig
 from topics.errors import TierflowError
 
 PACKAGES = ("topics", "policies", "workers", "infra")
+RAY_NAMESPACE = "tierflow"
+"""Every driver joins this Ray namespace, so ``tierflow up``, ``down`` and ``status`` find the
+supervisor (and the named replicas) another driver started."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,10 +39,16 @@ def start_ray(config: RayConfig) -> bool:
     try:
         if config.address:
             modules = [str(ROOT / name) for name in PACKAGES]
-            ray.init(address=config.address, runtime_env={"py_modules": modules}, logging_level=logging.WARNING)
+            ray.init(
+                address=config.address,
+                namespace=RAY_NAMESPACE,
+                runtime_env={"py_modules": modules},
+                logging_level=logging.WARNING,
+            )
             return False
         ray.init(
             num_cpus=config.num_cpus or max(4, os.cpu_count() or 1),
+            namespace=RAY_NAMESPACE,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             logging_level=logging.ERROR,  # start-up notices go to Ray's own logs, not the user's terminal

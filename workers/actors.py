@@ -1,20 +1,19 @@
 """Stage pools as Ray actors: each replica runs one StageLoop with its own Kafka clients.
 
-Kafka is the data plane; Ray gives placement, resources and restarts. ``run()`` is
-a long-running actor task: with ``max_restarts`` and ``max_task_retries`` set, a
-killed replica is restarted and its ``run`` resubmitted, resuming from the last
-committed offsets. SIGTERM (or ``stop()``) is a graceful stop: the batch in flight
-finishes and commits, the consumer leaves its group, and the replica exits without
-being restarted.
+Kafka is the data plane; Ray gives placement, resources and restarts. The constructor
+starts the loop on its own thread (:class:`~workers.loop_thread.LoopThread`), so a
+killed replica that Ray restarts (``max_restarts``) resumes from the last committed
+offsets by itself, whoever created it and whether or not its creator still lives;
+``run()`` waits for the loop and returns its counters. SIGTERM (or ``stop()``) is a
+graceful stop: the batch in flight finishes and commits, the consumer leaves its
+group, and the replica exits without being restarted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from policies.base import PostHocPolicy
 from policies.registry import make_post_hoc, make_pre_call
 from topics.errors import ConfigError
 from workers.context import StageContext
+from workers.loop_thread import LoopThread
 from workers.model_worker import ModelWorker
 from workers.policy_feed import PolicyFeed
 from workers.results_sink import ResultsSink
@@ -106,29 +106,23 @@ def build_loop(spec: StageSpec) -> StageLoop[Any]:
     )
 
 
-async def _drive(loop: StageLoop[Any], attach: Callable[[asyncio.AbstractEventLoop], None]) -> StageStats:
-    """Kept outside the actor class: one coroutine method would make Ray run it as an async actor."""
-    attach(asyncio.get_running_loop())
-    return await loop.run()
-
-
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})  # type: ignore[call-overload]  # stubs lack concurrency_groups
 class StageActor:
     """One replica of a stage pool.
 
     A threaded actor on purpose: its constructor runs on the process's main thread,
-    the only one where a SIGTERM handler can be installed (an async actor's cannot),
-    and ``run`` drives its own event loop while ``stop``/``stats`` answer from the
-    ``control`` concurrency group.
+    the only one where a SIGTERM handler can be installed (an async actor's cannot);
+    the loop runs on a thread of its own while ``run``, ``stop`` and ``stats`` answer
+    from Ray's threads.
     """
 
     def __init__(self, spec: StageSpec) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         self.spec = spec
         setup_telemetry(spec.deployment.telemetry, f"tierflow-{spec.pool}")
-        self.loop: StageLoop[Any] | None = None
         self.stopped_by_signal = False
-        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self.loop: StageLoop[Any] = build_loop(spec)
+        self.thread: LoopThread[StageStats] = LoopThread(self.loop.run, name=f"stage-{spec.pool}")
         signal.signal(signal.SIGTERM, self._on_sigterm)
         # Ctrl-C in a terminal reaches the whole process group; the driver owns it and stops
         # the replicas in order, so a replica must not die of it mid-batch.
@@ -140,19 +134,14 @@ class StageActor:
         self._request_stop()
 
     def _request_stop(self) -> None:
-        if self._event_loop is not None and self.loop is not None:
-            self._event_loop.call_soon_threadsafe(self.loop.request_stop)
+        self.thread.call_soon(self.loop.request_stop)
 
     def run(self) -> dict[str, Any]:
-        """Run the stage until stopped; returns its final counters."""
-        self.loop = build_loop(self.spec)
-        stats = asyncio.run(_drive(self.loop, self._attach))
+        """Wait until the stage stops; returns its final counters (or raises what ended it)."""
+        stats = self.thread.join()
         if self.stopped_by_signal or self.loop.over_memory:
             ray.actor.exit_actor()  # for good: the pipeline starts a fresh replica in its place
         return asdict(stats)
-
-    def _attach(self, event_loop: asyncio.AbstractEventLoop) -> None:
-        self._event_loop = event_loop
 
     @ray.method(concurrency_group="control")
     def stop(self) -> None:
@@ -161,8 +150,7 @@ class StageActor:
     @ray.method(concurrency_group="control")
     def rewind(self) -> None:
         """The broker lost its data: read the rebuilt topics from their beginning."""
-        if self._event_loop is not None and self.loop is not None:
-            self._event_loop.call_soon_threadsafe(self.loop.request_broker_check)
+        self.thread.call_soon(self.loop.request_broker_check)
 
     @ray.method(concurrency_group="control")
     def node_id(self) -> str:
@@ -172,8 +160,8 @@ class StageActor:
     @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
         """The loop's counters, plus the policy updates this replica ignored (forged, stale), by reason."""
-        stats = asdict(self.loop.stats) if self.loop else {}
-        feed = getattr(self.loop.handler, "feed", None) if self.loop else None
+        stats = asdict(self.loop.stats)
+        feed = getattr(self.loop.handler, "feed", None)
         ignored = dict(feed.ignored) if isinstance(feed, PolicyFeed) else {}
         return {
             "pool": self.spec.pool,

@@ -45,6 +45,7 @@ from topics.errors import ConfigError, DecodeError
 from topics.messages import Result
 from topics.reader import Record, TopicReader
 from workers.actors import post_hoc_policy
+from workers.loop_thread import LoopThread
 from workers.policy_feed import trusted_keys
 from workers.spec import ControlConfig, DeploymentSpec
 from workers.telemetry import record_controller_state, setup_telemetry
@@ -216,17 +217,13 @@ def _decode(record: Record) -> ControlRecord | DecodeError:
         return exc
 
 
-async def _drive(actor: ControllerActor) -> None:
-    """Outside the class: one coroutine method would make Ray run the actor as an async actor."""
-    actor._event_loop = asyncio.get_running_loop()
-    await actor.loop.run()
-
-
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 2})  # type: ignore[call-overload]  # stubs lack concurrency_groups
 class ControllerActor:
     """The deployment's one budget controller (a named actor); threaded like the stage replicas.
 
     ``keys`` are the operators' HMAC secrets, ``signer`` the controller's own private key.
+    Like a stage replica, it starts its loop in the constructor (so a restarted controller
+    resumes whoever created it); ``run`` waits for the loop.
     """
 
     def __init__(self, config: DeploymentSpec, keys: Mapping[str, bytes], signer: ControllerKey) -> None:
@@ -234,15 +231,15 @@ class ControllerActor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         setup_telemetry(config.telemetry, "tierflow-controller")
         self.loop = ControllerLoop(config, keys, signer)
-        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self.thread: LoopThread[None] = LoopThread(self.loop.run, name="controller")
 
     def run(self) -> None:
-        asyncio.run(_drive(self))
+        """Wait until the controller stops (or raise what ended it)."""
+        self.thread.join()
 
     @ray.method(concurrency_group="control")
     def stop(self) -> None:
-        if self._event_loop is not None:
-            self._event_loop.call_soon_threadsafe(self.loop.request_stop)
+        self.thread.call_soon(self.loop.request_stop)
 
     @ray.method(concurrency_group="control")
     def state(self) -> dict[str, Any]:

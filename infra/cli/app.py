@@ -17,6 +17,7 @@ from typing import Protocol
 import infra.cli.artifacts as artifacts
 import infra.cli.budget as budget
 import infra.cli.demo as demo
+import infra.cli.down as down
 import infra.cli.eval as eval_
 import infra.cli.fit as fit
 import infra.cli.send as send
@@ -37,6 +38,7 @@ class Command(Protocol):
 COMMANDS: dict[str, Command] = {
     "demo": demo,
     "up": up,
+    "down": down,
     "send": send,
     "budget": budget,
     "status": status,

@@ -1,4 +1,13 @@
-"""``tierflow up``: run a config's pipeline until Ctrl-C or SIGTERM, printing counters as it goes."""
+"""``tierflow up``: deploy a config's pipeline through its supervisor and follow it until Ctrl-C or SIGTERM.
+
+The pools belong to the namespace's supervisor (:mod:`infra.supervisor`), not to this
+process: ``up`` starts the supervisor, or attaches to the one already running, and prints
+counters as it goes. Ctrl-C stops a deployment this ``up`` started (draining the embedded
+broker first) and only detaches from one it attached to; ``--detach`` returns once every
+pool is ready. Killed outright, ``up`` takes nothing with it where Ray runs as a cluster
+(``[ray] address``) and the broker outside it; a local Ray and the embedded broker are this
+process's children and end with it.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +18,22 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from infra.cli.common import Subparsers, note
 from infra.config import Config, load_config, with_policy_file
 from infra.drain import DrainResult, drain, split_lag
-from topics.errors import TierflowError
+from topics.errors import ConfigError, TierflowError
 
-if TYPE_CHECKING:
-    from infra.pipeline import Pipeline
+Stats = dict[str, list[dict[str, Any]]]
+READY_S = 150.0
+"""How long ``up`` waits for every pool to be ready (the supervisor's own bound is 120 s)."""
+STATS_TIMEOUT_S = 60.0
+DETACH_NEEDS = (
+    "--detach needs a deployment that outlives this process: set [ray] address to a running Ray cluster and "
+    'use a broker outside it (broker.provider = "external" or "docker"); a local Ray and the embedded broker '
+    "end with tierflow up"
+)
 
 EMBEDDED_MB_PER_MILLION = 6000.0
 """Resident memory the embedded broker gains per million requests of the simulated portfolio run by the
@@ -57,6 +73,12 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--status-every", type=float, default=10.0, metavar="S", help="print counters every S seconds (default 10)"
     )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once every pool is ready and leave the deployment running; tierflow down stops it "
+        "(needs [ray] address and a broker outside this process)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     from workers.controller_actor import resolve_keys
 
     provider = make_provider(config.broker)
+    if args.detach and (isinstance(provider, EmbeddedBroker) or not config.ray.address):
+        raise ConfigError(DETACH_NEEDS)
     ray_started, outcome = False, None
     try:
         bootstrap = provider.start()
@@ -85,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             note(f"no control key set ({names}): budget commands will be refused")
         ray_started = start_ray(config.ray)
         drain_s = config.broker.drain_s if broker_rss is not None else 0.0  # only a broker that forgets
-        outcome = asyncio.run(_serve(config, bootstrap, args.status_every, broker_rss, drain_s))
+        outcome = asyncio.run(_serve(config, bootstrap, args.status_every, broker_rss, drain_s, args.detach))
     finally:
         stop_ray(ray_started)
         provider.stop()
@@ -98,12 +122,13 @@ async def _serve(
     status_every: float,
     broker_rss: Callable[[], float | None] | None = None,
     drain_s: float = 0.0,
+    detach: bool = False,
 ) -> DrainResult | None:
-    """Run the pipeline until Ctrl-C or SIGTERM; every ``status_every`` print the counters and check the
-    embedded broker's memory. With ``drain_s``, finish what the broker holds before the stages stop
-    (a second signal stops at once) and return how far that got."""
+    """Start or attach to the supervisor and follow it until Ctrl-C or SIGTERM; every ``status_every`` print the
+    counters and check the embedded broker's memory. Stopping a deployment this call started: with ``drain_s``,
+    finish what the broker holds first (a second signal stops at once) and return how far that got."""
     from infra.broker import kafka_options
-    from infra.pipeline import Pipeline
+    from infra.supervisor import await_ready, start_supervisor, stop_supervisor
 
     stop, stop_now = asyncio.Event(), asyncio.Event()
 
@@ -115,32 +140,66 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
-    pipeline = Pipeline(config, bootstrap)
+    supervisor, owned = start_supervisor(config, bootstrap)
+
+    async def stats() -> Stats:
+        found: Stats = await asyncio.wait_for(supervisor.stats.remote(), timeout=STATS_TIMEOUT_S)
+        return found
+
     try:
-        await pipeline.start()
-        after = f" (after finishing what the broker holds, up to {drain_s:g} s)" if drain_s else ""
-        note(f"pipeline ready; Ctrl-C stops it{after}")
+        if not owned:
+            _check_attached(await asyncio.wait_for(supervisor.describe.remote(), STATS_TIMEOUT_S), config, bootstrap)
+        await asyncio.to_thread(await_ready, supervisor, READY_S)
+        if detach:
+            owned = False
+            note(f"pipeline ready; detached (tierflow down --config <file> stops namespace {config.namespace})")
+            return None
+        if owned:
+            after = f" (after finishing what the broker holds, up to {drain_s:g} s)" if drain_s else ""
+            note(f"pipeline ready; Ctrl-C stops it{after}")
+        else:
+            note("pipeline ready; Ctrl-C detaches and leaves it running (tierflow down stops it)")
         warned = NOT_WARNED
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=status_every)
             except TimeoutError:
                 rss = broker_rss() if broker_rss is not None else None
-                print(status_line(await pipeline.stats(), rss), file=sys.stderr)
+                print(status_line(await stats(), rss), file=sys.stderr)
                 message, warned = memory_warning(rss, config.broker.memory_warn_mb, warned)
                 if message:
                     note(message)
+        if not owned:
+            note(f"detached; namespace {config.namespace} keeps running (tierflow down stops it)")
+            return None
         if drain_s <= 0:
             return None
-        outcome = await _drain(pipeline, config, kafka_options(config.broker, bootstrap), drain_s, stop_now)
+        outcome = await _drain(stats, config, kafka_options(config.broker, bootstrap), drain_s, stop_now)
         note(outcome.summary())
         return outcome
     finally:
-        await pipeline.stop()
+        if owned:
+            await asyncio.to_thread(stop_supervisor, supervisor)
+
+
+def _check_attached(state: Mapping[str, Any], config: Config, bootstrap: str) -> None:
+    """Attaching is only right to the same broker; a different config is said, not silently followed."""
+    from infra.supervisor import config_digest
+
+    namespace = config.namespace
+    if state["bootstrap"] != bootstrap:
+        raise ConfigError(
+            f"namespace {namespace} already runs against broker {state['bootstrap']}, not {bootstrap}: "
+            "stop it first (tierflow down --config <file>) or use another namespace"
+        )
+    since = time.strftime("%H:%M:%S", time.localtime(state["started_at"]))
+    note(f"attached to the supervisor of namespace {namespace} (running since {since})")
+    if state["digest"] != config_digest(config):
+        note("its config differs from this one, which is not applied: tierflow down, then up, to change it")
 
 
 async def _drain(
-    pipeline: Pipeline, config: Config, kafka: dict[str, Any], drain_s: float, stop_now: asyncio.Event
+    stats: Callable[[], Any], config: Config, kafka: dict[str, Any], drain_s: float, stop_now: asyncio.Event
 ) -> DrainResult:
     """Keep the stages running until the broker holds nothing unfinished, ``drain_s`` passed, or ``stop_now``."""
     from infra.status.reader import StatusReader
@@ -167,7 +226,7 @@ async def _drain(
         return (await reader.lag())[0]
 
     async def consumed() -> int:
-        return sum(r.get("consumed", 0) for replicas in (await pipeline.stats()).values() for r in replicas)
+        return sum(r.get("consumed", 0) for replicas in (await stats()).values() for r in replicas)
 
     try:
         return await drain(read_lag, consumed, drain_s, stop_now=stop_now, on_progress=progress)

@@ -42,7 +42,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess[str], fragment: str
 def test_help_lists_the_commands() -> None:
     proc = _tierflow("--help")
     assert proc.returncode == 0
-    for command in ("demo", "up", "send", "trace", "eval", "fit", "models", "data"):
+    for command in ("demo", "up", "down", "send", "trace", "eval", "fit", "models", "data"):
         assert command in proc.stdout
 
 
@@ -54,6 +54,17 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(CONFIG + "replicas = 0\n")
     _assert_one_line_error(_tierflow("up", "--config", str(path)), "tiers[0].replicas")
+
+
+def test_detach_needs_a_deployment_that_outlives_up(config_file: str, tmp_path: Path) -> None:
+    _assert_one_line_error(_tierflow("up", "--config", config_file, "--detach"), "set [ray] address")
+    embedded_on_a_cluster = tmp_path / "cluster.toml"
+    embedded_on_a_cluster.write_text('[ray]\naddress = "127.0.0.1:9"\n' + CONFIG)
+    _assert_one_line_error(_tierflow("up", "--config", str(embedded_on_a_cluster), "--detach"), "broker outside it")
+
+
+def test_down_needs_a_ray_cluster(config_file: str) -> None:
+    _assert_one_line_error(_tierflow("down", "--config", config_file), "tierflow down needs [ray] address")
 
 
 def test_unknown_portfolio_lists_the_known_ones() -> None:

@@ -1,0 +1,194 @@
+"""The supervisor: one detached, named Ray actor per namespace that owns the deployment.
+
+``tierflow up`` used to hold the pools itself: every replica was owned by the ``up``
+process, so killing it took the pipeline down. The supervisor takes that role, the way
+Ray Serve's controller does: a detached actor named ``<namespace>.supervisor`` that
+deploys every pool and the budget controller as detached, named actors, runs the
+broker watchdog, and replaces replicas that left. ``up`` starts it or attaches to the
+one already running and only follows it, so the driver can die and nothing stops.
+Ray restarts a supervisor that died (``max_restarts``) with the arguments it was
+created with; the restarted one adopts the live replicas by name
+(:func:`~infra.pipeline.live_replicas`) instead of starting a second set.
+
+It needs a Ray that outlives the driver (``[ray] address``): a local Ray started by
+``up`` dies with it, supervisor and all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from infra.config import Config
+from infra.pipeline import Pipeline, with_signing_key
+from topics.control import ControllerKey
+from topics.errors import TierflowError
+from workers.controller_actor import resolve_keys
+from workers.loop_thread import LoopThread
+
+log = logging.getLogger("tierflow.supervisor")
+CALL_TIMEOUT_S = 30.0
+"""Bound on a question to the supervisor's loop (its stats ask every replica, 5 s each at most)."""
+
+
+def supervisor_name(namespace: str) -> str:
+    """The Ray actor name of a namespace's supervisor."""
+    return f"{namespace}.supervisor"
+
+
+def config_digest(config: Config) -> str:
+    """A short fingerprint of a config: an ``up`` that attaches says when it is not the running one's."""
+    return hashlib.sha256(repr(config).encode()).hexdigest()[:12]
+
+
+class SupervisorError(TierflowError):
+    """The supervisor could not deploy the pipeline, or is not there."""
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 4})  # type: ignore[call-overload]  # stubs lack concurrency_groups
+class SupervisorActor:
+    """Deploys and watches one namespace's pipeline from its own thread (see :mod:`workers.loop_thread`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        bootstrap: str,
+        signer: ControllerKey | None,
+        operator_keys: Mapping[str, bytes],
+        digest: str,
+    ) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        with contextlib.suppress(ValueError):  # Ray may construct it off the main thread: no handler there
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.pipeline = Pipeline(config, bootstrap, detached=True, signer=signer, operator_keys=operator_keys)
+        self.digest = digest
+        self.started_at = time.time()
+        self.ready = False
+        self.error = ""
+        self._stopping: asyncio.Event | None = None
+        self.thread: LoopThread[None] = LoopThread(self._main, name="supervisor")
+
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        try:
+            await self.pipeline.start()
+            self.ready = True
+            log.info("supervisor of %s: every pool is ready", self.pipeline.config.namespace)
+            await self._stopping.wait()
+        except TierflowError as exc:
+            self.error = str(exc)
+            log.error("supervisor of %s: %s", self.pipeline.config.namespace, exc)
+        finally:
+            await self.pipeline.stop()
+
+    @ray.method(concurrency_group="control")
+    def wait_ready(self, timeout_s: float) -> dict[str, Any]:
+        """Block until every pool is ready, the deployment failed, or ``timeout_s`` passed."""
+        deadline = time.monotonic() + timeout_s
+        while not (self.ready or self.error or self.thread.done) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self._describe()
+
+    @ray.method(concurrency_group="control")
+    def describe(self) -> dict[str, Any]:
+        """Namespace, broker, state, and the config fingerprint it was started from."""
+        return self._describe()
+
+    def _describe(self) -> dict[str, Any]:
+        state = "failed" if self.error else "ready" if self.ready else "stopped" if self.thread.done else "starting"
+        return {
+            "namespace": self.pipeline.config.namespace,
+            "bootstrap": self.pipeline.bootstrap,
+            "state": state,
+            "error": self.error,
+            "digest": self.digest,
+            "started_at": self.started_at,
+        }
+
+    @ray.method(concurrency_group="control")
+    def stats(self) -> dict[str, list[dict[str, Any]]]:
+        """Every replica's counters, by pool (empty while it is not running)."""
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            return self.thread.run_coroutine(self.pipeline.stats(), CALL_TIMEOUT_S)
+        return {}
+
+    @ray.method(concurrency_group="control")
+    def stop(self, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Stop every replica gracefully (finish the batch, commit, leave) and the controller; then this loop."""
+        self.thread.call_soon(self._request_stop)
+        with contextlib.suppress(Exception):  # an error is in describe(); the stop itself happened
+            self.thread.join(timeout_s)
+        return self._describe()
+
+    def _request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+
+def find_supervisor(namespace: str) -> Any | None:
+    """The running supervisor of ``namespace`` in this Ray namespace, or None."""
+    try:
+        return ray.get_actor(supervisor_name(namespace))
+    except ValueError:
+        return None
+
+
+def start_supervisor(config: Config, bootstrap: str) -> tuple[Any, bool]:
+    """Attach to the supervisor of ``config.namespace``, or start one; returns it and whether it is new.
+
+    The controller's key and the operators' HMAC secrets are read here, where the operator's
+    environment is, and handed over (Ray keeps constructor arguments, so a restarted
+    supervisor, and the controller it restarts, sign with the same key).
+    """
+    if (existing := find_supervisor(config.namespace)) is not None:
+        return existing, False
+    digest = config_digest(config)
+    signer = None
+    if config.control.enabled:
+        config, signer = with_signing_key(config)
+    handle = SupervisorActor.options(  # type: ignore[attr-defined]
+        name=supervisor_name(config.namespace), lifetime="detached", get_if_exists=True, num_cpus=0
+    ).remote(config, bootstrap, signer, resolve_keys(config.control), digest)
+    return handle, True
+
+
+def await_ready(handle: Any, timeout_s: float) -> dict[str, Any]:
+    """The supervisor's state once its pools are ready; raises SupervisorError when it failed or took too long."""
+    try:
+        state: dict[str, Any] = ray.get(handle.wait_ready.remote(timeout_s), timeout=timeout_s + CALL_TIMEOUT_S)
+    except RayError as exc:
+        raise SupervisorError(f"the supervisor failed: {_last_line(exc)}") from exc
+    if state["state"] == "ready":
+        return state
+    if state["error"]:
+        raise SupervisorError(state["error"])
+    raise SupervisorError(f"the pipeline of {state['namespace']} is {state['state']} after {timeout_s:.0f} s")
+
+
+def stop_supervisor(handle: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Stop the deployment gracefully, then the supervisor itself (for good: Ray does not restart it)."""
+    state: dict[str, Any] = {}
+    try:
+        state = ray.get(handle.stop.remote(timeout_s), timeout=timeout_s + CALL_TIMEOUT_S)
+    except RayError as exc:  # it died meanwhile: nothing left to stop gracefully
+        state = {"error": f"the supervisor failed: {_last_line(exc)}"}
+    finally:
+        with contextlib.suppress(RayError, ValueError):
+            ray.kill(handle, no_restart=True)
+    return state
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of a Ray error (the remote exception's own message), without Ray's frame dump."""
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
