@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from topics.admin import cluster_id
 from topics.errors import BrokerError
+from topics.gaps import GapGuard
 from topics.pacing import FetchPacer
 
 log = logging.getLogger("tierflow.reader")
@@ -74,6 +75,7 @@ class TopicReader:
         }
         self._client: AIOKafkaConsumer | None = None
         self._pacer = FetchPacer(fetch_max_wait_ms, idle_fetch_wait_ms)
+        self.gaps = GapGuard()
 
     @property
     def _consumer(self) -> AIOKafkaConsumer:
@@ -126,7 +128,9 @@ class TopicReader:
 
     async def poll(self, timeout_ms: int = 200, max_records: int = 1000) -> list[Record]:
         """What is available now (waiting up to ``timeout_ms``), in order within each partition."""
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        batches = self.gaps.admit(
+            self._consumer, await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        )
         records = [record for records in batches.values() for record in records]
         self._pacer.observe(self._consumer, len(records))
         return records
@@ -154,7 +158,9 @@ class TopicReader:
         ends = await self._consumer.end_offsets(self.assigned)
         behind = {tp for tp in self.assigned if await self._consumer.position(tp) < ends[tp]}
         while behind:
-            batches = await self._consumer.getmany(*behind, timeout_ms=timeout_ms, max_records=5000)
+            batches = self.gaps.admit(
+                self._consumer, await self._consumer.getmany(*behind, timeout_ms=timeout_ms, max_records=5000)
+            )
             batch = [record for records in batches.values() for record in records]
             if batch:
                 yield batch
@@ -184,6 +190,7 @@ class TopicReader:
         reported = await self.end_offsets(wanted)
         beginnings = await self.beginning_offsets(wanted)
         self._consumer.assign(wanted)
+        self.gaps.forget(wanted)
         for tp in wanted:
             self._consumer.seek(tp, max(beginnings[tp], reported[tp] - 1))
         marks: dict[TopicPartition, int] = {}
@@ -195,11 +202,13 @@ class TopicReader:
         return {tp: marks.get(tp, reported[tp]) for tp in wanted}
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.gaps.forget([partition])
         self._consumer.seek(partition, offset)
 
     async def rewind(self) -> None:
         """Read every partition again from its beginning (the broker lost its data), new ones included."""
         await self.take_new_partitions()
+        self.gaps.forget()
         await self._consumer.seek_to_beginning(*self.assigned)
 
     async def take_new_partitions(self) -> list[TopicPartition]:
@@ -233,6 +242,7 @@ class TopicReader:
         else its last batch holds); the reader is then paused until the next read."""
         wanted = list(ranges)
         self._consumer.assign(wanted)
+        self.gaps.forget(wanted)
         for tp in wanted:
             self._consumer.seek(tp, ranges[tp][0])
         out: dict[TopicPartition, list[Record]] = {tp: [] for tp in wanted}

@@ -31,6 +31,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from topics.admin import cluster_id
 from topics.errors import BrokerError, DecodeError
+from topics.gaps import GapGuard
 from topics.messages import DeadLetter
 from topics.names import TopicLayout
 from topics.pacing import FetchPacer
@@ -106,6 +107,9 @@ class StageStats:
     commit_failures: int = 0
     send_failures: int = 0
     process_failures: int = 0
+    holes_refetched: int = 0
+    """Fetches that skipped records and were read again (``topics/gaps.py``)."""
+    holes_accepted: int = 0
     assigned: list[tuple[str, int]] = field(default_factory=list)
 
 
@@ -121,6 +125,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
         await self.loop.flush_commits()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.loop.gaps.forget()  # positions come from commits now, not from what this member read
         self.loop.stats.assigned = sorted((tp.topic, tp.partition) for tp in self.loop.assignment())
         # A broker that lost its data makes every member rejoin: look before the next fetch (not here:
         # seeking waits for the fetcher, which a rebalance in progress may hold up)
@@ -164,6 +169,7 @@ class StageLoop(Generic[M]):
         self.session_timeout_ms = session_timeout_ms
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.pacer = FetchPacer(fetch_max_wait_ms, idle_fetch_wait_ms)
+        self.gaps = GapGuard()
         self.commit_interval_s = commit_interval_ms / 1000
         self._pending_commit: dict[TopicPartition, int] = {}
         """Acknowledged offsets not yet committed (coalesced up to ``commit_interval_ms``)."""
@@ -274,6 +280,7 @@ class StageLoop(Generic[M]):
         if not assigned:
             self._rejoin_pending = True  # nothing to rewind yet: the next assignment does it
             return False
+        self.gaps.forget()
         try:
             await self._consumer.seek_to_beginning(*assigned)
         except KafkaError:  # the assignment moved meanwhile: the rebalance's own assignment rewinds
@@ -313,7 +320,8 @@ class StageLoop(Generic[M]):
             return
         if self.telemetry.lag_due():
             await self.telemetry.refresh_lag(self._consumer)
-        records = [record for batch in fetch.result().values() for record in batch]
+        records = [record for batch in self.gaps.admit(self._consumer, fetch.result()).values() for record in batch]
+        self.stats.holes_refetched, self.stats.holes_accepted = self.gaps.refetches, self.gaps.accepted
         self.pacer.observe(self._consumer, len(records))
         if records:
             self.idle.clear()
@@ -358,6 +366,7 @@ class StageLoop(Generic[M]):
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             first[tp] = min(first.get(tp, record.offset), record.offset)
+        self.gaps.forget(list(first))
         for tp, offset in first.items():
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, offset)
