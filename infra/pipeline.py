@@ -269,16 +269,9 @@ class Pipeline:
         pool.runs.append(actor.run.remote())
 
     def _pool_partitions(self, pool: Pool) -> set[tuple[str, int]]:
-        counts = self.config.partitions()
-        layout = self.config.layout
-        spec = pool.template
-        topics = {
-            "router": [layout.requests],
-            "verifier": [layout.answers],
-            "sink": [layout.results],
-            "worker": [layout.tier(spec.tier), layout.escalate(spec.tier)] if spec.tier else [],
-        }[spec.kind]
-        return {(topic, p) for topic in topics for p in range(counts[topic])}
+        deployment = pool.template.deployment
+        topics = deployment.pool_topics()[pool.name]
+        return {(topic, p) for topic in topics for p in range(deployment.partitions[topic])}
 
     async def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Wait until every pool's replicas together own all partitions of its topics."""

@@ -12,6 +12,14 @@ created with; the restarted one adopts the live replicas by name
 
 It needs a Ray that outlives the driver (``[ray] address``): a local Ray started by
 ``up`` dies with it, supervisor and all.
+
+Scaling from outside is a signed ``scale_pool`` command on the control topic (``tierflow
+scale``): the budget controller checks it like every command (HMAC, sequence, expiry; the
+pool exists; between one replica and its topics' partitions) and answers it; the
+supervisor applies each command the controller accepted (:class:`ScaleOrders`). It reads
+the control topic from its beginning when it starts, so the last accepted size of each
+pool holds across a restart of the supervisor (or of the whole deployment on a broker
+that kept the topic).
 """
 
 from __future__ import annotations
@@ -23,17 +31,30 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from aiokafka.errors import KafkaError
 from ray.exceptions import RayError
 
 from infra.config import Config
 from infra.pipeline import Pipeline, with_signing_key
-from topics.control import ControllerKey
-from topics.errors import TierflowError
+from topics.control import (
+    CommandAction,
+    ControlCommand,
+    ControllerKey,
+    ControlRecord,
+    ControlReply,
+    TrustedKeys,
+    decode_control,
+    verify_record,
+)
+from topics.errors import DecodeError, TierflowError
+from topics.reader import Record, TopicReader
 from workers.controller_actor import resolve_keys
 from workers.loop_thread import LoopThread
+from workers.policy_feed import trusted_keys
 
 log = logging.getLogger("tierflow.supervisor")
 CALL_TIMEOUT_S = 30.0
@@ -52,6 +73,25 @@ def config_digest(config: Config) -> str:
 
 class SupervisorError(TierflowError):
     """The supervisor could not deploy the pipeline, or is not there."""
+
+
+@dataclass
+class ScaleOrders:
+    """Turns the control topic into scale orders: a ``scale_pool`` command counts once the controller's
+    signed, accepted reply to it follows (an unsigned or forged reply orders nothing)."""
+
+    trusted: TrustedKeys
+    _pending: dict[int, ControlCommand] = field(default_factory=dict)
+
+    def feed(self, offset: int, record: ControlRecord | DecodeError) -> tuple[str, int] | None:
+        """The (pool, replicas) ``record`` orders, if any."""
+        if isinstance(record, ControlCommand) and record.action is CommandAction.SCALE_POOL:
+            self._pending[offset] = record
+        elif isinstance(record, ControlReply) and verify_record(record, self.trusted) is None:
+            command = self._pending.pop(record.offset, None)
+            if record.accepted and command is not None and (command.key_id, command.seq) == (record.key_id, record.seq):
+                return command.pool, command.replicas
+        return None
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"control": 4})  # type: ignore[call-overload]  # stubs lack concurrency_groups
@@ -79,16 +119,63 @@ class SupervisorActor:
 
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
+        scaling: asyncio.Task[None] | None = None
         try:
             await self.pipeline.start()
             self.ready = True
             log.info("supervisor of %s: every pool is ready", self.pipeline.config.namespace)
+            if self.pipeline.config.control.enabled:
+                scaling = asyncio.create_task(self._follow_scale_orders())
             await self._stopping.wait()
         except TierflowError as exc:
             self.error = str(exc)
             log.error("supervisor of %s: %s", self.pipeline.config.namespace, exc)
         finally:
+            if scaling is not None:
+                scaling.cancel()
+                await asyncio.gather(scaling, return_exceptions=True)
             await self.pipeline.stop()
+
+    async def _follow_scale_orders(self) -> None:
+        """Apply the last accepted size of each pool the control topic holds, then every new order;
+        a broker that fails the reader is looked at again (sizes already applied are no-ops)."""
+        while True:
+            try:
+                await self._read_scale_orders()
+            except (TierflowError, KafkaError) as exc:
+                log.warning("supervisor: reading scale orders failed, again in 1 s: %r", exc)
+                await asyncio.sleep(1.0)
+
+    async def _read_scale_orders(self) -> None:
+        pipeline = self.pipeline
+        spec = pipeline.config.runtime(pipeline.bootstrap)
+        orders = ScaleOrders(trusted_keys(spec))
+        topic = spec.layout.control
+        reader = TopicReader(spec.kafka.options(), [topic], partitions={topic: 1})
+        await reader.start()
+        try:
+            latest: dict[str, int] = {}
+            async for batch in reader.read_to_end():
+                for record in batch:
+                    if (order := orders.feed(record.offset, _decode(record))) is not None:
+                        latest[order[0]] = order[1]
+            for pool, replicas in latest.items():
+                await self._scale(pool, replicas)
+
+            async def on_record(record: Record) -> None:
+                if (order := orders.feed(record.offset, _decode(record))) is not None:
+                    await self._scale(*order)
+
+            await reader.follow(on_record)
+        finally:
+            await reader.stop()
+
+    async def _scale(self, pool: str, replicas: int) -> None:
+        found = self.pipeline.pools.get(pool)
+        if found is None or len(found.actors) == replicas:
+            return
+        log.info("supervisor: %s from %d to %d replicas", pool, len(found.actors), replicas)
+        await self.pipeline.scale(pool, replicas)
 
     @ray.method(concurrency_group="control")
     def wait_ready(self, timeout_s: float) -> dict[str, Any]:
@@ -109,6 +196,7 @@ class SupervisorActor:
             "namespace": self.pipeline.config.namespace,
             "bootstrap": self.pipeline.bootstrap,
             "state": state,
+            "replicas": {name: len(pool.actors) for name, pool in self.pipeline.pools.items()},
             "error": self.error,
             "digest": self.digest,
             "started_at": self.started_at,
@@ -132,6 +220,13 @@ class SupervisorActor:
     def _request_stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
+
+
+def _decode(record: Record) -> ControlRecord | DecodeError:
+    try:
+        return decode_control(record.value or b"")
+    except DecodeError as exc:
+        return exc
 
 
 def find_supervisor(namespace: str) -> Any | None:

@@ -89,9 +89,11 @@ def check_command(
     paused: frozenset[str],
     versions: Iterable[int],
     now: float,
+    pools: Mapping[str, int] | None = None,
 ) -> str | None:
     """Why ``command`` must be refused, or ``None`` to apply it. Pure; the order of checks is the
-    order of trust: who sent it, is it fresh, then is it meaningful."""
+    order of trust: who sent it, is it fresh, then is it meaningful. ``pools``: the most replicas
+    each stage pool can use (its topics' partitions)."""
     unproven = check_signature(command, keys)
     if unproven is not None:
         return unproven
@@ -118,6 +120,24 @@ def check_command(
         return "no_tier_left"
     if command.action is CommandAction.PIN_POLICY and command.policy_version not in set(versions):
         return "unknown_version"
+    if command.action is CommandAction.SCALE_POOL:
+        return scale_refusal(command.pool, command.replicas, pools or {})
+    return None
+
+
+def scale_refusal(pool: str, replicas: int, pools: Mapping[str, int]) -> str | None:
+    """Why ``pool`` cannot run ``replicas`` replicas, or ``None``. Pure; the CLI says the same before sending.
+
+    At least one: a pool at zero would leave its topics unread with nothing to wake it. At most the
+    partitions of the pool's topics: a consumer group gives each partition to one member, so more
+    replicas than partitions only idle.
+    """
+    if pool not in pools:
+        return "unknown_pool"
+    if replicas < 1:
+        return "too_few_replicas"
+    if replicas > pools[pool]:
+        return "more_replicas_than_partitions"
     return None
 
 
@@ -154,6 +174,8 @@ class ControllerCore:
     """θ⁰: the verifier policy's steerable thresholds (``None``: not steerable, only pausing works)."""
     keys: Mapping[str, bytes]
     """Operators' HMAC keys by key id: who may command."""
+    pools: Mapping[str, int] = field(default_factory=dict)
+    """The deployment's stage pools and the most replicas each can use (``scale_pool``)."""
     trusted: TrustedKeys = field(default_factory=lambda: TrustedKeys(""))
     """Public keys whose signed reports, updates and replies recovery believes (default: none)."""
     window_s: float = 10.0
@@ -288,6 +310,7 @@ class ControllerCore:
             paused=frozenset(self.paused),
             versions=self.history,
             now=now,
+            pools=self.pools,
         )
         if (
             reason is None
@@ -301,7 +324,8 @@ class ControllerCore:
         self.last_seq[command.key_id] = command.seq
         why = self._apply(command)
         reply = ControlReply(offset=offset, accepted=True, reason=why, key_id=command.key_id, seq=command.seq, at=now)
-        update = None if command.action is CommandAction.SET_TARGETS else self._publish(why, now, force=True)
+        steers = command.action not in (CommandAction.SET_TARGETS, CommandAction.SCALE_POOL)
+        update = self._publish(why, now, force=True) if steers else None
         return reply, update
 
     def _apply(self, command: ControlCommand) -> str:
@@ -328,6 +352,8 @@ class ControllerCore:
             case CommandAction.RELEASE_POLICY:
                 self.pinned = False
                 return f"policy released by {who}"
+            case CommandAction.SCALE_POOL:
+                return f"pool {command.pool} to {command.replicas} replicas, by {who}"
 
     # --- observation and control ----------------------------------------------------------------
 

@@ -79,6 +79,8 @@ class CommandAction(StrEnum):
     RESUME_TIER = "resume_tier"
     PIN_POLICY = "pin_policy"
     RELEASE_POLICY = "release_policy"
+    SCALE_POOL = "scale_pool"
+    """Run ``replicas`` replicas of ``pool``; the controller checks it, the supervisor applies it."""
 
 
 class Targets(
@@ -113,6 +115,8 @@ class ControlCommand(
         "thresholds": "th",
         "tier": "t",
         "policy_version": "pv",
+        "pool": "pl",
+        "replicas": "rp",
         "issuer": "is",
         "key_id": "kid",
         "seq": "sq",
@@ -136,6 +140,10 @@ class ControlCommand(
     """For ``pause_tier``/``resume_tier``."""
     policy_version: Count = 0
     """For ``pin_policy``: the version whose thresholds to restore and hold."""
+    pool: Name = ""
+    """For ``scale_pool``: ``router``, ``verifier``, ``sink`` or ``worker.<tier>``."""
+    replicas: Count = 0
+    """For ``scale_pool``: how many replicas the pool should run."""
     issuer: Name = ""
     sig: str = ""
 

@@ -129,6 +129,20 @@ class DeploymentSpec:
     def tier(self, name: str) -> TierConfig:
         return find_tier(self.tiers, name)
 
+    def pool_topics(self) -> dict[str, list[str]]:
+        """Every stage pool of the deployment and the topics its consumer group reads."""
+        layout = self.layout
+        pools = {"router": [layout.requests], "verifier": [layout.answers]}
+        pools |= {f"worker.{t.name}": [layout.tier(t.name), layout.escalate(t.name)] for t in self.tiers}
+        if self.results_path:
+            pools["sink"] = [layout.results]
+        return pools
+
+    def max_replicas(self) -> dict[str, int]:
+        """Per pool, the most replicas that can all hold a partition: its topics' smallest partition count
+        (a consumer group gives each partition to one member; members beyond that idle)."""
+        return {pool: min(self.partitions[t] for t in topics) for pool, topics in self.pool_topics().items()}
+
 
 def find_tier(tiers: tuple[TierConfig, ...], name: str) -> TierConfig:
     """The tier called ``name``; an unknown name lists the known ones."""

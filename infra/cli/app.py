@@ -20,6 +20,7 @@ import infra.cli.demo as demo
 import infra.cli.down as down
 import infra.cli.eval as eval_
 import infra.cli.fit as fit
+import infra.cli.scale as scale
 import infra.cli.send as send
 import infra.cli.status as status
 import infra.cli.trace as trace
@@ -41,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "down": down,
     "send": send,
     "budget": budget,
+    "scale": scale,
     "status": status,
     "trace": trace,
     "eval": eval_,

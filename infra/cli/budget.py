@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import time
 from typing import Any
 
-from infra.cli.common import Subparsers, bootstrap_servers, note
+from infra.cli.common import Subparsers, bootstrap_servers, control_arguments, send_signed, signed_arguments
 from infra.config import load_config
 
 
@@ -31,22 +29,8 @@ def add_parser(subparsers: Subparsers) -> None:
     actions = budget.add_subparsers(
         dest="action", required=True, metavar="ACTION", help="what to do (tierflow budget ACTION --help: its flags)"
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", required=True, metavar="FILE", help="TOML config of the running pipeline (required)"
-    )
-    common.add_argument("--bootstrap", default="", help="bootstrap servers (default: the config's)")
-    common.add_argument(
-        "--timeout", type=float, default=15.0, metavar="S", help="how long to wait for the controller (default 15)"
-    )
-    signed = argparse.ArgumentParser(add_help=False, parents=[common])
-    signed.add_argument("--key-id", default=None, help="which configured key signs (default: the first)")
-    signed.add_argument(
-        "--issuer", default=os.environ.get("USER", ""), help="who you are, for the log (default: $USER)"
-    )
-    signed.add_argument(
-        "--valid-for", type=float, default=300.0, metavar="S", help="command expires after S seconds (default 300)"
-    )
+    common = control_arguments()
+    signed = signed_arguments(common)
 
     def action(name: str, parent: argparse.ArgumentParser, text: str) -> argparse.ArgumentParser:
         return actions.add_parser(name, parents=[parent], help=text, description=text[0].upper() + text[1:] + ".")
@@ -84,17 +68,15 @@ def add_parser(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when the controller accepted the command, 1 when it refused (the reason is printed either way)."""
     from infra.broker import kafka_options
-    from infra.control_client import new_command, send_command, signing_key, targets_from_args, trusted_keys
+    from infra.control_client import targets_from_args
     from infra.status import collect_status
     from topics.control import CommandAction
 
     config = load_config(args.config)
     kafka = kafka_options(config.broker, bootstrap_servers(config, args.bootstrap))
-    topic = config.layout.control
     if args.action == "show":
         _print_budget(asyncio.run(collect_status(kafka, config)), args.json)
         return 0
-    kid, key = signing_key(config, args.key_id)
     fields: dict[str, Any] = {}
     if args.action == "set":
         latency = args.p95_ms
@@ -111,13 +93,7 @@ def run(args: argparse.Namespace) -> int:
         action = CommandAction.PIN_POLICY
     else:
         action = CommandAction.RELEASE_POLICY
-    command = new_command(action, kid, key, now=time.time(), validity_s=args.valid_for, issuer=args.issuer, **fields)
-    reply = asyncio.run(send_command(kafka, topic, command, args.timeout, trusted=trusted_keys(config)))
-    if reply.accepted:
-        print(f"tierflow: accepted: {reply.reason}")
-        return 0
-    note(f"refused by the controller: {reply.reason}")
-    return 1
+    return send_signed(config, kafka, args, action, **fields)
 
 
 def _print_budget(snapshot: Any, as_json: bool) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
-from typing import TYPE_CHECKING, TypeAlias
+import time
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
     from infra.config import Config
@@ -57,3 +60,43 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 def split_names(text: str) -> tuple[str, ...]:
     """A comma-separated list, blanks dropped: ``"a, b,"`` is ``("a", "b")``."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def control_arguments() -> argparse.ArgumentParser:
+    """Flags of every command that talks to a running deployment's control topic."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", required=True, metavar="FILE", help="TOML config of the running pipeline (required)"
+    )
+    common.add_argument("--bootstrap", default="", help="bootstrap servers (default: the config's)")
+    common.add_argument(
+        "--timeout", type=float, default=15.0, metavar="S", help="how long to wait for the controller (default 15)"
+    )
+    return common
+
+
+def signed_arguments(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``common`` plus the flags of a signed command (``budget set``, ``scale``…)."""
+    signed = argparse.ArgumentParser(add_help=False, parents=[common])
+    signed.add_argument("--key-id", default=None, help="which configured key signs (default: the first)")
+    signed.add_argument(
+        "--issuer", default=os.environ.get("USER", ""), help="who you are, for the log (default: $USER)"
+    )
+    signed.add_argument(
+        "--valid-for", type=float, default=300.0, metavar="S", help="command expires after S seconds (default 300)"
+    )
+    return signed
+
+
+def send_signed(config: Config, kafka: dict[str, Any], args: argparse.Namespace, action: Any, **fields: Any) -> int:
+    """Sign a command with the configured key, send it, print the controller's answer: 0 accepted, 1 refused."""
+    from infra.control_client import new_command, send_command, signing_key, trusted_keys
+
+    kid, key = signing_key(config, args.key_id)
+    command = new_command(action, kid, key, now=time.time(), validity_s=args.valid_for, issuer=args.issuer, **fields)
+    reply = asyncio.run(send_command(kafka, config.layout.control, command, args.timeout, trusted=trusted_keys(config)))
+    if reply.accepted:
+        print(f"tierflow: accepted: {reply.reason}")
+        return 0
+    note(f"refused by the controller: {reply.reason}")
+    return 1

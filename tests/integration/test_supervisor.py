@@ -3,8 +3,9 @@
 `tierflow up` runs as a separate driver against the session's Ray (by address, as on a
 cluster) and the session's broker (as an external one). Killed with SIGKILL, it takes
 nothing with it; `up --detach` attaches to the running supervisor instead of deploying a
-second set; a supervisor that Ray restarts adopts the live replicas by name; `tierflow
-down` stops everything, and the results sink delivered every request exactly once.
+second set; `tierflow scale` grows a pool (and is refused past its partitions); a
+supervisor that Ray restarts adopts the live replicas by name, the scaled ones included;
+`tierflow down` stops everything, and the results sink delivered every request exactly once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import ray
 from infra.config import load_config
 from infra.supervisor import find_supervisor, supervisor_name
 from topics.admin import delete_topics
+from topics.control import ControllerKey
 
 from .conftest import WAIT_S
 from .helpers import delivered_ids, make_requests, send_and_collect
@@ -45,6 +47,13 @@ provider = "external"
 bootstrap_servers = "{bootstrap}"
 session_timeout_ms = 2000
 
+[router]
+partitions = 2
+
+[control]
+signing_key_env = "{signing_env}"
+public_keys = {{ {signer} = "{public}" }}
+
 [[tiers]]
 name = "small"
 backend = "simulated"
@@ -61,9 +70,25 @@ options = {{ accuracy = 0.9, seed = 2 }}
 """
 
 
+SIGNER = ControllerKey.generate("supervisor-tests")
+SIGNING_ENV = "TIERFLOW_TEST_SUPERVISOR_SIGNER"
+SECRETS = {"TIERFLOW_CONTROL_KEY": "operator-secret", SIGNING_ENV: SIGNER.seed.hex()}
+"""The operator's HMAC secret and the controller's private key, as `up` and `scale` read them."""
+
+
+def _env() -> dict[str, str]:
+    """This process's environment as it is now (Ray's ``RAY_AUTH_MODE`` included) plus the secrets."""
+    return os.environ | SECRETS
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True, timeout=WAIT_S * 2, check=False
+        [sys.executable, "-m", "infra.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S * 2,
+        check=False,
+        env=_env(),
     )
 
 
@@ -99,13 +124,24 @@ def test_the_deployment_outlives_up_and_its_supervisor(
     namespace = f"sup-{uuid.uuid4().hex[:8]}"
     path = tmp_path / "tierflow.toml"
     gcs = ray.get_runtime_context().gcs_address
-    path.write_text(CONFIG.format(ns=namespace, results=tmp_path / "results.jsonl", ray=gcs, bootstrap=bootstrap))
+    path.write_text(
+        CONFIG.format(
+            ns=namespace,
+            results=tmp_path / "results.jsonl",
+            ray=gcs,
+            bootstrap=bootstrap,
+            signing_env=SIGNING_ENV,
+            signer=SIGNER.key_id,
+            public=SIGNER.public_key.hex(),
+        )
+    )
     config = load_config(path)
     up = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "up", "--config", str(path)],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        env=_env(),
     )
     try:
         _wait_for_line(up, r"pipeline ready; Ctrl-C stops it", timeout_s=WAIT_S * 2)
@@ -125,6 +161,15 @@ def test_the_deployment_outlives_up_and_its_supervisor(
         assert "detached" in attach.stderr and "Traceback" not in attach.stderr
         assert _named(namespace) == deployed  # attached, not a second set
 
+        scaled = _cli("scale", "--config", str(path), "router", "2")
+        assert scaled.returncode == 0, scaled.stderr
+        assert "accepted: pool router to 2 replicas" in scaled.stdout + scaled.stderr
+        deployed |= {f"{namespace}.router.1"}
+        _wait(lambda: _named(namespace) == deployed, "the second router replica")
+        refused = _cli("scale", "--config", str(path), "router", "3")
+        assert refused.returncode == 2 and "at most 2 replicas" in refused.stderr, refused.stderr
+        _send(config, kafka, "scaled")
+
         pids = _replica_pids(namespace)
         supervisor = find_supervisor(namespace)
         assert supervisor is not None
@@ -141,7 +186,7 @@ def test_the_deployment_outlives_up_and_its_supervisor(
         assert find_supervisor(namespace) is None
 
         delivered = Counter(delivered_ids(config))
-        assert len(delivered) == 150 and max(delivered.values()) == 1
+        assert len(delivered) == 200 and max(delivered.values()) == 1
     finally:
         if up.poll() is None:
             up.kill()

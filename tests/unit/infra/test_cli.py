@@ -128,3 +128,11 @@ def test_lab_and_registry_commands_fail_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text('[[tiers]]\nname = "a"\nbackend = "simulated"\n')
     _assert_one_line_error(_tierflow("up", "--config", str(config), "--policy", str(policy)), "unknown post-hoc policy")
+
+
+def test_scale_checks_the_pool_and_the_count_before_sending(tmp_path: Path) -> None:
+    path = tmp_path / "tierflow.toml"
+    path.write_text(CONFIG + "partitions = 2\n")
+    _assert_one_line_error(_tierflow("scale", "--config", str(path), "worker.b", "2"), "unknown pool 'worker.b'")
+    _assert_one_line_error(_tierflow("scale", "--config", str(path), "router", "0"), "at least 1 replica")
+    _assert_one_line_error(_tierflow("scale", "--config", str(path), "worker.a", "3"), "at most 2 replicas")

@@ -141,8 +141,13 @@ def check(cmd: ControlCommand, **kw: object) -> str | None:
         "paused": frozenset(),
         "versions": [1, 2],
         "now": NOW,
+        "pools": POOLS,
     }
     return check_command(cmd, **(args | kw))  # type: ignore[arg-type]
+
+
+POOLS = {"router": 4, "verifier": 4, "worker.small": 2}
+"""Pools and the most replicas each can use (their topics' partitions)."""
 
 
 @pytest.mark.parametrize(
@@ -161,10 +166,24 @@ def check(cmd: ControlCommand, **kw: object) -> str | None:
         (lambda: command(CommandAction.SET_THRESHOLDS, thresholds={"huge": 0.5}), "unknown_tier"),
         (lambda: command(CommandAction.PAUSE_TIER, tier="huge"), "unknown_tier"),
         (lambda: command(CommandAction.PIN_POLICY, policy_version=9), "unknown_version"),
+        (lambda: command(CommandAction.SCALE_POOL, pool="worker.small", replicas=2), None),
+        (lambda: command(CommandAction.SCALE_POOL, pool="worker.huge", replicas=2), "unknown_pool"),
+        (lambda: command(CommandAction.SCALE_POOL, pool="router", replicas=0), "too_few_replicas"),
+        (lambda: command(CommandAction.SCALE_POOL, pool="worker.small", replicas=3), "more_replicas_than_partitions"),
     ],
 )
 def test_every_bad_command_is_refused_with_its_reason(make: Callable[[], ControlCommand], reason: str | None) -> None:
     assert check(make()) == reason
+
+
+def test_an_accepted_scale_command_is_answered_and_changes_no_policy() -> None:
+    c = core()
+    c.pools = POOLS
+    c.step(NOW)
+    version = c.version
+    reply, update = c.handle(3, command(CommandAction.SCALE_POOL, pool="router", replicas=3, seq=20), NOW)
+    assert reply.accepted and update is None and c.version == version
+    assert reply.reason == "pool router to 3 replicas, by ops"
 
 
 def test_pausing_the_last_running_tier_is_refused() -> None:
