@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from policies.autoscale import AutoscaleConfig
 from policies.decisions import DEFAULT_MAX_HOPS
 from policies.registry import make_post_hoc, make_pre_call
 from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
@@ -134,6 +135,8 @@ class StageConfig:
     replicas: int = 1
     num_cpus: float = 0.1
     partitions: int = 4
+    autoscale: AutoscaleConfig | None = None
+    """How the supervisor sizes the pool (``policies/autoscale.py``); ``None``: fixed at ``replicas``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +182,14 @@ class Config:
             fetch_max_wait_ms=self.broker.fetch_max_wait_ms,
             idle_fetch_wait_ms=self.broker.idle_fetch_wait_ms,
             commit_interval_ms=self.broker.commit_interval_ms,
+            autoscale=self.autoscaling(),
         )
+
+    def autoscaling(self) -> dict[str, AutoscaleConfig]:
+        """The autoscaled pools, by pool name (``router``, ``verifier``, ``sink``, ``worker.<tier>``)."""
+        pools = {"router": self.router.autoscale, "verifier": self.verifier.autoscale, "sink": self.sink.autoscale}
+        pools |= {f"worker.{tier.name}": tier.autoscale for tier in self.tiers}
+        return {pool: scaling for pool, scaling in pools.items() if scaling is not None}
 
     def partitions(self) -> dict[str, int]:
         """Partition count of every topic of the deployment."""
@@ -203,9 +213,34 @@ def _stage(section: _Section, name: str) -> StageConfig:
         replicas=s.number("replicas", int, 1, 1, 256),
         num_cpus=s.number("num_cpus", float, 0.1, 0.0, 1024),
         partitions=s.number("partitions", int, 4, 1, 10_000),
+        autoscale=_autoscale(s),
     )
     s.finish()
     return stage
+
+
+def _autoscale(parent: _Section) -> AutoscaleConfig | None:
+    """The ``autoscale`` table of a pool (absent: the pool keeps its configured replicas)."""
+    present = "autoscale" in parent.data
+    s = parent.table("autoscale")
+    if not present:
+        return None
+    try:
+        config = AutoscaleConfig(
+            min_replicas=s.number("min_replicas", int, 1, 0, 256),
+            max_replicas=s.number("max_replicas", int, 4, 1, 256),
+            target_lag=s.number("target_lag", float, 0.0, 0.0),
+            target_queue_s=s.number("target_queue_s", float, 0.0, 0.0),
+            upscale_delay_s=s.number("upscale_delay_s", float, 5.0, 0.0, 3600),
+            downscale_delay_s=s.number("downscale_delay_s", float, 30.0, 0.0, 86_400),
+            activation_lag=s.number("activation_lag", int, 1, 1),
+            max_step=s.number("max_step", int, 4, 1, 256),
+        )
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(s.path) else f"{s.path}: {message}") from None
+    s.finish()
+    return config
 
 
 def _tier(data: object, index: int) -> TierConfig:
@@ -234,6 +269,7 @@ def _tier(data: object, index: int) -> TierConfig:
         batch_size=s.number("batch_size", int, 32, 1, 100_000),
         options=dict(s.table("options").data),
         optional=s.get("optional", bool, False),
+        autoscale=_autoscale(s),
     )
     s.finish()
     try:
@@ -354,7 +390,31 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     )
     root.finish()
     check_policies(config.policies)
+    check_autoscaling(config)
     return config
+
+
+def check_autoscaling(config: Config) -> None:
+    """An autoscaled pool's ``max_replicas`` must fit its topics' partitions (a consumer group gives each
+    partition to one member; replicas beyond that would idle). Its ``replicas`` is where it starts, brought
+    within ``[min_replicas, max_replicas]``."""
+    spec = config.runtime("-")
+    most = spec.max_replicas()
+    for pool, scaling in spec.autoscale.items():
+        key = _pool_key(config, pool)
+        if scaling.max_replicas > most[pool]:
+            raise ConfigError(
+                f"{key}.autoscale.max_replicas {scaling.max_replicas} is above the {most[pool]} partitions of "
+                f"the pool's topics: a consumer group cannot use more replicas than partitions (raise {key}.partitions)"
+            )
+
+
+def _pool_key(config: Config, pool: str) -> str:
+    """The config table of a pool, as error messages name it (``router``, ``tiers[1]``)."""
+    if pool.startswith("worker."):
+        name = pool.removeprefix("worker.")
+        return f"tiers[{next(i for i, t in enumerate(config.tiers) if t.name == name)}]"
+    return pool
 
 
 def check_policies(policies: PolicyConfig) -> None:

@@ -165,9 +165,13 @@ class Pipeline:
             stages.append(("worker", tier.name, tier.replicas, options))
         if c.results_path:
             stages.append(("sink", "", c.sink.replicas, {"num_cpus": c.sink.num_cpus}))
-        for kind, tier_name, replicas, options in stages:
+        limits = deployment.replica_bounds()
+        for kind, tier_name, configured, options in stages:
             spec = StageSpec(kind, deployment, tier_name)
             pool = Pool(spec.pool, spec, options=options)
+            within = limits[pool.name]
+            autoscaled = pool.name in deployment.autoscale
+            replicas = min(max(configured, within.low), within.high) if autoscaled else configured
             self.pools[pool.name] = pool
             # A detached deployment adopts the replicas alive under its names (scaled or replaced ones
             # included), so a supervisor that starts again never runs a second set.
@@ -232,6 +236,11 @@ class Pipeline:
                 replaced.append(f"{pool.name}[{i}]")
         return replaced
 
+    @property
+    def signer(self) -> ControllerKey:
+        """The key the controller signs with; the supervisor signs its pool reports with it too."""
+        return self._signing_key()
+
     def _signing_key(self) -> ControllerKey:
         """The controller's key (see :func:`controller_key`); ``self.config`` then lists its public key."""
         if self._signer is None:
@@ -280,6 +289,8 @@ class Pipeline:
             self._raise_if_failed()
             missing = []
             for pool in self.pools.values():
+                if not pool.actors:
+                    continue  # asleep at zero (autoscaled): its records wait in Kafka until it wakes
                 stats = await self.pool_stats(pool)
                 owned = {tuple(tp) for s in stats for tp in s.get("assigned", [])}
                 if not self._pool_partitions(pool) <= owned:
@@ -293,7 +304,7 @@ class Pipeline:
     def _raise_if_failed(self) -> None:
         """Surface a replica whose ``run`` ended with an error (e.g. a backend that cannot load)."""
         for pool in self.pools.values():
-            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0)
+            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0) if pool.runs else ([], [])
             for ref in done:
                 try:
                     ray.get(ref)
@@ -320,7 +331,7 @@ class Pipeline:
             self._launch(pool, spec)
         while len(pool.actors) > replicas:
             # Remove a replica that already stopped, if any, rather than a working one.
-            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0)
+            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0)  # never empty: len > replicas >= 0
             i = pool.runs.index(done[-1]) if done else len(pool.runs) - 1
             actor, run = pool.actors.pop(i), pool.runs.pop(i)
             pool.specs.pop(i)

@@ -13,6 +13,10 @@ created with; the restarted one adopts the live replicas by name
 It needs a Ray that outlives the driver (``[ray] address``): a local Ray started by
 ``up`` dies with it, supervisor and all.
 
+The autoscaler (:mod:`infra.autoscaler`) runs in the same loop: it looks at every pool once a
+second, sizes the autoscaled ones and publishes what it found and did as signed pool reports
+on the control topic (``tierflow status`` shows them).
+
 Scaling from outside is a signed ``scale_pool`` command on the control topic (``tierflow
 scale``): the budget controller checks it like every command (HMAC, sequence, expiry; the
 pool exists; between one replica and its topics' partitions) and answers it; the
@@ -34,10 +38,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import ray
 from aiokafka.errors import KafkaError
 from ray.exceptions import RayError
 
+from infra.autoscaler import Autoscaler
 from infra.config import Config
 from infra.pipeline import Pipeline, with_signing_key
 from topics.control import (
@@ -115,25 +121,32 @@ class SupervisorActor:
         self.ready = False
         self.error = ""
         self._stopping: asyncio.Event | None = None
+        self.autoscaler: Autoscaler | None = None
         self.thread: LoopThread[None] = LoopThread(self._main, name="supervisor")
 
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
-        scaling: asyncio.Task[None] | None = None
+        tasks: list[asyncio.Task[None]] = []
         try:
             await self.pipeline.start()
             self.ready = True
             log.info("supervisor of %s: every pool is ready", self.pipeline.config.namespace)
-            if self.pipeline.config.control.enabled:
-                scaling = asyncio.create_task(self._follow_scale_orders())
+            signer = self.pipeline.signer if self.pipeline.config.control.enabled else None
+            self.autoscaler = Autoscaler(self.pipeline, signer)
+            await self.autoscaler.start()
+            tasks.append(asyncio.create_task(self.autoscaler.run()))
+            if signer is not None:
+                tasks.append(asyncio.create_task(self._follow_scale_orders()))
             await self._stopping.wait()
-        except TierflowError as exc:
+        except (TierflowError, KafkaError) as exc:
             self.error = str(exc)
             log.error("supervisor of %s: %s", self.pipeline.config.namespace, exc)
         finally:
-            if scaling is not None:
-                scaling.cancel()
-                await asyncio.gather(scaling, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.autoscaler is not None:
+                await self.autoscaler.stop()
             await self.pipeline.stop()
 
     async def _follow_scale_orders(self) -> None:
@@ -159,8 +172,10 @@ class SupervisorActor:
                 for record in batch:
                     if (order := orders.feed(record.offset, _decode(record))) is not None:
                         latest[order[0]] = order[1]
+            autoscaled = pipeline.config.autoscaling()
             for pool, replicas in latest.items():
-                await self._scale(pool, replicas)
+                if pool not in autoscaled:  # an autoscaled pool goes on from the replicas alive now
+                    await self._scale(pool, replicas)
 
             async def on_record(record: Record) -> None:
                 if (order := orders.feed(record.offset, _decode(record))) is not None:
@@ -171,11 +186,8 @@ class SupervisorActor:
             await reader.stop()
 
     async def _scale(self, pool: str, replicas: int) -> None:
-        found = self.pipeline.pools.get(pool)
-        if found is None or len(found.actors) == replicas:
-            return
-        log.info("supervisor: %s from %d to %d replicas", pool, len(found.actors), replicas)
-        await self.pipeline.scale(pool, replicas)
+        assert self.autoscaler is not None  # started before the orders are read
+        await self.autoscaler.order(pool, replicas, f"ordered: tierflow scale {pool} {replicas}")
 
     @ray.method(concurrency_group="control")
     def wait_ready(self, timeout_s: float) -> dict[str, Any]:
@@ -187,7 +199,8 @@ class SupervisorActor:
 
     @ray.method(concurrency_group="control")
     def describe(self) -> dict[str, Any]:
-        """Namespace, broker, state, and the config fingerprint it was started from."""
+        """Namespace, broker, state, replicas per pool (and each pool's newest status, as its report has it),
+        and the config fingerprint it was started from."""
         return self._describe()
 
     def _describe(self) -> dict[str, Any]:
@@ -197,6 +210,9 @@ class SupervisorActor:
             "bootstrap": self.pipeline.bootstrap,
             "state": state,
             "replicas": {name: len(pool.actors) for name, pool in self.pipeline.pools.items()},
+            "pools": {name: msgspec.structs.asdict(p) for name, p in list(self.autoscaler.status.items())}
+            if self.autoscaler is not None
+            else {},
             "error": self.error,
             "digest": self.digest,
             "started_at": self.started_at,

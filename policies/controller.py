@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from policies.autoscale import ReplicaBounds
 from policies.budget import (
     Goals,
     LawParams,
@@ -89,11 +90,11 @@ def check_command(
     paused: frozenset[str],
     versions: Iterable[int],
     now: float,
-    pools: Mapping[str, int] | None = None,
+    pools: Mapping[str, ReplicaBounds] | None = None,
 ) -> str | None:
     """Why ``command`` must be refused, or ``None`` to apply it. Pure; the order of checks is the
-    order of trust: who sent it, is it fresh, then is it meaningful. ``pools``: the most replicas
-    each stage pool can use (its topics' partitions)."""
+    order of trust: who sent it, is it fresh, then is it meaningful. ``pools``: the replicas each
+    stage pool may run."""
     unproven = check_signature(command, keys)
     if unproven is not None:
         return unproven
@@ -125,19 +126,23 @@ def check_command(
     return None
 
 
-def scale_refusal(pool: str, replicas: int, pools: Mapping[str, int]) -> str | None:
+def scale_refusal(pool: str, replicas: int, pools: Mapping[str, ReplicaBounds]) -> str | None:
     """Why ``pool`` cannot run ``replicas`` replicas, or ``None``. Pure; the CLI says the same before sending.
 
-    At least one: a pool at zero would leave its topics unread with nothing to wake it. At most the
+    Within the pool's bounds (:func:`~policies.autoscale.replica_bounds`): an autoscaled pool's
+    ``[min_replicas, max_replicas]``, a fixed one's one up to its partitions. Never above the
     partitions of the pool's topics: a consumer group gives each partition to one member, so more
     replicas than partitions only idle.
     """
-    if pool not in pools:
+    within = pools.get(pool)
+    if within is None:
         return "unknown_pool"
-    if replicas < 1:
+    if replicas < within.low:
         return "too_few_replicas"
-    if replicas > pools[pool]:
+    if replicas > within.partitions:
         return "more_replicas_than_partitions"
+    if replicas > within.high:
+        return "above_max_replicas"
     return None
 
 
@@ -174,8 +179,8 @@ class ControllerCore:
     """θ⁰: the verifier policy's steerable thresholds (``None``: not steerable, only pausing works)."""
     keys: Mapping[str, bytes]
     """Operators' HMAC keys by key id: who may command."""
-    pools: Mapping[str, int] = field(default_factory=dict)
-    """The deployment's stage pools and the most replicas each can use (``scale_pool``)."""
+    pools: Mapping[str, ReplicaBounds] = field(default_factory=dict)
+    """The deployment's stage pools and the replicas each may run (``scale_pool``)."""
     trusted: TrustedKeys = field(default_factory=lambda: TrustedKeys(""))
     """Public keys whose signed reports, updates and replies recovery believes (default: none)."""
     window_s: float = 10.0
@@ -241,7 +246,7 @@ class ControllerCore:
                 # a genuine old report copied to the end of the topic must not roll the state back
                 if report is None or (record.processed_offset, record.at) >= (report.processed_offset, report.at):
                     report = record
-            else:
+            elif isinstance(record, ControlReply):
                 replies[record.offset] = record
         if report is not None:
             self.targets = report.targets

@@ -9,6 +9,8 @@
 * :class:`ControllerReport` — targets, observed values and state, published every
   few seconds; ``tierflow budget show``/``status`` read it and a restarted controller
   recovers from it.
+* :class:`PoolReport` — the supervisor's pools (desired, running, ready replicas) and
+  the inputs and reason of each scaling decision; ``tierflow status`` shows it.
 
 Signing: HMAC-SHA256 over the canonical encoding — the command's own msgpack with
 the ``sig`` field empty (msgspec writes fields in declaration order, floats as
@@ -316,10 +318,66 @@ class ControllerReport(
     """Ed25519 signature over :func:`signed_bytes`, hex; empty: unsigned, ignored by every reader."""
 
 
-ControlRecord = ControlCommand | ControlReply | PolicyUpdate | ControllerReport
-CONTROL_KINDS = (ControlCommand, ControlReply, PolicyUpdate, ControllerReport)
-ControllerRecord = ControlReply | PolicyUpdate | ControllerReport
-"""What only the controller writes, and signs."""
+class PoolStatus(
+    Part,
+    frozen=True,
+    rename={
+        "pool": "p",
+        "desired": "d",
+        "running": "r",
+        "ready": "rd",
+        "low": "lo",
+        "high": "hi",
+        "autoscaled": "as",
+        "lag": "l",
+        "arrival_rate": "ar",
+        "service_rate": "sr",
+        "reason": "rs",
+        "changed_at": "ca",
+    },
+):
+    """One stage pool as the supervisor sees it, with the inputs of its last scaling decision."""
+
+    pool: Name
+    desired: Count
+    running: Count
+    """Replicas started and not finished."""
+    ready: Count
+    """Replicas that answered and hold at least one partition."""
+    low: Count = 0
+    high: Count = 0
+    """The replicas the pool may run (``policies.autoscale.ReplicaBounds``)."""
+    autoscaled: bool = False
+    lag: Count = 0
+    arrival_rate: NonNegative = 0.0
+    """Records per second produced to the pool's topics."""
+    service_rate: NonNegative = 0.0
+    """Records one replica serves per second of work (0: not measured)."""
+    reason: str = ""
+    """Why ``desired`` is what it is (``configured``, ``scaled up: lag …``, ``ordered by …``)."""
+    changed_at: NonNegative = 0.0
+
+
+class PoolReport(
+    Message,
+    frozen=True,
+    tag=tag("pool_report"),
+    rename={"pools": "ps", "changed": "ch", "at": "at", "signer": "sk", "sig": "sg"},
+):
+    """The supervisor's pools, published every few seconds and at once after each scaling decision
+    (``changed`` names the pools it resized; signed with the controller's key, which the supervisor holds)."""
+
+    pools: tuple[PoolStatus, ...]
+    at: NonNegative
+    changed: tuple[str, ...] = ()
+    signer: Name = ""
+    sig: Name = ""
+
+
+ControlRecord = ControlCommand | ControlReply | PolicyUpdate | ControllerReport | PoolReport
+CONTROL_KINDS = (ControlCommand, ControlReply, PolicyUpdate, ControllerReport, PoolReport)
+ControllerRecord = ControlReply | PolicyUpdate | ControllerReport | PoolReport
+"""What only the controller (and the supervisor, with the controller's key) writes, and signs."""
 R = TypeVar("R", bound=ControllerRecord)
 
 SIGNATURE_CONTEXT = b"tierflow-control-signature-v1\x00"
@@ -329,9 +387,11 @@ KEY_HEX_CHARS = 64
 
 
 def record_kind(record: ControllerRecord) -> str:
-    """``update``, ``reply`` or ``report``: the short name counters and logs use."""
+    """``update``, ``reply``, ``report`` or ``pools``: the short name counters and logs use."""
     if isinstance(record, PolicyUpdate):
         return "update"
+    if isinstance(record, PoolReport):
+        return "pools"
     return "reply" if isinstance(record, ControlReply) else "report"
 
 

@@ -80,7 +80,7 @@ def new_core(config: DeploymentSpec, keys: Mapping[str, bytes], trusted: Trusted
         tiers=tiers,
         base=post_hoc_policy(config).steerable_thresholds(tiers),
         keys=keys,
-        pools=config.max_replicas(),
+        pools=config.replica_bounds(),
         trusted=trusted,
         window_s=config.control.window_s,
         params=LawParams(step=config.control.step),

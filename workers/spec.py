@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from policies.autoscale import AutoscaleConfig, ReplicaBounds, replica_bounds
 from policies.decisions import DEFAULT_MAX_HOPS
 from topics.connection import KafkaConnection
 from topics.errors import ConfigError
@@ -50,6 +51,8 @@ class TierConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     optional: bool = False
     """The demo leaves this tier out (saying why) when its backend cannot load, e.g. recorded data absent."""
+    autoscale: AutoscaleConfig | None = None
+    """How the supervisor sizes the tier's pool (``policies/autoscale.py``); ``None``: fixed at ``replicas``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,8 @@ class DeploymentSpec:
     fetch_max_wait_ms: int = 10
     idle_fetch_wait_ms: int = 200
     commit_interval_ms: int = 100
+    autoscale: Mapping[str, AutoscaleConfig] = field(default_factory=dict)
+    """The pools the supervisor sizes, by pool name (the others keep their configured replicas)."""
 
     @cached_property
     def layout(self) -> TopicLayout:
@@ -142,6 +147,10 @@ class DeploymentSpec:
         """Per pool, the most replicas that can all hold a partition: its topics' smallest partition count
         (a consumer group gives each partition to one member; members beyond that idle)."""
         return {pool: min(self.partitions[t] for t in topics) for pool, topics in self.pool_topics().items()}
+
+    def replica_bounds(self) -> dict[str, ReplicaBounds]:
+        """Per pool, the replicas it may run (:func:`~policies.autoscale.replica_bounds`)."""
+        return {pool: replica_bounds(self.autoscale.get(pool), most) for pool, most in self.max_replicas().items()}
 
 
 def find_tier(tiers: tuple[TierConfig, ...], name: str) -> TierConfig:

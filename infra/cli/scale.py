@@ -16,11 +16,15 @@ from topics.errors import ConfigError
 
 REFUSALS = {
     "unknown_pool": "unknown pool {pool!r}; the deployment's pools: {pools}",
-    "too_few_replicas": "{pool} needs at least 1 replica (a pool at zero would leave its topics unread)",
-    "more_replicas_than_partitions": (
-        "{pool} can use at most {most} replicas: its topics have {most} partitions, and a consumer group gives "
-        "each partition to one member (raise the pool's partitions in the config for more)"
+    "too_few_replicas": (
+        "{pool} runs at least {low} replica(s) (a fixed pool at zero would leave its topics unread; "
+        "an autoscaled one may sleep at its min_replicas)"
     ),
+    "more_replicas_than_partitions": (
+        "{pool} can use at most {partitions} replicas: its topics have {partitions} partitions, and a consumer "
+        "group gives each partition to one member (raise the pool's partitions in the config for more)"
+    ),
+    "above_max_replicas": "{pool} is autoscaled up to max_replicas {high}",
 }
 
 
@@ -34,17 +38,24 @@ def add_parser(subparsers: Subparsers) -> None:
         "applied by the namespace's supervisor (tierflow up).",
     )
     parser.add_argument("pool", help="router, verifier, sink or worker.<tier>")
-    parser.add_argument("replicas", type=int, help="how many replicas (1 up to the partitions of the pool's topics)")
+    parser.add_argument(
+        "replicas",
+        type=int,
+        help="how many replicas: 1 up to the partitions of the pool's topics, or within an autoscaled pool's "
+        "[min_replicas, max_replicas], where the autoscaler goes on from the new count",
+    )
 
 
 def check_scale(config: Config, pool: str, replicas: int) -> None:
     """The controller's own check (``policies.controller.scale_refusal``), said as one line before sending."""
     from policies.controller import scale_refusal
 
-    pools = config.runtime("-").max_replicas()
+    pools = config.runtime("-").replica_bounds()
     reason = scale_refusal(pool, replicas, pools)
     if reason is not None:
-        raise ConfigError(REFUSALS[reason].format(pool=pool, pools=", ".join(pools), most=pools.get(pool, 0)))
+        within = pools.get(pool)
+        details = {"low": within.low, "high": within.high, "partitions": within.partitions} if within else {}
+        raise ConfigError(REFUSALS[reason].format(pool=pool, pools=", ".join(pools), **details))
 
 
 def run(args: argparse.Namespace) -> int:

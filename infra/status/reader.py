@@ -59,13 +59,18 @@ Record = tuple[int, bytes | None]
 
 def stage_pools(config: Config) -> dict[str, list[str]]:
     """Each stage pool of the deployment and the topics its consumer group reads."""
-    layout = config.layout
-    pools = {"router": [layout.requests], "verifier": [layout.answers]}
-    for tier in layout.tiers:
-        pools[f"worker.{tier}"] = [layout.tier(tier), layout.escalate(tier)]
-    if config.results_path:
-        pools["sink"] = [layout.results]
-    return pools
+    return config.runtime("").pool_topics()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOffsets:
+    """One stage pool's offsets at one read."""
+
+    produced: int
+    """Records produced to the pool's topics so far (the sum of their end offsets)."""
+    lag: int
+    partitions: int
+    """The fewest partitions of the pool's topics on the broker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,16 +182,30 @@ class StatusReader:
 
         Only offsets are read (no records): ``tierflow up`` asks this every half second while it drains.
         """
+        offsets = await self._read_offsets()
+        return offsets.lag, offsets.uncommitted
+
+    async def pool_offsets(self) -> dict[str, PoolOffsets]:
+        """Per stage pool: records produced to its topics so far, its lag, and the fewest partitions of
+        its topics on the broker (the supervisor's autoscaler reads this once a second)."""
+        o = await self._read_offsets()
+        out = {}
+        for pool, topics in self.pools.items():
+            tps = [tp for topic in topics for tp in o.partitions[topic]]
+            fewest = min(len(o.partitions[topic]) for topic in topics)
+            out[pool] = PoolOffsets(produced=sum(o.ends[tp] for tp in tps), lag=o.lag[pool], partitions=fewest)
+        return out
+
+    async def _read_offsets(self) -> _Offsets:
         from aiokafka.errors import KafkaError
 
         try:
             reader = await self._reader()
-            offsets = await asyncio.wait_for(self._offsets(reader), self.timeout_s)
+            return await asyncio.wait_for(self._offsets(reader), self.timeout_s)
         except TimeoutError as exc:
             raise BrokerError(f"no offsets from {self._bootstrap} within {self.timeout_s:g}s") from exc
         except KafkaError as exc:
             raise BrokerError(f"reading offsets failed: {exc}") from exc
-        return offsets.lag, offsets.uncommitted
 
     async def _offsets(self, reader: TopicReader) -> _Offsets:
         from aiokafka import TopicPartition

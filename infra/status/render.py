@@ -28,6 +28,12 @@ controller steers from);
 issued_at, lam, mu, pinned} or null;
 ``replies``: the newest ControlReplies, newest first [{offset (of the command answered),
 accepted, reason, key_id, seq, at}];
+``pools``: null when no supervisor published a PoolReport, else ``at``, ``age_s``, ``changed``
+[pools its newest decision resized] and ``pools`` {pool: {``desired``, ``running`` (started, not
+finished), ``ready`` (answering and holding a partition), ``low``, ``high`` (the replicas it may
+run), ``autoscaled``, ``lag``, ``arrival_rate`` (records/s into its topics), ``service_rate``
+(records one replica serves per second of work; 0: not measured), ``reason`` (of its count),
+``changed_at``}};
 ``cost_vs_target`` {cost_per_request | cost_per_second | latency_ms | quality_floor:
 {``target``, ``observed`` (this window's; latency at the target's ``quantile``, a key of
 its own there), ``error_pct`` (observed vs target, + means above)}} for each target the controller holds;
@@ -48,7 +54,7 @@ from typing import Any
 
 from infra.status.stats import ControlState, Snapshot, cost_vs_target, window_stats
 from policies.window import in_window
-from topics.control import PolicyUpdate, Targets
+from topics.control import PolicyUpdate, PoolReport, Targets
 
 
 def _policy_json(policy: PolicyUpdate) -> dict[str, Any]:
@@ -108,6 +114,18 @@ def controller_json(state: ControlState, now: float) -> dict[str, Any] | None:
     }
 
 
+def pools_json(report: PoolReport | None, now: float) -> dict[str, Any] | None:
+    """The ``pools`` object of the JSON; ``None`` when no supervisor reported."""
+    if report is None:
+        return None
+    return {
+        "at": report.at,
+        "age_s": round(max(0.0, now - report.at), 3),
+        "changed": list(report.changed),
+        "pools": {p.pool: {f: getattr(p, f) for f in p.__struct_fields__ if f != "pool"} for p in report.pools},
+    }
+
+
 def status_json(snapshot: Snapshot) -> dict[str, Any]:
     """The documented ``--json`` object (see the module docstring)."""
     window = in_window(snapshot.results, snapshot.at, snapshot.window_s)
@@ -135,6 +153,7 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
             }
             for _, reply in snapshot.control.replies
         ],
+        "pools": pools_json(snapshot.control.pools, snapshot.at),
         "cost_vs_target": cost_vs_target(report.targets, window, stats) if report else {},
         "undecodable": {
             "results": snapshot.undecodable_results,
@@ -151,6 +170,44 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
+
+
+def _pools_table(doc: dict[str, Any]) -> Any:
+    """One row per stage pool: what it answered, its lag, and (from the supervisor) its replicas."""
+    from rich.table import Table
+
+    res = doc["results"]
+    thresholds = doc["policy"]["thresholds"] if doc["policy"] else {}
+    paused = set(doc["controller"]["paused"]) if doc["controller"] else set()
+    sized = doc["pools"]["pools"] if doc["pools"] else {}
+    title = "pools" + (f" · replicas as of {doc['pools']['age_s']:.0f} s ago" if doc["pools"] else "")
+    pools = Table(title=title, title_justify="left")
+    for column in ("pool", "answered", "answers/s", "lag", "threshold", "replicas", "ready", "range"):
+        pools.add_column(column, justify="left" if column == "pool" else "right")
+    pools.add_column("state")
+    for pool, lag in doc["lag"].items():
+        tier = pool.removeprefix("worker.") if pool.startswith("worker.") else ""
+        notes = ["paused"] if tier and tier in paused else []
+        if pool in doc["uncommitted_pools"]:
+            notes.append("no commits")
+        size = sized.get(pool)
+        if size is not None:
+            if size["desired"] == 0:
+                notes.append("asleep")
+            if size["reason"] != "configured":
+                notes.append(size["reason"])
+        pools.add_row(
+            pool,
+            _pct(res["answered_share"].get(tier)) if tier else "",
+            f"{res['tier_answers_per_s'].get(tier, 0.0):.1f}" if tier else "",
+            str(lag),
+            _num(thresholds.get(tier)) if tier in thresholds else "",
+            f"{size['running']}/{size['desired']}" if size else "",
+            str(size["ready"]) if size else "",
+            (f"{size['low']}-{size['high']}" + (" auto" if size["autoscaled"] else "")) if size else "",
+            "; ".join(notes),
+        )
+    return pools
 
 
 def render(snapshot: Snapshot, error: str = "") -> Any:
@@ -187,27 +244,7 @@ def render(snapshot: Snapshot, error: str = "") -> Any:
     )
     parts.append(summary)
 
-    thresholds = doc["policy"]["thresholds"] if doc["policy"] else {}
-    paused = set(doc["controller"]["paused"]) if doc["controller"] else set()
-    pools = Table(title="pools", title_justify="left")
-    for column, justify in (("pool", "left"), ("answered", "right"), ("answers/s", "right"), ("lag", "right")):
-        pools.add_column(column, justify=justify)  # type: ignore[arg-type]
-    pools.add_column("threshold", justify="right")
-    pools.add_column("state")
-    for pool, lag in doc["lag"].items():
-        tier = pool.removeprefix("worker.") if pool.startswith("worker.") else ""
-        state = "paused" if tier and tier in paused else ""
-        if pool in doc["uncommitted_pools"]:
-            state = f"{state}, no commits" if state else "no commits"
-        pools.add_row(
-            pool,
-            _pct(res["answered_share"].get(tier)) if tier else "",
-            f"{res['tier_answers_per_s'].get(tier, 0.0):.1f}" if tier else "",
-            str(lag),
-            _num(thresholds.get(tier)) if tier in thresholds else "",
-            state,
-        )
-    parts.append(pools)
+    parts.append(_pools_table(doc))
 
     controller = doc["controller"]
     skipped_unsigned = doc["undecodable"]["unsigned"]

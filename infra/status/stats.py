@@ -23,6 +23,7 @@ from topics.control import (
     ControllerReport,
     ControlReply,
     PolicyUpdate,
+    PoolReport,
     Targets,
     TrustedKeys,
     decode_control,
@@ -94,13 +95,16 @@ class ControlState:
     policy: PolicyUpdate | None = None
     replies: list[tuple[int, ControlReply]] = field(default_factory=list)
     """(offset, reply), newest first, at most :data:`REPLIES_SHOWN`."""
+    pools: PoolReport | None = None
+    """The supervisor's newest report of its pools (none: no supervisor, e.g. ``tierflow demo``)."""
     undecodable: int = 0
     unsigned: Counter[str] = field(default_factory=Counter)
     """Reports, updates and replies left out because no trusted key signed them, by ``kind:reason``."""
 
     def complete(self) -> bool:
         """Whether reading further back could change nothing shown."""
-        return self.report is not None and self.policy is not None and len(self.replies) >= REPLIES_SHOWN
+        found = self.report is not None and self.policy is not None and self.pools is not None
+        return found and len(self.replies) >= REPLIES_SHOWN
 
 
 def control_state(
@@ -128,6 +132,8 @@ def control_state(
             state.policy = message
         elif isinstance(message, ControlReply) and len(state.replies) < REPLIES_SHOWN:
             state.replies.append((offset, message))
+        elif isinstance(message, PoolReport) and state.pools is None:
+            state.pools = message
     return state
 
 

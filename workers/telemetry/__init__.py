@@ -19,6 +19,7 @@ The package, bottom up (no module imports one above it, none imports the stage l
 """
 
 from workers.telemetry.controller import record_controller_state
+from workers.telemetry.pools import record_pool_state
 from workers.telemetry.propagation import (
     SPAN_NAMES,
     TRACEPARENT,
@@ -50,6 +51,7 @@ __all__ = [
     "new_trace_headers",
     "passthrough",
     "record_controller_state",
+    "record_pool_state",
     "setup_telemetry",
     "shutdown_telemetry",
     "span_name",

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from topics.errors import ConfigError
 from workers.telemetry.controller import forget_controller_state, register_controller_gauges
+from workers.telemetry.pools import forget_pool_state, register_pool_gauges
 from workers.telemetry.providers import FLUSH_TIMEOUT_MS, SCOPE, installed
 from workers.telemetry.stage import install_stage_instruments
 
@@ -135,6 +136,7 @@ def install_providers(tracer_provider: TracerProvider | None, meter_provider: Me
         install_stage_instruments(meter)
         if meter is not None:
             register_controller_gauges(meter)
+            register_pool_gauges(meter)
 
 
 def uninstall_providers() -> None:
@@ -143,6 +145,7 @@ def uninstall_providers() -> None:
         installed.tracer = installed.tracer_provider = installed.meter_provider = None
         install_stage_instruments(None)
         forget_controller_state()
+        forget_pool_state()
 
 
 def shutdown_telemetry() -> None:

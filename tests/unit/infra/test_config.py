@@ -37,6 +37,16 @@ def test_minimal_config_gets_laptop_defaults() -> None:
         ({"tiers": [TIER], "colour": "blue"}, "unknown key 'colour'"),
         ({"tiers": [{**TIER, "resources": {"gpu_node": -1}}]}, "tiers[0].resources.gpu_node"),
         ({"tiers": [TIER], "namespace": "a b"}, "namespace"),
+        (
+            {"tiers": [{**TIER, "autoscale": {"max_replicas": 8, "target_lag": 10}}]},
+            "tiers[0].autoscale.max_replicas 8 is above the 4 partitions of the pool's topics",
+        ),
+        ({"tiers": [TIER], "router": {"autoscale": {"max_replicas": 2}}}, "router.autoscale: set exactly one of"),
+        ({"tiers": [TIER], "sink": {"autoscale": {"target_lag": 1, "speed": 2}}}, "unknown key 'sink.autoscale.speed'"),
+        (
+            {"tiers": [{**TIER, "autoscale": {"min_replicas": -1, "target_lag": 1}}]},
+            "tiers[0].autoscale.min_replicas must be in [0, 256]",
+        ),
     ],
 )
 def test_errors_name_the_key(doc: dict[str, Any], message: str) -> None:
@@ -149,3 +159,19 @@ def test_a_complete_sasl_ssl_broker_config_loads(tmp_path: Path) -> None:
     }
     config = parse_config({"tiers": [TIER], "broker": broker})
     assert config.broker.connection("k1:9093").uses_tls and config.broker.connection("k1:9093").uses_sasl
+
+
+def test_an_autoscaled_pool_starts_within_its_range_and_bounds_what_scale_accepts() -> None:
+    large = {"min_replicas": 0, "max_replicas": 2, "target_lag": 50, "activation_lag": 5}
+    doc = {
+        "tiers": [TIER, {"name": "large", "backend": "simulated", "replicas": 3, "autoscale": large}],
+        "router": {"replicas": 1, "autoscale": {"min_replicas": 2, "max_replicas": 3, "target_queue_s": 1.5}},
+    }
+    config = parse_config(doc)
+    scaling = config.autoscaling()
+    assert set(scaling) == {"router", "worker.large"}
+    assert scaling["router"].target_queue_s == 1.5 and scaling["worker.large"].activation_lag == 5
+    bounds = config.runtime("-").replica_bounds()
+    assert (bounds["router"].low, bounds["router"].high, bounds["router"].partitions) == (2, 3, 4)
+    assert (bounds["worker.large"].low, bounds["worker.large"].high) == (0, 2)
+    assert (bounds["worker.small"].low, bounds["worker.small"].high) == (1, 4)  # fixed: 1 up to its partitions

@@ -32,6 +32,8 @@ from topics.control import (
     ControlReply,
     Observed,
     PolicyUpdate,
+    PoolReport,
+    PoolStatus,
     Targets,
     TrustedKeys,
 )
@@ -216,8 +218,10 @@ def test_control_state_folds_older_chunks_without_replacing_newer() -> None:
     assert state.policy is not None and state.policy.version == 4
     replies = [(i, _signed(ControlReply(offset=i, accepted=True, reason="ok"))) for i in range(REPLIES_SHOWN + 2)]
     control_state(replies, state, trusted=TRUST)
-    assert state.complete() and len(state.replies) == REPLIES_SHOWN
-    assert state.replies[0][0] == REPLIES_SHOWN + 1
+    assert len(state.replies) == REPLIES_SHOWN and state.replies[0][0] == REPLIES_SHOWN + 1
+    assert not state.complete()  # a supervisor's pool report may still be further back
+    control_state([(0, _signed(_pools(NOW)))], state, trusted=TRUST)
+    assert state.complete()
 
 
 def test_cost_vs_target() -> None:
@@ -298,6 +302,7 @@ def test_status_json_shape() -> None:
         "controller",
         "policy",
         "replies",
+        "pools",
         "cost_vs_target",
         "undecodable",
         "truncated",
@@ -360,6 +365,64 @@ def test_render_without_and_with_controller() -> None:
     assert "paused tiers: b" in text and "policy v2 (v2)" in text
     ignoring = ControlState(report=_report(2, ignored={"update:unsigned": 3}), policy=_policy(2))
     assert "ignored by the controller: update:unsigned 3" in _text(render(_snapshot(ignoring)))
+
+
+def _pools(at: float, *sleeping: str) -> PoolReport:
+    return PoolReport(
+        pools=(
+            PoolStatus(pool="router", desired=1, running=1, ready=1, low=1, high=4, reason="configured"),
+            PoolStatus(
+                pool="worker.b",
+                desired=0 if "worker.b" in sleeping else 3,
+                running=0 if "worker.b" in sleeping else 2,
+                ready=0 if "worker.b" in sleeping else 2,
+                low=0,
+                high=4,
+                autoscaled=True,
+                lag=4,
+                arrival_rate=12.5,
+                service_rate=50.0,
+                reason="scaled up: lag 400, for 1 s",
+                changed_at=at,
+            ),
+        ),
+        at=at,
+        changed=("worker.b",),
+    )
+
+
+def test_pool_reports_are_read_newest_first_and_only_when_signed() -> None:
+    records = [(1, _signed(_pools(NOW - 9))), (2, _pools(NOW - 5).to_wire()), (3, _signed(_pools(NOW - 2, "worker.b")))]
+    state = control_state(records, trusted=TRUST)
+    assert state.pools is not None and state.pools.at == NOW - 2
+    assert state.unsigned == {"pools:unsigned": 1}
+    doc = status_json(_snapshot(state))["pools"]
+    assert doc["age_s"] == 2.0 and doc["changed"] == ["worker.b"]
+    assert doc["pools"]["worker.b"]["desired"] == 0 and doc["pools"]["router"] == {
+        "desired": 1,
+        "running": 1,
+        "ready": 1,
+        "low": 1,
+        "high": 4,
+        "autoscaled": False,
+        "lag": 0,
+        "arrival_rate": 0.0,
+        "service_rate": 0.0,
+        "reason": "configured",
+        "changed_at": 0.0,
+    }
+    assert status_json(_snapshot())["pools"] is None
+
+
+def test_the_pools_table_shows_replicas_ready_range_and_the_last_decision() -> None:
+    growing = _text(render(_snapshot(ControlState(pools=_pools(NOW - 1)))))
+    assert "replicas as of 1 s ago" in growing
+    row = next(line for line in growing.splitlines() if "worker.b" in line)
+    assert "2/3" in row and "0-4 auto" in row and "scaled up: lag 400, for 1 s" in row
+    asleep = _text(render(_snapshot(ControlState(pools=_pools(NOW - 1, "worker.b")))))
+    assert "asleep" in next(line for line in asleep.splitlines() if "worker.b" in line)
+    router = next(line for line in growing.splitlines() if line.lstrip("│ ").startswith("router"))
+    assert "1/1" in router and "configured" not in router
 
 
 def _parse(*argv: str) -> argparse.Namespace:

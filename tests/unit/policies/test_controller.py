@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policies.autoscale import ReplicaBounds
 from policies.budget import LawParams
 from policies.controller import ControllerCore, check_command, measure, report_due
 from topics.control import (
@@ -146,7 +147,12 @@ def check(cmd: ControlCommand, **kw: object) -> str | None:
     return check_command(cmd, **(args | kw))  # type: ignore[arg-type]
 
 
-POOLS = {"router": 4, "verifier": 4, "worker.small": 2}
+POOLS = {
+    "router": ReplicaBounds(1, 4, 4),
+    "verifier": ReplicaBounds(1, 4, 4),
+    "worker.small": ReplicaBounds(1, 2, 2),
+    "worker.large": ReplicaBounds(0, 3, 8),  # autoscaled: may sleep, up to max_replicas 3
+}
 """Pools and the most replicas each can use (their topics' partitions)."""
 
 
@@ -170,6 +176,8 @@ POOLS = {"router": 4, "verifier": 4, "worker.small": 2}
         (lambda: command(CommandAction.SCALE_POOL, pool="worker.huge", replicas=2), "unknown_pool"),
         (lambda: command(CommandAction.SCALE_POOL, pool="router", replicas=0), "too_few_replicas"),
         (lambda: command(CommandAction.SCALE_POOL, pool="worker.small", replicas=3), "more_replicas_than_partitions"),
+        (lambda: command(CommandAction.SCALE_POOL, pool="worker.large", replicas=0), None),
+        (lambda: command(CommandAction.SCALE_POOL, pool="worker.large", replicas=4), "above_max_replicas"),
     ],
 )
 def test_every_bad_command_is_refused_with_its_reason(make: Callable[[], ControlCommand], reason: str | None) -> None:
