@@ -131,6 +131,8 @@ class Autoscaler:
                 await self.tick()
             except (TierflowError, KafkaError) as exc:
                 log.warning("autoscaler: looking at the pools failed, again in %.0f s: %s", self.interval_s, exc)
+            except Exception:  # the pools must stay watched whatever one tick hit
+                log.exception("autoscaler: a tick failed; again in %.0f s", self.interval_s)
             await asyncio.sleep(self.interval_s)
 
     async def tick(self) -> list[str]:

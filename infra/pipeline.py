@@ -268,7 +268,7 @@ class Pipeline:
     def _next_spec(self, pool: Pool) -> StageSpec:
         """A spec for a new replica of ``pool``, numbered after every replica it had (names are never reused)."""
         base = pool.template
-        number = max(self._numbered.get(pool.name, 0), *(s.replica + 1 for s in pool.specs))
+        number = max([self._numbered.get(pool.name, 0), *(s.replica + 1 for s in pool.specs)])  # a pool at zero too
         self._numbered[pool.name] = number + 1
         return StageSpec(base.kind, base.deployment, base.tier, number)
 
