@@ -103,6 +103,8 @@ class PoolScale:
     reason: str = "configured"
     window: tuple[tuple[float, int], ...] = field(default=(), repr=False)
     """(time, recommendation) since the last change, oldest first, trimmed to the longer delay."""
+    watching_since: float | None = None
+    """When the first observation since the last change was made: the window covers a delay from then on."""
     changed_at: float = 0.0
 
 
@@ -151,31 +153,33 @@ def decide(config: AutoscaleConfig, state: PoolScale, seen: Observation) -> Pool
     if current == 0:
         if seen.lag >= config.activation_lag:
             return _change(state, max(1, min(want, config.max_step)), now, f"woke: lag {seen.lag}")
-        return replace(state, window=())
+        return replace(state, window=(), watching_since=None)
     horizon = max(config.upscale_delay_s, config.downscale_delay_s)
     window = (*[(t, w) for t, w in state.window if t >= now - horizon], (now, want))
-    state = replace(state, window=window)
-    up = _sustained(window, now, config.upscale_delay_s)
+    since = now if state.watching_since is None else state.watching_since
+    state = replace(state, window=window, watching_since=since)
+    up = _sustained(window, now - since, config.upscale_delay_s)
     if up and min(up) > current:
         target = min(min(up), current + config.max_step)
         return _change(state, target, now, _why(config, seen, "up"))
-    down = _sustained(window, now, config.downscale_delay_s)
+    down = _sustained(window, now - since, config.downscale_delay_s)
     if down and max(down) < current:
         target = max(max(down), current - config.max_step)
         return _change(state, target, now, _why(config, seen, "down"))
     return state
 
 
-def _sustained(window: tuple[tuple[float, int], ...], now: float, delay_s: float) -> list[int]:
-    """The recommendations of the last ``delay_s``, or none when the window (observations since the last
-    change) does not cover that long yet."""
-    if now - window[0][0] < delay_s:
+def _sustained(window: tuple[tuple[float, int], ...], watched_s: float, delay_s: float) -> list[int]:
+    """The recommendations of the last ``delay_s``, or none while the pool has been watched (since the last
+    change) for less than that."""
+    if watched_s < delay_s:
         return []
+    now = window[-1][0]
     return [w for t, w in window if t >= now - delay_s]
 
 
 def _change(state: PoolScale, desired: int, now: float, reason: str) -> PoolScale:
-    return PoolScale(desired=desired, reason=reason, window=(), changed_at=now)
+    return PoolScale(desired=desired, reason=reason, changed_at=now)
 
 
 def _why(config: AutoscaleConfig, seen: Observation, direction: str) -> str:
@@ -185,6 +189,8 @@ def _why(config: AutoscaleConfig, seen: Observation, direction: str) -> str:
             f"lag {seen.lag}, arriving {seen.arrival_rate:.1f}/s, serving {seen.service_rate:.1f}/s per replica, "
             f"queue target {config.target_queue_s:g} s"
         )
+    elif config.target_queue_s > 0:
+        measure = f"lag {seen.lag}, service rate not measured yet (1 record per replica)"
     else:
-        measure = f"lag {seen.lag}, target {config.target_lag or 1.0:g} per replica"
+        measure = f"lag {seen.lag}, target {config.target_lag:g} per replica"
     return f"scaled {direction}: {measure}, for {delay:g} s"

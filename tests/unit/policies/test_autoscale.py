@@ -31,6 +31,8 @@ class Plant:
     partitions: int = 8
     noise: float = 0.0
     seed: int = 0
+    tick_s: float = 1.0
+    """Seconds between two looks (the supervisor's ticks take a little longer than its 1 s sleep)."""
     lag: float = 0.0
     state: PoolScale = field(default_factory=lambda: PoolScale(desired=1))
     ready: list[float] = field(default_factory=lambda: [0.0])
@@ -40,12 +42,12 @@ class Plant:
 
     def run(self, rate: Callable[[float], float], seconds: int, start: float = 0.0) -> None:
         rng = random.Random(self.seed)
-        for step in range(seconds):
-            t = start + step + 1
-            arriving = max(0.0, rate(t) * (1 + rng.uniform(-self.noise, self.noise)))
-            serving = sum(1 for at in self.ready if at <= t) * self.mu
+        for step in range(int(seconds / self.tick_s)):
+            t = start + (step + 1) * self.tick_s
+            arriving = max(0.0, rate(t) * (1 + rng.uniform(-self.noise, self.noise))) * self.tick_s
+            serving = sum(1 for at in self.ready if at <= t) * self.mu * self.tick_s
             self.lag = max(0.0, self.lag + arriving - serving)
-            seen = Observation(t, round(self.lag), arriving, self.mu, self.partitions)
+            seen = Observation(t, round(self.lag), arriving / self.tick_s, self.mu, self.partitions)
             self.state = decide(self.config, self.state, seen)
             while len(self.ready) < self.state.desired:
                 self.ready.append(t + self.ready_s)
@@ -57,8 +59,9 @@ class Plant:
         return [(a, b) for a, b in itertools.pairwise(counts) if a != b]
 
 
-def test_a_fourfold_step_scales_up_drains_the_backlog_and_scales_back_down() -> None:
-    plant = Plant(QUEUE)
+@pytest.mark.parametrize("tick_s", [1.0, 1.07])
+def test_a_fourfold_step_scales_up_drains_the_backlog_and_scales_back_down(tick_s: float) -> None:
+    plant = Plant(QUEUE, tick_s=tick_s)
     plant.run(lambda t: 40.0, 60)
     assert plant.state.desired == 1  # 40/s fits one replica at 50/s
     plant.run(lambda t: 160.0, 120, start=60)
