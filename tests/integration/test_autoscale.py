@@ -27,7 +27,7 @@ from topics.errors import DecodeError
 from topics.reader import TopicReader
 
 from .conftest import WAIT_S, sim_tier, simulated_config
-from .helpers import delivered_ids, make_requests, send_and_collect
+from .helpers import await_delivered, make_requests, send_and_collect
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +100,8 @@ def test_pools_scale_with_their_backlog_and_sleep_when_idle(
 
         requests = make_requests(400, "burst")
         asyncio.run(send_and_collect(config, kafka, requests))
-        assert Counter(delivered_ids(config)) == Counter(r.id for r in requests)  # each exactly once
+        ids = {r.id for r in requests}
+        assert Counter(asyncio.run(await_delivered(config, ids))) == Counter(ids)  # each exactly once
 
         _wait_for(handle, "both tiers back at rest", lambda r: r["worker.small"] == 1 and r["worker.large"] == 0)
         reports = asyncio.run(_pool_reports(config, kafka))
