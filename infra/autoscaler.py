@@ -2,10 +2,10 @@
 
 Once a second (every :data:`FIXED_INTERVAL_S` when no pool is autoscaled) it reads, per pool,
 the lag and the records produced to its topics (from Kafka, as ``tierflow status`` does:
-:meth:`~infra.status.reader.StatusReader.pool_offsets`) and its replicas' counters (records
-consumed and seconds of work, so the service rate of one replica is measured, not
-configured). The law (:func:`policies.autoscale.decide`) turns that into a replica count;
-the pipeline applies it (``Pipeline.scale``: new replicas join the group, removed ones finish
+:meth:`~infra.status.reader.StatusReader.pool_offsets`) and its replicas' counters (records of
+finished batches and the seconds spent on them, so the service rate of one replica is
+measured, not configured). The law (:func:`policies.autoscale.decide`) turns that into a
+replica count; the pipeline applies it (``Pipeline.scale``: new replicas join the group, removed ones finish
 their batch, commit and leave, so no record is lost or answered twice).
 
 Every decision is published at once as a signed :class:`~topics.control.PoolReport` on the
@@ -52,7 +52,7 @@ MIN_BUSY_S = 0.05
 class _Counters:
     """One replica's work so far."""
 
-    consumed: int
+    served: int
     busy_s: float
 
 
@@ -66,12 +66,12 @@ class _Sample:
 
 def service_rate(before: Mapping[int, _Counters], after: Mapping[int, _Counters]) -> float | None:
     """Records per second of work over the replicas present in both samples (None: too little work)."""
-    consumed = busy = 0.0
+    served = busy = 0.0
     for replica, now in after.items():
         if (then := before.get(replica)) is not None:
-            consumed += now.consumed - then.consumed
+            served += now.served - then.served
             busy += now.busy_s - then.busy_s
-    return consumed / busy if busy >= MIN_BUSY_S else None
+    return served / busy if busy >= MIN_BUSY_S else None
 
 
 class Autoscaler:
@@ -175,7 +175,7 @@ class Autoscaler:
             self._ordered.add(pool)
 
     def _observe(self, name: str, offsets: PoolOffsets, stats: list[dict[str, Any]], now: float) -> Observation:
-        counters = {int(s["replica"]): _Counters(int(s["consumed"]), float(s.get("busy_s", 0.0))) for s in stats}
+        counters = {int(s["replica"]): _Counters(int(s.get("served", 0)), float(s.get("busy_s", 0.0))) for s in stats}
         sample, before = _Sample(now, offsets.produced, counters), self._samples.get(name)
         self._samples[name] = sample
         arrival = 0.0

@@ -110,8 +110,10 @@ class StageStats:
     holes_refetched: int = 0
     """Fetches that skipped records and were read again (``topics/gaps.py``)."""
     holes_accepted: int = 0
+    served: int = 0
+    """Records of the batches finished (``consumed`` counts a batch when it starts)."""
     busy_s: float = 0.0
-    """Seconds spent on batches (decode, process, produce): ``consumed / busy_s`` is what one replica
+    """Seconds spent on those batches (decode, process, produce): ``served / busy_s`` is what one replica
     serves per second of work, the service rate the autoscaler sizes queue-time targets with."""
     assigned: list[tuple[str, int]] = field(default_factory=list)
 
@@ -353,12 +355,14 @@ class StageLoop(Generic[M]):
             # Not acknowledged (broker away, topic gone): never commit; read the batch again and redo it.
             self.stats.send_failures += 1
             self.stats.busy_s += time.perf_counter() - started
+            self.stats.served += len(records)
             log.warning("stage %s: produce failed, batch will be redone: %r", self.handler.stage, exc)
             self._seek_back(records)
             await asyncio.sleep(0.5)
             return
         elapsed = time.perf_counter() - started
         self.stats.busy_s += elapsed
+        self.stats.served += len(records)
         self.telemetry.batch_done(records, out, elapsed)
         self._acknowledged(records)
         if self.max_rss_mb and (rss := resident_mb()) > self.max_rss_mb:
