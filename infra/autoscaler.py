@@ -89,7 +89,7 @@ class Autoscaler:
         spec = pipeline.config.runtime(pipeline.bootstrap)
         self.scaling = spec.autoscale
         self.limits = spec.replica_bounds()
-        self.kafka = spec.kafka.options()
+        self.kafka = spec.control_connection().options()
         self.control_topic = spec.layout.control
         self.states: dict[str, PoolScale] = {}
         self.status: dict[str, PoolStatus] = {}

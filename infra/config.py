@@ -354,6 +354,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         enabled=c.get("enabled", bool, True),
         keys=dict(keys.data) or ControlConfig().keys,
         signing_key_env=c.get("signing_key_env", str, ""),
+        sasl_username=c.get("sasl_username", str, ""),
+        sasl_password_env=c.get("sasl_password_env", str, ""),
         public_keys={key_id: text.strip() for key_id, text in public_keys.data.items()},
         period_s=c.number("period_s", float, 1.0, 0.05, 3600),
         window_s=c.number("window_s", float, 3.0, 0.5, 86_400),
@@ -362,6 +364,10 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         step=c.number("step", float, 0.04, 1e-6, 1.0),
     )
     c.finish()
+    if control.sasl_username and not broker.connection("").uses_sasl:
+        raise ConfigError("control.sasl_username needs broker.security_protocol SASL_PLAINTEXT or SASL_SSL")
+    if bool(control.sasl_username) != bool(control.sasl_password_env):
+        raise ConfigError("control.sasl_username and control.sasl_password_env go together")
 
     t = root.table("telemetry")
     telemetry = TelemetryConfig(

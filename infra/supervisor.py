@@ -164,7 +164,7 @@ class SupervisorActor:
         spec = pipeline.config.runtime(pipeline.bootstrap)
         orders = ScaleOrders(trusted_keys(spec))
         topic = spec.layout.control
-        reader = TopicReader(spec.kafka.options(), [topic], partitions={topic: 1})
+        reader = TopicReader(spec.control_connection().options(), [topic], partitions={topic: 1})
         await reader.start()
         try:
             latest: dict[str, int] = {}

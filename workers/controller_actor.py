@@ -98,7 +98,7 @@ class ControllerLoop:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
-        self.kafka = config.kafka.options()
+        self.kafka = config.control_connection().options()
         self.signer = signer
         self.core = new_core(config, keys, controller_trust(config, signer))
         self.clock = clock

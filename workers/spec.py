@@ -9,7 +9,7 @@ driven by any deployer (the CLI, a supervisor, a test) that fills these in.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -92,6 +92,11 @@ class ControlConfig:
     routers' and verifiers' policy feeds, the controller) then falls back to its idle fetch wait."""
     step: float = 0.04
     """Largest change of a multiplier per period (the bounded step of the dual ascent)."""
+    sasl_username: str = ""
+    """The control plane's own Kafka user: the budget controller and the supervisor write the control
+    topic with it, so ACLs can keep the stages' user from writing there (empty: the broker's user)."""
+    sasl_password_env: str = ""
+    """Name of the environment variable holding that user's password (never the password)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +152,15 @@ class DeploymentSpec:
         """Per pool, the most replicas that can all hold a partition: its topics' smallest partition count
         (a consumer group gives each partition to one member; members beyond that idle)."""
         return {pool: min(self.partitions[t] for t in topics) for pool, topics in self.pool_topics().items()}
+
+    def control_connection(self) -> KafkaConnection:
+        """How the control plane (controller, supervisor) reaches the broker: as the stages do, but as the
+        ``[control]`` user when one is set."""
+        if not self.control.sasl_username:
+            return self.kafka
+        return replace(
+            self.kafka, sasl_username=self.control.sasl_username, sasl_password_env=self.control.sasl_password_env
+        )
 
     def replica_bounds(self) -> dict[str, ReplicaBounds]:
         """Per pool, the replicas it may run (:func:`~policies.autoscale.replica_bounds`)."""

@@ -175,3 +175,17 @@ def test_an_autoscaled_pool_starts_within_its_range_and_bounds_what_scale_accept
     assert (bounds["router"].low, bounds["router"].high, bounds["router"].partitions) == (2, 3, 4)
     assert (bounds["worker.large"].low, bounds["worker.large"].high) == (0, 2)
     assert (bounds["worker.small"].low, bounds["worker.small"].high) == (1, 4)  # fixed: 1 up to its partitions
+
+
+def test_the_control_plane_may_have_its_own_kafka_user() -> None:
+    broker = {"security_protocol": "SASL_PLAINTEXT", "sasl_username": "stages", "sasl_password_env": "STAGES_PW"}
+    control = {"sasl_username": "control", "sasl_password_env": "CONTROL_PW"}
+    spec = parse_config({"tiers": [TIER], "broker": broker, "control": control}).runtime("k:9092")
+    assert (spec.kafka.sasl_username, spec.control_connection().sasl_username) == ("stages", "control")
+    assert spec.control_connection().sasl_password_env == "CONTROL_PW"
+    plain = parse_config({"tiers": [TIER], "broker": broker}).runtime("k:9092")
+    assert plain.control_connection() == plain.kafka
+    with pytest.raises(ConfigError, match=r"control\.sasl_username needs broker\.security_protocol SASL"):
+        parse_config({"tiers": [TIER], "control": control})
+    with pytest.raises(ConfigError, match="go together"):
+        parse_config({"tiers": [TIER], "broker": broker, "control": {"sasl_username": "control"}})
