@@ -168,13 +168,7 @@ def p95_buckets(collector: ResultCollector, t0_wall: float) -> list[tuple[float,
 
 
 async def load_step(bootstrap: str, workdir: Path, args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    autoscale = {
-        "min_replicas": 1,
-        "max_replicas": 8,
-        "target_queue_s": args.target_queue_s,
-        "upscale_delay_s": 2,
-        "downscale_delay_s": 20,
-    }
+    autoscale = {"min_replicas": 1, "max_replicas": 8, "target_queue_s": args.target_queue_s}  # default delays
     config = bench_config(workdir, args.service_ms, autoscale)
     kafka = kafka_options(config.broker, bootstrap)
     handle, _ = start_supervisor(config, bootstrap)

@@ -8,10 +8,12 @@ unit-tested against a simulated plant.
 What one observation asks for (:func:`recommend`):
 
 * ``target_lag`` (records per replica, KEDA's Kafka scaler): ``ceil(lag / target_lag)``.
-* ``target_queue_s`` (seconds a record waits): enough replicas to keep up with the arrival
-  rate *and* drain the backlog within the target at the measured service rate ``mu`` per
-  replica: ``ceil((arrival + lag / target_queue_s) / mu)``. Until ``mu`` has been measured
-  the lag rule stands in, with one replica's worth of target per replica.
+* ``target_queue_s`` (seconds a record waits, ``lag / (n * mu)`` at the measured service rate
+  ``mu`` per replica): enough replicas to keep up with the arrival rate and to bring the
+  queue time under the target, ``ceil(max(arrival, lag / target_queue_s) / mu)``. (Asking for
+  both at once, arrival plus the backlog's share, overshot: each change stalls the group for a
+  rebalance, and the backlog of that stall asked for more replicas than the target needs.)
+  Until ``mu`` has been measured the lag rule stands in, one record per replica.
 
 What keeps it from flapping (the stabilisation windows of Kubernetes' HPA):
 
@@ -19,6 +21,9 @@ What keeps it from flapping (the stabilisation windows of Kubernetes' HPA):
   to the least of them; down only when every recommendation of the last ``downscale_delay_s``
   asked for fewer, and then to the most of them. A noisy lag moves the count only when the
   whole window agrees.
+* With a queue-time target, a backlog that the replicas there keep up with and shrink does not
+  scale the pool up: each change stalls the group for a rebalance (aiokafka's eager protocol),
+  and the records of that stall are drained without help.
 * A step moves at most ``max_step`` replicas, and a change starts a fresh window: the next
   step waits for observations made with the new replicas, so it never stacks steps on a
   backlog the new replicas have not had time to touch.
@@ -101,8 +106,8 @@ class PoolScale:
 
     desired: int
     reason: str = "configured"
-    window: tuple[tuple[float, int], ...] = field(default=(), repr=False)
-    """(time, recommendation) since the last change, oldest first, trimmed to the longer delay."""
+    window: tuple[tuple[float, int, int], ...] = field(default=(), repr=False)
+    """(time, recommendation, lag) since the last change, oldest first, trimmed to the longer delay."""
     watching_since: float | None = None
     """When the first observation since the last change was made: the window covers a delay from then on."""
     changed_at: float = 0.0
@@ -113,7 +118,7 @@ def recommend(config: AutoscaleConfig, seen: Observation) -> int:
     if seen.lag <= 0 and seen.arrival_rate <= 0:
         return 0
     if config.target_queue_s > 0 and seen.service_rate > 0:
-        need = (seen.arrival_rate + seen.lag / config.target_queue_s) / seen.service_rate
+        need = max(seen.arrival_rate, seen.lag / config.target_queue_s) / seen.service_rate
     else:
         per_replica = config.target_lag if config.target_lag > 0 else 1.0
         need = seen.lag / per_replica
@@ -155,27 +160,42 @@ def decide(config: AutoscaleConfig, state: PoolScale, seen: Observation) -> Pool
             return _change(state, max(1, min(want, config.max_step)), now, f"woke: lag {seen.lag}")
         return replace(state, window=(), watching_since=None)
     horizon = max(config.upscale_delay_s, config.downscale_delay_s)
-    window = (*[(t, w) for t, w in state.window if t >= now - horizon], (now, want))
+    window = (*[look for look in state.window if look[0] >= now - horizon], (now, want, seen.lag))
     since = now if state.watching_since is None else state.watching_since
     state = replace(state, window=window, watching_since=since)
     up = _sustained(window, now - since, config.upscale_delay_s)
-    if up and min(up) > current:
-        target = min(min(up), current + config.max_step)
+    if up and min(w for _, w, _ in up) > current and not _draining(config, seen, up, current):
+        target = min(min(w for _, w, _ in up), current + config.max_step)
         return _change(state, target, now, _why(config, seen, "up"))
     down = _sustained(window, now - since, config.downscale_delay_s)
-    if down and max(down) < current:
-        target = max(max(down), current - config.max_step)
+    if down and max(w for _, w, _ in down) < current:
+        target = max(max(w for _, w, _ in down), current - config.max_step)
         return _change(state, target, now, _why(config, seen, "down"))
     return state
 
 
-def _sustained(window: tuple[tuple[float, int], ...], watched_s: float, delay_s: float) -> list[int]:
-    """The recommendations of the last ``delay_s``, or none while the pool has been watched (since the last
-    change) for less than that."""
+def _sustained(
+    window: tuple[tuple[float, int, int], ...], watched_s: float, delay_s: float
+) -> list[tuple[float, int, int]]:
+    """The looks of the last ``delay_s``, or none while the pool has been watched (since the last change)
+    for less than that."""
     if watched_s < delay_s:
         return []
     now = window[-1][0]
-    return [w for t, w in window if t >= now - delay_s]
+    return [look for look in window if look[0] >= now - delay_s]
+
+
+def _draining(config: AutoscaleConfig, seen: Observation, looks: list[tuple[float, int, int]], current: int) -> bool:
+    """Whether the backlog alone asks for more while the replicas there are keep up and shrink it.
+
+    Every change stalls the consumer group for a rebalance, and the records of that stall make a
+    backlog the replicas drain by themselves: adding replicas for it is the flap this avoids. A
+    pool that cannot keep up with what arrives (or whose lag did not fall over the window) scales.
+    """
+    if config.target_queue_s <= 0 or seen.service_rate <= 0:
+        return False
+    keeps_up = seen.arrival_rate <= current * seen.service_rate
+    return keeps_up and looks[-1][2] < looks[0][2]
 
 
 def _change(state: PoolScale, desired: int, now: float, reason: str) -> PoolScale:

@@ -194,6 +194,8 @@ def _pools_table(doc: dict[str, Any]) -> Any:
         if size is not None:
             if size["desired"] == 0:
                 notes.append("asleep")
+            elif size["ready"] < size["desired"]:
+                notes.append(f"{size['desired'] - size['ready']} not ready")
             if size["reason"] != "configured":
                 notes.append(size["reason"])
         pools.add_row(

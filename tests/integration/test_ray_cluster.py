@@ -1,28 +1,44 @@
-"""Tier pools land on the nodes their resources name, in a real multi-node Ray cluster."""
+"""Tier pools land on the nodes their resources name, and survive losing one, in a real multi-node Ray cluster."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
 
-def test_tiers_are_placed_by_custom_resources_on_a_joined_cluster() -> None:
-    # A separate process: this test session already holds a local Ray of its own.
+def _run(module: str, timeout_s: float) -> dict[str, Any]:
+    """Run ``module`` in a separate process (this test session already holds a local Ray) for its JSON."""
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.integration.cluster_placement"],
+        [sys.executable, "-m", f"tests.integration.{module}"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout_s,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_tiers_are_placed_by_custom_resources_on_a_joined_cluster() -> None:
+    report = _run("cluster_placement", 240)
     assert report["missing"] == 0
     assert report["placement"]["worker.small"] == [report["nodes"]["small_node"]]
     assert report["placement"]["worker.large"] == [report["nodes"]["large_node"]]
     assert ["small", "large"] in report["paths"], "some requests escalated across the two nodes"
+
+
+def test_losing_the_node_of_a_tier_loses_nothing_and_no_room_left_shows_as_under_capacity() -> None:
+    report = _run("cluster_node_loss", 420)
+    first, second = report["nodes"]["first"], report["nodes"]["second"]
+    assert report["placement_before"] == [first, first]
+    assert report["placement_after"] == [second, second]  # restarted where the resource still exists
+    assert report["missing"] == 0
+    assert report["delivered"] == 400 and report["delivered_twice"] == 0
+    assert report["under_capacity"]["desired"] == 2 and report["under_capacity"]["ready"] == 0

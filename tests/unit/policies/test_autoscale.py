@@ -33,6 +33,9 @@ class Plant:
     seed: int = 0
     tick_s: float = 1.0
     """Seconds between two looks (the supervisor's ticks take a little longer than its 1 s sleep)."""
+    stall_s: float = 0.0
+    """Seconds the whole group serves nothing after each change (a consumer-group rebalance)."""
+    stalled_until: float = 0.0
     lag: float = 0.0
     state: PoolScale = field(default_factory=lambda: PoolScale(desired=1))
     ready: list[float] = field(default_factory=lambda: [0.0])
@@ -45,10 +48,13 @@ class Plant:
         for step in range(int(seconds / self.tick_s)):
             t = start + (step + 1) * self.tick_s
             arriving = max(0.0, rate(t) * (1 + rng.uniform(-self.noise, self.noise))) * self.tick_s
-            serving = sum(1 for at in self.ready if at <= t) * self.mu * self.tick_s
+            working = sum(1 for at in self.ready if at <= t) if t >= self.stalled_until else 0
+            serving = working * self.mu * self.tick_s
             self.lag = max(0.0, self.lag + arriving - serving)
             seen = Observation(t, round(self.lag), arriving / self.tick_s, self.mu, self.partitions)
-            self.state = decide(self.config, self.state, seen)
+            before, self.state = self.state.desired, decide(self.config, self.state, seen)
+            if self.state.desired != before:
+                self.stalled_until = t + self.stall_s
             while len(self.ready) < self.state.desired:
                 self.ready.append(t + self.ready_s)
             del self.ready[self.state.desired :]
@@ -72,6 +78,16 @@ def test_a_fourfold_step_scales_up_drains_the_backlog_and_scales_back_down(tick_
     plant.run(lambda t: 40.0, 120, start=180)
     assert plant.state.desired == 1
     assert "scaled down" in plant.state.reason
+
+
+def test_the_stall_of_each_rebalance_does_not_make_it_flap() -> None:
+    """Each change stops the whole group for 4 s (aiokafka's eager rebalance): the backlog of that
+    stall must not read as a reason to scale again (80/s at 20/s per replica needs 4.0-5)."""
+    config = AutoscaleConfig(max_replicas=8, target_queue_s=1.0, upscale_delay_s=5, downscale_delay_s=30)
+    plant = Plant(config, mu=20.0, stall_s=4.0, noise=0.1, seed=3)
+    plant.run(lambda t: 80.0, 600)
+    assert plant.state.desired in (4, 5, 6)
+    assert len(plant.changes(after=120)) <= 1
 
 
 def test_noisy_lag_does_not_make_it_flap() -> None:
@@ -118,7 +134,7 @@ def test_a_pool_without_a_measured_service_rate_scales_on_lag() -> None:
     seen = Observation(at=0, lag=250, arrival_rate=100.0, service_rate=0.0)
     assert recommend(QUEUE, seen) == 250  # one record per replica until mu is known
     assert recommend(AutoscaleConfig(target_lag=100), seen) == 3
-    assert recommend(QUEUE, Observation(at=0, lag=250, arrival_rate=100.0, service_rate=50.0)) == 5  # (100+125)/50
+    assert recommend(QUEUE, Observation(at=0, lag=250, arrival_rate=100.0, service_rate=50.0)) == 3  # max(100, 125)/50
 
 
 def test_bounds_cap_the_top_by_partitions_but_never_below_one() -> None:
