@@ -22,7 +22,9 @@ def _run(module: str, timeout_s: float) -> dict[str, Any]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('{"')]  # Ray's log lines aside
+    assert lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report: dict[str, Any] = json.loads(lines[-1])
     return report
 
 
