@@ -1,4 +1,5 @@
-"""Tier pools land on the nodes their resources name, and survive losing one, in a real multi-node Ray cluster."""
+"""Tier pools on real multi-node Ray clusters: placed by their resources, surviving the loss of a node,
+and given nodes by the cluster autoscaler when they wake."""
 
 from __future__ import annotations
 
@@ -44,3 +45,13 @@ def test_losing_the_node_of_a_tier_loses_nothing_and_no_room_left_shows_as_under
     assert report["missing"] == 0
     assert report["delivered"] == 400 and report["delivered_twice"] == 0
     assert report["under_capacity"]["desired"] == 2 and report["under_capacity"]["ready"] == 0
+
+
+def test_the_cluster_autoscaler_adds_a_node_for_a_waking_tier_and_takes_it_back() -> None:
+    """Ray's fake-node autoscaler: the tier's resource exists only on a node type with min_workers = 0."""
+    report = _run("cluster_autoscaling", 480)
+    assert report["nodes_at_start"] == 1  # the first replica stayed pending until a node was added
+    assert report["slept"] and report["released"]  # asleep at zero, the idle node given back
+    assert report["answered"] == 30 and report["nodes_while_awake"] == 1
+    assert ["small", "large"] in report["paths"]  # escalations woke the tier on its new node
+    assert report["slept_again"] and report["released_again"]
