@@ -33,6 +33,7 @@ from workers.telemetry import (
     install_providers,
     passthrough,
     record_controller_state,
+    record_pool_state,
     span_name,
     stage_span,
     trace_id,
@@ -276,6 +277,14 @@ def test_controller_gauges(otel: Otel) -> None:
         ({"tier": "large"}, 0.6),
         ({"tier": "small"}, 0.8),
     ]
+
+
+def test_pool_gauges(otel: Otel) -> None:
+    assert "tierflow.pool.replicas" not in otel.points(), "nothing before a supervisor reports"
+    record_pool_state({"router": (1, 1), "worker.large": (0, 2)})
+    points = otel.points()
+    assert sorted(points["tierflow.pool.replicas"], key=str) == [({"pool": "router"}, 1), ({"pool": "worker.large"}, 0)]
+    assert sorted(points["tierflow.pool.desired"], key=str) == [({"pool": "router"}, 1), ({"pool": "worker.large"}, 2)]
 
 
 def test_console_exporter_writes_json_lines_to_the_configured_file(tmp_path: Path) -> None:
