@@ -331,7 +331,7 @@ class Pipeline:
             self._launch(pool, spec)
         while len(pool.actors) > replicas:
             # Remove a replica that already stopped, if any, rather than a working one.
-            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0)  # never empty: len > replicas >= 0
+            done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=0)
             i = pool.runs.index(done[-1]) if done else len(pool.runs) - 1
             actor, run = pool.actors.pop(i), pool.runs.pop(i)
             pool.specs.pop(i)

@@ -19,10 +19,10 @@ on the control topic (``tierflow status`` shows them).
 
 Scaling from outside is a signed ``scale_pool`` command on the control topic (``tierflow
 scale``): the budget controller checks it like every command (HMAC, sequence, expiry; the
-pool exists; between one replica and its topics' partitions) and answers it; the
+pool exists; the count within the pool's bounds and its topics' partitions) and answers it; the
 supervisor applies each command the controller accepted (:class:`ScaleOrders`). It reads
 the control topic from its beginning when it starts, so the last accepted size of each
-pool holds across a restart of the supervisor (or of the whole deployment on a broker
+fixed pool holds across a restart of the supervisor (or of the whole deployment on a broker
 that kept the topic).
 """
 

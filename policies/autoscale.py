@@ -186,7 +186,7 @@ def _sustained(
 
 
 def _draining(config: AutoscaleConfig, seen: Observation, looks: list[tuple[float, int, int]], current: int) -> bool:
-    """Whether the backlog alone asks for more while the replicas there are keep up and shrink it.
+    """Whether the backlog alone asks for more while the replicas there keep up and shrink it.
 
     Every change stalls the consumer group for a rebalance, and the records of that stall make a
     backlog the replicas drain by themselves: adding replicas for it is the flap this avoids. A
