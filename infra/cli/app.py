@@ -22,6 +22,7 @@ import infra.cli.eval as eval_
 import infra.cli.fit as fit
 import infra.cli.scale as scale
 import infra.cli.send as send
+import infra.cli.serve as serve
 import infra.cli.status as status
 import infra.cli.trace as trace
 import infra.cli.up as up
@@ -41,6 +42,7 @@ COMMANDS: dict[str, Command] = {
     "up": up,
     "down": down,
     "send": send,
+    "serve": serve,
     "budget": budget,
     "scale": scale,
     "status": status,

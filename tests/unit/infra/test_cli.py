@@ -130,6 +130,12 @@ def test_lab_and_registry_commands_fail_in_one_line(tmp_path: Path) -> None:
     _assert_one_line_error(_tierflow("up", "--config", str(config), "--policy", str(policy)), "unknown post-hoc policy")
 
 
+def test_serve_refuses_a_bad_port_or_config_in_one_line(tmp_path: Path) -> None:
+    _assert_one_line_error(_tierflow("serve", "--port", "70000"), "--port must be in [1, 65535], got 70000")
+    _assert_one_line_error(_tierflow("serve", "--portfolio", "nope"), "nope")
+    _assert_one_line_error(_tierflow("serve", "--config", str(tmp_path / "missing.toml")), "missing.toml")
+
+
 def test_scale_checks_the_pool_and_the_count_before_sending(tmp_path: Path) -> None:
     path = tmp_path / "tierflow.toml"
     path.write_text(CONFIG + "partitions = 2\n")

@@ -1,0 +1,7 @@
+"""``tierflow serve``: an OpenAI-compatible HTTP front door to a running pipeline.
+
+* :mod:`infra.gateway.shapes` — pure: OpenAI bodies in, tierflow requests out; results in,
+  OpenAI responses and errors out.
+* :mod:`infra.gateway.results` — one results reader per server process.
+* :mod:`infra.gateway.app` — the Starlette app (``build_app``).
+"""

@@ -1,0 +1,159 @@
+"""The OpenAI-compatible front door: a Starlette app in front of the pipeline's Kafka topics.
+
+``POST /v1/chat/completions`` and ``POST /v1/completions`` check the body
+(:mod:`infra.gateway.shapes`), produce one :class:`~topics.messages.Request` to
+``<ns>.requests`` and answer with the result the shared :class:`ResultWaiter` hands over;
+``GET /v1/models`` lists ``tierflow`` (routed) and the tiers; ``GET /healthz`` says whether
+the broker is reachable. Every error is one object in OpenAI's shape, never a traceback; a
+body that fails its check never reaches Kafka, and the prompt never reaches a log line.
+
+Kafka stays the data plane: any number of server processes can stand behind one address,
+each with its own producer and results reader (results are read group-less, so every
+process sees every result and keeps the ones its calls wait for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from infra.broker import kafka_options
+from infra.client import RequestProducer
+from infra.config import Config
+from infra.gateway.results import ResultWaiter
+from infra.gateway.shapes import GatewayError, models, parse_call, request_id, response, result_error, stream_chunks
+from infra.pipeline import Pipeline
+from topics.errors import BrokerError
+from topics.messages import DeadLetter
+
+log = logging.getLogger("tierflow.gateway")
+DEADLINE_MARGIN_S = 5.0
+"""A call waits this much past its request's deadline for the pipeline's ``expired`` result."""
+
+
+class Gateway:
+    """The server's state: the config, one producer and one results reader; ``start()``/``stop()``."""
+
+    def __init__(self, config: Config, bootstrap: str) -> None:
+        self.config = config
+        self.tiers = tuple(tier.name for tier in config.tiers)
+        kafka = kafka_options(config.broker, bootstrap)
+        self.producer = RequestProducer(kafka, config.layout)
+        self.waiter = ResultWaiter(kafka, config.layout, config.broker.fetch_max_wait_ms)
+        self.max_bytes = config.limits.max_payload_bytes
+        self.default_deadline_s = config.limits.default_deadline_s
+
+    async def start(self) -> None:
+        await self.waiter.start()
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        with contextlib.suppress(KafkaError):
+            await self.producer.stop()
+        await self.waiter.stop()
+
+    async def call(self, kind: str, http: HttpRequest) -> Response:
+        raw = await http.body()
+        if len(raw) > self.max_bytes * 2:  # the query itself is checked against max_bytes below
+            raise GatewayError(413, f"the body is {len(raw)} bytes, over the limit of {self.max_bytes * 2}")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GatewayError(400, f"the body is not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        call = parse_call(kind, body, self.tiers, self.max_bytes)
+        tenant = ""
+        rid = request_id(tenant, http.headers.get("idempotency-key"), f"http-{uuid.uuid4().hex}")
+        outcome = self.waiter.finished(rid)
+        if outcome is None:
+            if not self.waiter.in_flight(rid):  # a retry of a call in flight waits for the same request
+                await self._send(call.request(rid, time.time(), tenant))
+            timeout = (call.deadline_s or self.default_deadline_s) + DEADLINE_MARGIN_S
+            try:
+                outcome = await self.waiter.wait(rid, timeout)
+            except TimeoutError:
+                raise GatewayError(504, f"no result within {timeout:g} s", type="timeout") from None
+        if isinstance(outcome, DeadLetter):
+            raise GatewayError(422, f"the pipeline refused the request: {outcome.reason}")
+        if (error := result_error(outcome)) is not None:
+            raise error
+        if call.stream:
+            return StreamingResponse(_events(stream_chunks(call, outcome)), media_type="text/event-stream")
+        return JSONResponse(response(call, outcome))
+
+    async def _send(self, request: Any) -> None:
+        self.waiter.expect(request.id)
+        try:
+            await self.producer.send_many([request])
+        except (KafkaError, BrokerError, OSError) as exc:
+            self.waiter.forget(request.id)
+            log.warning("gateway: the broker refused a request: %r", exc)
+            raise GatewayError(503, "the broker is unreachable; try again", type="service_unavailable") from None
+
+
+async def _events(chunks: Any) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+def build_app(config: Config, bootstrap: str, pipeline: Pipeline | None = None) -> Starlette:
+    """The ASGI app for ``config``'s pipeline behind the broker at ``bootstrap``; with ``pipeline``, the
+    app deploys it when it starts and stops it when it stops (``tierflow serve`` on the embedded broker)."""
+    gateway = Gateway(config, bootstrap)
+    models_by_tier = {tier.name: str(tier.options.get("model", tier.backend)) for tier in config.tiers}
+
+    def guarded(kind: str) -> Any:
+        async def endpoint(http: HttpRequest) -> Response:
+            try:
+                return await gateway.call(kind, http)
+            except GatewayError as error:
+                return JSONResponse(error.body(), status_code=error.status, headers=_headers(error))
+            except Exception:  # an error object for the client; the details (never the prompt) in the log
+                log.exception("gateway: unexpected error in %s", kind)
+                failure = GatewayError(500, "internal error", type="server_error")
+                return JSONResponse(failure.body(), status_code=500)
+
+        return endpoint
+
+    async def list_models(http: HttpRequest) -> Response:
+        return JSONResponse(models(gateway.tiers, models_by_tier))
+
+    async def healthz(http: HttpRequest) -> Response:
+        return JSONResponse({"status": "ok", "namespace": config.namespace, "tiers": list(gateway.tiers)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if pipeline is not None:
+            await pipeline.start()
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+            if pipeline is not None:
+                await pipeline.stop()
+
+    routes = [
+        Route("/v1/chat/completions", guarded("chat"), methods=["POST"]),
+        Route("/v1/completions", guarded("completion"), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def _headers(error: GatewayError) -> dict[str, str]:
+    return {"Retry-After": "1"} if error.status in (429, 503) else {}

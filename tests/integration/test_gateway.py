@@ -1,0 +1,135 @@
+"""The OpenAI-compatible front door, called with the official ``openai`` SDK.
+
+The real server (Starlette under uvicorn, in a thread of this process, on 127.0.0.1) in front
+of a real pipeline on the session's broker and Ray: chat, completions, streaming, the models
+list, an idempotent retry that reaches the pipeline once, errors in OpenAI's shape, and a
+prompt canary that never reaches a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import uvicorn
+
+from infra.config import Config
+from infra.gateway.app import build_app
+from topics.reader import TopicReader
+
+from .conftest import WAIT_S, running, simulated_config
+
+pytestmark = pytest.mark.integration
+
+CANARY = "canary-7f3a9c-never-log-me"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _serving(config: Config, bootstrap: str) -> Iterator[str]:
+    """The gateway on a free loopback port, in its own thread and event loop; yields its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(config, bootstrap), host="127.0.0.1", port=port, log_level="info"))
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + WAIT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=WAIT_S)
+
+
+@asynccontextmanager
+async def _gateway(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> AsyncIterator[tuple[Config, Any]]:
+    config = simulated_config(tmp_path)
+    async with running(config, bootstrap, kafka):
+        with _serving(config, bootstrap) as base_url:
+            client = openai.AsyncOpenAI(base_url=base_url, api_key="not-checked-yet", max_retries=0, timeout=WAIT_S)
+            try:
+                yield config, client
+            finally:
+                await client.close()
+
+
+async def _requests_with_key(config: Config, kafka: dict[str, Any], key: bytes) -> int:
+    topic = config.layout.requests
+    reader = TopicReader(kafka, [topic], partitions=config.partitions())
+    await reader.start()
+    try:
+        found = 0
+        async for batch in reader.read_to_end():
+            found += sum(1 for record in batch if record.key == key)
+        return found
+    finally:
+        await reader.stop()
+
+
+async def test_the_openai_sdk_gets_answers_in_openai_shape_with_the_route(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any], ray_session: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with _gateway(tmp_path, bootstrap, kafka) as (config, client):
+        listed = [model.id async for model in client.models.list()]
+        assert listed == ["tierflow", "small", "medium", "large"]
+
+        chat = await client.chat.completions.create(
+            model="tierflow", messages=[{"role": "user", "content": f"is {CANARY} sarcastic?"}]
+        )
+        assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+        assert chat.choices[0].finish_reason == "stop" and chat.usage is not None and chat.usage.prompt_tokens == 3
+        route = chat.model_extra["tierflow"] if chat.model_extra else {}
+        assert route["status"] in ("ok", "exhausted") and route["path"][0] == "small"
+        assert chat.model == route["tier"] or chat.model  # the model that answered
+
+        pinned = await client.completions.create(model="large", prompt="one prompt")
+        pinned_route = pinned.model_extra["tierflow"] if pinned.model_extra else {}
+        assert pinned.object == "text_completion" and pinned_route["path"] == ["large"]
+
+        stream = await client.chat.completions.create(
+            model="tierflow", messages=[{"role": "user", "content": "stream me"}], stream=True
+        )
+        chunks = [chunk async for chunk in stream]
+        assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        assert streamed and chunks[-1].choices[0].finish_reason == "stop"
+
+        headers = {"Idempotency-Key": "retry-1"}
+        first, second = await asyncio.gather(
+            client.chat.completions.create(
+                model="tierflow", messages=[{"role": "user", "content": "once"}], extra_headers=headers
+            ),
+            client.chat.completions.create(
+                model="tierflow", messages=[{"role": "user", "content": "once"}], extra_headers=headers
+            ),
+        )
+        third = await client.chat.completions.create(
+            model="tierflow", messages=[{"role": "user", "content": "once"}], extra_headers=headers
+        )
+        assert first.id == second.id == third.id
+        request_key = first.id.removeprefix("chatcmpl-").encode()
+        assert await _requests_with_key(config, kafka, request_key) == 1  # one request, however many retries
+
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.chat.completions.create(model="tierflow", messages=[{"role": "user", "content": "x"}], n=2)
+        assert bad.value.status_code == 400 and "n must be 1" in str(bad.value)
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert CANARY not in caplog.text
