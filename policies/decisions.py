@@ -13,7 +13,7 @@ from typing import Any
 
 from policies.base import PostHocPolicy, PreCallPolicy, TierInfo, VerdictAction
 from policies.features import FloatVector
-from topics.messages import Answer, HistoryEntry, Request, Result, Status, Task
+from topics.messages import Answer, Decision, HistoryEntry, Request, Result, Status, Task
 
 DEFAULT_MAX_HOPS = 8
 """The most tier calls one request may make (its first tier and every escalation), unless the
@@ -72,11 +72,13 @@ def final_result(
     now: float,
     policy_version: int | None = None,
     deliver: str = "",
+    decision: Decision | None = None,
 ) -> Result:
     """The Result of a request that ends now; ``answer`` is the latest, if any.
 
     ``policy_version`` is the version that decided it (default: the one the task was routed with).
     ``deliver`` names the tier whose answer an accepting policy chose, when not the latest.
+    ``decision``: the one that ended it (the verifier's), after the task's own ``why``.
 
     Without an accepted answer the best valid answer seen (highest confidence)
     is delivered, so ``exhausted`` and ``expired`` still carry an output.
@@ -102,6 +104,7 @@ def final_result(
         policy_version=task.policy_version if policy_version is None else policy_version,
         reason=reason,
         completed_at=now,
+        why=task.why if decision is None else (*task.why, decision),
     )
 
 
@@ -123,14 +126,17 @@ def route_request(
 ) -> Routed:
     """The first task of ``request`` (``features``: its query vector, for policies that read one)."""
     route = policy.route(request, tiers, request_rng(request), features)
+    action = "reject" if route.start is None else "start"
+    why = (Decision("route", policy.name, action, route.start or "", reason=route.reason),)
     if route.start is None:
-        return Routed(Task(request=request, tier="", policy_version=version), Status.REJECTED, route.reason)
+        return Routed(Task(request=request, tier="", policy_version=version, why=why), Status.REJECTED, route.reason)
     first = Task(
         request=request,
         tier=route.start,
         allowed=route.allowed,
         policy_version=version,
         estimates=dict(route.estimates),
+        why=why,
     )
     return Routed(first)
 
@@ -144,6 +150,8 @@ class Verified:
     escalation: Task | None = None
     deliver: str = ""
     """With ``Status.OK``: the tier whose answer is delivered ("" for the latest)."""
+    decision: Decision | None = None
+    """What was decided of the answer (the escalated task carries it in its ``why`` already)."""
 
 
 def verify_answer(
@@ -165,16 +173,22 @@ def verify_answer(
     """
     task = answer.task
     verdict = policy.decide(answer, tiers, now, request_rng(task.request, task.hop))
+
+    def decided(action: str, reason: str) -> Decision:
+        return Decision("verify", policy.name, action, answer.tier, answer.confidence, reason)
+
     if verdict.action is VerdictAction.ACCEPT:
-        return Verified(Status.OK, deliver=verdict.deliver)
+        return Verified(Status.OK, deliver=verdict.deliver, decision=decided("accept", verdict.reason))
     if expired:
-        return Verified(Status.EXPIRED, "deadline passed")
+        return Verified(Status.EXPIRED, "deadline passed", decision=decided("expired", verdict.reason))
     target = verdict.target
     allowed = task.allowed or tuple(tier.name for tier in tiers)
     if verdict.action is VerdictAction.STOP or target is None or target not in allowed:
-        return Verified(Status.EXHAUSTED, verdict.reason)
+        return Verified(Status.EXHAUSTED, verdict.reason, decision=decided("stop", verdict.reason))
     if task.hop + 1 >= max_hops:
-        return Verified(Status.EXHAUSTED, f"hop limit {max_hops} reached")
+        limit = f"hop limit {max_hops} reached"
+        return Verified(Status.EXHAUSTED, limit, decision=decided("exhausted", f"{verdict.reason}; {limit}"))
+    decision = decided("escalate", f"{verdict.reason}; to {target}" if verdict.reason else f"to {target}")
     escalation = Task(
         request=task.request,
         tier=target,
@@ -184,5 +198,6 @@ def verify_answer(
         source_answer=answer.answer_id,
         allowed=task.allowed,
         estimates=task.estimates if verdict.estimates is None else dict(verdict.estimates),
+        why=(*task.why, decision),
     )
-    return Verified(None, escalation=escalation)
+    return Verified(None, escalation=escalation, decision=decision)

@@ -91,6 +91,26 @@ class HistoryEntry(
     latency_ms: NonNegative
 
 
+class Decision(
+    Part,
+    frozen=True,
+    rename={"stage": "sg", "policy": "p", "action": "a", "tier": "t", "confidence": "c", "reason": "rs"},
+):
+    """One hop's decision, as the router or the verifier made it: why a request went where it went."""
+
+    stage: Name
+    """``route`` or ``verify``."""
+    policy: Name
+    action: Name
+    """route: ``start`` or ``reject``; verify: ``accept``, ``escalate``, ``stop``, ``expired`` or ``exhausted``."""
+    tier: str = ""
+    """route: the tier it starts at; verify: the tier whose answer was judged."""
+    confidence: Confidence | None = None
+    """verify: the answer's confidence."""
+    reason: str = ""
+    """The policy's own words: the score it read and the threshold it met or missed."""
+
+
 class Task(
     Message,
     frozen=True,
@@ -104,6 +124,7 @@ class Task(
         "source_answer": "sa",
         "allowed": "al",
         "estimates": "es",
+        "why": "wy",
     },
 ):
     """A request sent to one tier, on ``<ns>.tier.<T>`` or ``<ns>.escalate.<T>``."""
@@ -121,6 +142,8 @@ class Task(
     estimates: dict[Name, Confidence] = {}
     """Quality estimates per tier that the policy keeps with the request (cascade routing):
     ex ante from the router, replaced by post-hoc ones for the tiers that answered."""
+    why: tuple[Decision, ...] = ()
+    """Every decision so far: the router's, then the verifier's on each answer that escalated."""
 
 
 class Answer(
@@ -197,6 +220,7 @@ class Result(
         "policy_version": "pv",
         "reason": "rs",
         "completed_at": "at",
+        "why": "wy",
     },
 ):
     """The final outcome of a request, on ``<ns>.results`` (one delivered per id)."""
@@ -215,6 +239,8 @@ class Result(
     policy_version: Count = 0
     reason: str | None = None
     completed_at: NonNegative = 0.0
+    why: tuple[Decision, ...] = ()
+    """Each hop's decision, in order (:class:`Decision`): the route, then every verdict."""
 
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import msgspec
+
 from topics.messages import Result
 from workers.context import StageContext
 from workers.stage import Handler, Inbound, Outbound
@@ -42,6 +44,7 @@ def result_to_json(result: Result) -> dict[str, object]:
         "path": list(result.path),
         "policy_version": result.policy_version,
         "reason": result.reason,
+        "why": [msgspec.structs.asdict(decision) for decision in result.why],
     }
 
 

@@ -72,5 +72,5 @@ class Verifier(FollowsPolicy[Answer]):
                 message=step.escalation,
             )
         assert step.status is not None
-        result = final_result(task, step.status, answer, step.reason, now, version or None, step.deliver)
+        result = final_result(task, step.status, answer, step.reason, now, version or None, step.deliver, step.decision)
         return ctx.result(inbound, result)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from topics.messages import Hints, Request, Result, Status
+from workers.results_sink import result_to_json
 
 ROUTED_MODEL = "tierflow"
 """The model name that lets tierflow choose (every other name must be a tier)."""
@@ -191,16 +192,9 @@ def _words(text: str) -> int:
 
 
 def _tierflow(result: Result) -> dict[str, Any]:
-    return {
-        "status": str(result.status),
-        "tier": result.tier,
-        "path": list(result.path),
-        "confidence": result.confidence,
-        "cost": result.total_cost,
-        "latency_ms": result.latency_ms,
-        "policy_version": result.policy_version,
-        "reason": result.reason,
-    }
+    """What tierflow says of the result beside OpenAI's fields: the row a results sink writes, less the id
+    and the output (``status``, ``tier``, ``path``, ``confidence``, ``cost``, ``why`` …)."""
+    return {key: value for key, value in result_to_json(result).items() if key not in ("id", "output")}
 
 
 def _finish(result: Result) -> str:

@@ -66,7 +66,7 @@ def simulate(
                 break
             task = step.escalation
         assert step.status is not None
-        result = final_result(task, step.status, answer, step.reason, 0.0, deliver=step.deliver)
+        result = final_result(task, step.status, answer, step.reason, 0.0, deliver=step.deliver, decision=step.decision)
         correct = bool(result.tier) and rows[index[result.tier]].correct
         delivered = Outcome(item, result.status, result.path, result.tier, result.output, correct, result.total_cost)
         outcomes.append(delivered)

@@ -97,6 +97,8 @@ async def test_the_openai_sdk_gets_answers_in_openai_shape_with_the_route(
         assert chat.choices[0].finish_reason == "stop" and chat.usage is not None and chat.usage.prompt_tokens == 3
         route = chat.model_extra["tierflow"] if chat.model_extra else {}
         assert route["status"] in ("ok", "exhausted") and route["path"][0] == "small"
+        assert route["why"][0]["stage"] == "route" and route["why"][0]["tier"] == "small"
+        assert [d["stage"] for d in route["why"][1:]] == ["verify"] * len(route["path"])
         assert chat.model == route["tier"] or chat.model  # the model that answered
 
         pinned = await client.completions.create(model="large", prompt="one prompt")

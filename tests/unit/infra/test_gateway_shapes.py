@@ -153,6 +153,7 @@ def test_a_result_is_an_openai_response_with_a_tierflow_object() -> None:
     assert doc["choices"][0]["message"] == {"role": "assistant", "content": "yes it is"}
     assert doc["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
     assert doc["tierflow"]["path"] == ["small", "large"] and doc["tierflow"]["policy_version"] == 3
+    assert doc["tierflow"]["cost"] == 0.02 and doc["tierflow"]["why"] == []
     text = response(parse_call("completion", {"model": "tierflow", "prompt": "p"}, TIERS, LIMIT), _result())
     assert text["object"] == "text_completion" and text["choices"][0]["text"] == "yes it is"
 
