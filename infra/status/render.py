@@ -182,8 +182,10 @@ def _pools_table(doc: dict[str, Any]) -> Any:
     sized = doc["pools"]["pools"] if doc["pools"] else {}
     title = "pools" + (f" · replicas as of {doc['pools']['age_s']:.0f} s ago" if doc["pools"] else "")
     pools = Table(title=title, title_justify="left")
-    for column in ("pool", "answered", "answers/s", "lag", "threshold", "replicas", "ready", "range"):
-        pools.add_column(column, justify="left" if column == "pool" else "right")
+    pools.add_column("pool", no_wrap=True)  # the names are what a reader looks for: never cut
+    columns = ["answered", "answers/s", "lag", "threshold"] + (["replicas", "ready", "range"] if sized else [])
+    for column in columns:
+        pools.add_column(column, justify="right")
     pools.add_column("state")
     for pool, lag in doc["lag"].items():
         tier = pool.removeprefix("worker.") if pool.startswith("worker.") else ""
@@ -198,17 +200,19 @@ def _pools_table(doc: dict[str, Any]) -> Any:
                 notes.append(f"{size['desired'] - size['ready']} not ready")
             if size["reason"] != "configured":
                 notes.append(size["reason"])
-        pools.add_row(
-            pool,
+        cells = [
             _pct(res["answered_share"].get(tier)) if tier else "",
             f"{res['tier_answers_per_s'].get(tier, 0.0):.1f}" if tier else "",
             str(lag),
             _num(thresholds.get(tier)) if tier in thresholds else "",
-            f"{size['running']}/{size['desired']}" if size else "",
-            str(size["ready"]) if size else "",
-            (f"{size['low']}-{size['high']}" + (" auto" if size["autoscaled"] else "")) if size else "",
-            "; ".join(notes),
-        )
+        ]
+        if sized:
+            cells += [
+                f"{size['running']}/{size['desired']}" if size else "",
+                str(size["ready"]) if size else "",
+                (f"{size['low']}-{size['high']}" + (" auto" if size["autoscaled"] else "")) if size else "",
+            ]
+        pools.add_row(pool, *cells, "; ".join(notes))
     return pools
 
 
