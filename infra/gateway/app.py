@@ -48,20 +48,37 @@ class Gateway:
     def __init__(self, config: Config, bootstrap: str) -> None:
         self.config = config
         self.tiers = tuple(tier.name for tier in config.tiers)
-        kafka = kafka_options(config.broker, bootstrap)
-        self.producer = RequestProducer(kafka, config.layout)
-        self.waiter = ResultWaiter(kafka, config.layout, config.broker.fetch_max_wait_ms)
+        self.kafka = kafka_options(config.broker, bootstrap)
         self.max_bytes = config.limits.max_payload_bytes
         self.default_deadline_s = config.limits.default_deadline_s
+        self._producer: RequestProducer | None = None
+        self._waiter: ResultWaiter | None = None
+
+    @property
+    def producer(self) -> RequestProducer:
+        assert self._producer is not None, "start() first"
+        return self._producer
+
+    @property
+    def waiter(self) -> ResultWaiter:
+        assert self._waiter is not None, "start() first"
+        return self._waiter
 
     async def start(self) -> None:
-        await self.waiter.start()
-        await self.producer.start()
+        """Kafka clients are made here, in the server's event loop (aiokafka binds them to the loop they
+        were made in, and the app may be built in another)."""
+        self._waiter = ResultWaiter(self.kafka, self.config.layout, self.config.broker.fetch_max_wait_ms)
+        await self._waiter.start()
+        self._producer = RequestProducer(self.kafka, self.config.layout)
+        await self._producer.start()
 
     async def stop(self) -> None:
-        with contextlib.suppress(KafkaError):
-            await self.producer.stop()
-        await self.waiter.stop()
+        producer, waiter, self._producer, self._waiter = self._producer, self._waiter, None, None
+        if producer is not None:
+            with contextlib.suppress(KafkaError):
+                await producer.stop()
+        if waiter is not None:
+            await waiter.stop()
 
     async def call(self, kind: str, http: HttpRequest) -> Response:
         raw = await http.body()
