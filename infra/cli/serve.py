@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
             ray_started = start_ray(config.ray)
             pipeline = Pipeline(config, bootstrap)
             note(f"deploying namespace {config.namespace} on the embedded broker {bootstrap}")
-        app = build_app(config, bootstrap, pipeline)
         tiers = ", ".join(tier.name for tier in config.tiers)
-        note(f"serving http://{args.host}:{args.port}/v1 (models: tierflow, {tiers}); Ctrl-C stops")
+        ready = f"serving http://{args.host}:{args.port}/v1 (models: tierflow, {tiers}); Ctrl-C stops"
+        app = build_app(config, bootstrap, pipeline, on_ready=lambda: note(ready))
         uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")).run()
     finally:
         stop_ray(ray_started)

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -124,9 +124,12 @@ async def _events(chunks: Any) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
-def build_app(config: Config, bootstrap: str, pipeline: Pipeline | None = None) -> Starlette:
+def build_app(
+    config: Config, bootstrap: str, pipeline: Pipeline | None = None, on_ready: Callable[[], None] | None = None
+) -> Starlette:
     """The ASGI app for ``config``'s pipeline behind the broker at ``bootstrap``; with ``pipeline``, the
-    app deploys it when it starts and stops it when it stops (``tierflow serve`` on the embedded broker)."""
+    app deploys it when it starts and stops it when it stops (``tierflow serve`` on the embedded broker).
+    ``on_ready`` runs once calls can be answered."""
     gateway = Gateway(config, bootstrap)
     models_by_tier = {tier.name: str(tier.options.get("model", tier.backend)) for tier in config.tiers}
 
@@ -154,6 +157,8 @@ def build_app(config: Config, bootstrap: str, pipeline: Pipeline | None = None) 
         if pipeline is not None:
             await pipeline.start()
         await gateway.start()
+        if on_ready is not None:
+            on_ready()
         try:
             yield
         finally:
