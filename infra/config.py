@@ -139,6 +139,32 @@ class StageConfig:
     """How the supervisor sizes the pool (``policies/autoscale.py``); ``None``: fixed at ``replicas``."""
 
 
+OVER_BUDGET = ("downgrade", "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """One tenant of ``tierflow serve`` (``[gateway.tenants.<name>]``)."""
+
+    key_sha256: str
+    """The SHA-256 of the tenant's API key, in hex (the key itself is never in the config)."""
+    rate_per_s: float = 0.0
+    """Calls per second (a token bucket); 0: no limit."""
+    burst: float = 0.0
+    """Calls at once above the rate (default: one second's worth, at least 1)."""
+    budget: float = 0.0
+    """Cost per period, all hops counted; 0: no budget."""
+    budget_period_s: float = 3600.0
+    over_budget: str = "downgrade"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """``tierflow serve`` (``[gateway]``): with tenants, every call needs one of their API keys."""
+
+    tenants: Mapping[str, TenantConfig] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     namespace: str
@@ -152,6 +178,7 @@ class Config:
     sink: StageConfig = StageConfig(partitions=4)
     control: ControlConfig = field(default_factory=ControlConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     results_path: str = ""
     """Where the results sink appends delivered results (JSONL); empty: no file sink."""
     dataset: str = ""
@@ -390,6 +417,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         sink=_stage(root, "sink"),
         control=control,
         telemetry=telemetry,
+        gateway=_gateway(root),
         results_path=root.get("results_path", str, ""),
         dataset=root.get("dataset", str, ""),
         demo_requests=root.number("demo_requests", int, 500, 1, 10_000_000),
@@ -398,6 +426,32 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     check_policies(config.policies)
     check_autoscaling(config)
     return config
+
+
+def _gateway(root: _Section) -> GatewayConfig:
+    g = root.table("gateway")
+    tenants_table = g.table("tenants")
+    tenants = {}
+    for name in tenants_table.data:
+        check_name(tenants_table.key(name), name)
+        t = tenants_table.table(name)
+        key = t.get("key_sha256", str, "").strip().lower()
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ConfigError(f"{t.key('key_sha256')} must be the 64-hex-character SHA-256 of the tenant's API key")
+        rate = t.number("rate_per_s", float, 0.0, 0.0, 1e6)
+        tenants[name] = TenantConfig(
+            key_sha256=key,
+            rate_per_s=rate,
+            burst=t.number("burst", float, max(1.0, rate), 1.0, 1e6),
+            budget=t.number("budget", float, 0.0, 0.0, 1e9),
+            budget_period_s=t.number("budget_period_s", float, 3600.0, 1.0, 366 * 86_400.0),
+            over_budget=t.choice("over_budget", OVER_BUDGET, "downgrade"),
+        )
+        t.finish()
+    if len({t.key_sha256 for t in tenants.values()}) < len(tenants):
+        raise ConfigError(f"{tenants_table.path}: two tenants share one API key")
+    g.finish()
+    return GatewayConfig(tenants=tenants)
 
 
 def check_autoscaling(config: Config) -> None:

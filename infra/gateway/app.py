@@ -15,8 +15,11 @@ process sees every result and keeps the ones its calls wait for).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -32,10 +35,20 @@ from infra.broker import kafka_options
 from infra.client import RequestProducer
 from infra.config import Config
 from infra.gateway.results import ResultWaiter
-from infra.gateway.shapes import GatewayError, models, parse_call, request_id, response, result_error, stream_chunks
+from infra.gateway.shapes import (
+    Call,
+    GatewayError,
+    models,
+    parse_call,
+    request_id,
+    response,
+    result_error,
+    stream_chunks,
+)
 from infra.pipeline import Pipeline
+from policies.admission import BudgetLedger, TokenBucket
 from topics.errors import BrokerError
-from topics.messages import DeadLetter
+from topics.messages import DeadLetter, Result
 
 log = logging.getLogger("tierflow.gateway")
 DEADLINE_MARGIN_S = 5.0
@@ -45,9 +58,20 @@ DEADLINE_MARGIN_S = 5.0
 class Gateway:
     """The server's state: the config, one producer and one results reader; ``start()``/``stop()``."""
 
-    def __init__(self, config: Config, bootstrap: str) -> None:
+    def __init__(self, config: Config, bootstrap: str, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
         self.tiers = tuple(tier.name for tier in config.tiers)
+        self.costs = {tier.name: tier.cost for tier in config.tiers}
+        self.tenants = {t.key_sha256: name for name, t in config.gateway.tenants.items()}
+        self.buckets = {
+            name: TokenBucket(t.rate_per_s, t.burst) for name, t in config.gateway.tenants.items() if t.rate_per_s > 0
+        }
+        self.ledgers = {
+            name: BudgetLedger(t.budget, t.budget_period_s, t.over_budget)
+            for name, t in config.gateway.tenants.items()
+            if t.budget > 0
+        }
         self.kafka = kafka_options(config.broker, bootstrap)
         self.max_bytes = config.limits.max_payload_bytes
         self.default_deadline_s = config.limits.default_deadline_s
@@ -88,25 +112,75 @@ class Gateway:
             body = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise GatewayError(400, f"the body is not JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        tenant = self._tenant(http)
+        self._limit_rate(tenant)
         call = parse_call(kind, body, self.tiers, self.max_bytes)
-        tenant = ""
         rid = request_id(tenant, http.headers.get("idempotency-key"), f"http-{uuid.uuid4().hex}")
         outcome = self.waiter.finished(rid)
+        downgraded = False
         if outcome is None:
             if not self.waiter.in_flight(rid):  # a retry of a call in flight waits for the same request
-                await self._send(call.request(rid, time.time(), tenant))
+                call, downgraded = self._within_budget(tenant, rid, call)
+                await self._send(call.request(rid, self.clock(), tenant))
             timeout = (call.deadline_s or self.default_deadline_s) + DEADLINE_MARGIN_S
             try:
                 outcome = await self.waiter.wait(rid, timeout)
             except TimeoutError:
                 raise GatewayError(504, f"no result within {timeout:g} s", type="timeout") from None
+        if (ledger := self.ledgers.get(tenant)) is not None:
+            ledger.settle(rid, outcome.total_cost if isinstance(outcome, Result) else 0.0, self.clock())
         if isinstance(outcome, DeadLetter):
             raise GatewayError(422, f"the pipeline refused the request: {outcome.reason}")
         if (error := result_error(outcome)) is not None:
             raise error
         if call.stream:
             return StreamingResponse(_events(stream_chunks(call, outcome)), media_type="text/event-stream")
-        return JSONResponse(response(call, outcome))
+        doc = response(call, outcome)
+        doc["tierflow"]["downgraded"] = downgraded
+        return JSONResponse(doc)
+
+    def _tenant(self, http: HttpRequest) -> str:
+        """The tenant whose API key the call carries ("" when the config names no tenants); 401 otherwise."""
+        if not self.tenants:
+            return ""
+        scheme, _, key = http.headers.get("authorization", "").partition(" ")
+        tenant = (
+            self.tenants.get(hashlib.sha256(key.strip().encode()).hexdigest()) if scheme.lower() == "bearer" else None
+        )
+        if tenant is None:
+            raise GatewayError(
+                401, "a valid API key is required (Authorization: Bearer <key>)", type="authentication_error"
+            )
+        return tenant
+
+    def _limit_rate(self, tenant: str) -> None:
+        bucket = self.buckets.get(tenant)
+        if bucket is not None and (wait := bucket.take(self.clock())) > 0:
+            raise GatewayError(
+                429,
+                f"rate limit of {bucket.rate_per_s:g} calls/s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                retry_after_s=wait,
+            )
+
+    def _within_budget(self, tenant: str, rid: str, call: Call) -> tuple[Call, bool]:
+        """The call narrowed to the tiers the tenant's budget still pays for, or a 429 (``over_budget``)."""
+        ledger = self.ledgers.get(tenant)
+        if ledger is None:
+            return call, False
+        admission = ledger.admit(rid, call.allowed_tiers, self.costs, call.max_cost, self.clock())
+        if admission.refused:
+            raise GatewayError(
+                429,
+                admission.refused,
+                type="insufficient_quota",
+                code="budget_exceeded",
+                retry_after_s=ledger.period_s - self.clock() % ledger.period_s,
+            )
+        if admission.downgraded:
+            return dataclasses.replace(call, allowed_tiers=admission.allowed), True
+        return call, False
 
     async def _send(self, request: Any) -> None:
         self.waiter.expect(request.id)
@@ -178,4 +252,6 @@ def build_app(
 
 
 def _headers(error: GatewayError) -> dict[str, str]:
-    return {"Retry-After": "1"} if error.status in (429, 503) else {}
+    if error.retry_after_s is not None:
+        return {"Retry-After": str(max(1, math.ceil(error.retry_after_s)))}
+    return {"Retry-After": "1"} if error.status == 503 else {}

@@ -38,6 +38,8 @@ class GatewayError(Exception):
     param: str | None = None
     type: str = "invalid_request_error"
     code: str | None = None
+    retry_after_s: float | None = None
+    """With 429 and 503: when to try again (the ``Retry-After`` header)."""
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

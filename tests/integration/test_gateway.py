@@ -2,13 +2,14 @@
 
 The real server (Starlette under uvicorn, in a thread of this process, on 127.0.0.1) in front
 of a real pipeline on the session's broker and Ray: chat, completions, streaming, the models
-list, an idempotent retry that reaches the pipeline once, errors in OpenAI's shape, and a
-prompt canary that never reaches a log line.
+list, an idempotent retry that reaches the pipeline once, errors in OpenAI's shape, a prompt
+canary that never reaches a log line; and tenants: their API keys, rate limits and budgets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import threading
@@ -31,6 +32,7 @@ from .conftest import WAIT_S, running, simulated_config
 pytestmark = pytest.mark.integration
 
 CANARY = "canary-7f3a9c-never-log-me"
+HELLO: list[Any] = [{"role": "user", "content": "hello"}]
 
 
 def _free_port() -> int:
@@ -58,15 +60,17 @@ def _serving(config: Config, bootstrap: str) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def _gateway(tmp_path: Path, bootstrap: str, kafka: dict[str, Any]) -> AsyncIterator[tuple[Config, Any]]:
-    config = simulated_config(tmp_path)
+async def _gateway(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any], **overrides: Any
+) -> AsyncIterator[tuple[Config, str]]:
+    config = simulated_config(tmp_path, **overrides)
     async with running(config, bootstrap, kafka):
         with _serving(config, bootstrap) as base_url:
-            client = openai.AsyncOpenAI(base_url=base_url, api_key="not-checked-yet", max_retries=0, timeout=WAIT_S)
-            try:
-                yield config, client
-            finally:
-                await client.close()
+            yield config, base_url
+
+
+def _client(base_url: str, key: str = "no-tenants-configured") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=WAIT_S)
 
 
 async def _requests_with_key(config: Config, kafka: dict[str, Any], key: bytes) -> int:
@@ -86,7 +90,8 @@ async def test_the_openai_sdk_gets_answers_in_openai_shape_with_the_route(
     tmp_path: Path, bootstrap: str, kafka: dict[str, Any], ray_session: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with _gateway(tmp_path, bootstrap, kafka) as (config, client):
+    async with _gateway(tmp_path, bootstrap, kafka) as (config, base_url):
+        client = _client(base_url)
         listed = [model.id async for model in client.models.list()]
         assert listed == ["tierflow", "small", "medium", "large"]
 
@@ -134,4 +139,37 @@ async def test_the_openai_sdk_gets_answers_in_openai_shape_with_the_route(
         assert bad.value.status_code == 400 and "n must be 1" in str(bad.value)
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+        await client.close()
     assert CANARY not in caplog.text
+
+
+def _tenant(key: str, **limits: Any) -> dict[str, Any]:
+    return {"key_sha256": hashlib.sha256(key.encode()).hexdigest(), **limits}
+
+
+async def test_tenants_need_their_key_and_keep_to_their_rate_and_budget(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any], ray_session: None
+) -> None:
+    tenants = {
+        "metered": _tenant("key-metered", rate_per_s=0.2, burst=1),
+        "thrifty": _tenant("key-thrifty", budget=0.05),  # less than small + medium + large (0.111)
+        "strict": _tenant("key-strict", budget=0.05, over_budget="refuse"),
+    }
+    async with _gateway(tmp_path, bootstrap, kafka, gateway={"tenants": tenants}) as (_, base_url):
+        with pytest.raises(openai.AuthenticationError) as unknown:
+            await _client(base_url, "key-nobody").chat.completions.create(model="tierflow", messages=HELLO)
+        assert unknown.value.status_code == 401
+
+        metered = _client(base_url, "key-metered")
+        await metered.chat.completions.create(model="tierflow", messages=HELLO)
+        with pytest.raises(openai.RateLimitError) as limited:
+            await metered.chat.completions.create(model="tierflow", messages=HELLO)
+        assert limited.value.response.headers["retry-after"] in {"4", "5"}
+
+        thrifty = await _client(base_url, "key-thrifty").chat.completions.create(model="tierflow", messages=HELLO)
+        route = thrifty.model_extra["tierflow"] if thrifty.model_extra else {}
+        assert route["downgraded"] and "large" not in route["path"]  # narrowed to small and medium
+
+        with pytest.raises(openai.RateLimitError) as refused:
+            await _client(base_url, "key-strict").chat.completions.create(model="tierflow", messages=HELLO)
+        assert "over budget" in str(refused.value) and refused.value.code == "budget_exceeded"

@@ -189,3 +189,18 @@ def test_the_control_plane_may_have_its_own_kafka_user() -> None:
         parse_config({"tiers": [TIER], "control": control})
     with pytest.raises(ConfigError, match="go together"):
         parse_config({"tiers": [TIER], "broker": broker, "control": {"sasl_username": "control"}})
+
+
+def test_gateway_tenants_are_named_by_the_hash_of_their_key() -> None:
+    key = "a" * 64
+    doc = {"tiers": [TIER], "gateway": {"tenants": {"acme": {"key_sha256": key.upper(), "rate_per_s": 5, "budget": 2}}}}
+    acme = parse_config(doc).gateway.tenants["acme"]
+    assert (acme.key_sha256, acme.rate_per_s, acme.burst, acme.budget) == (key, 5.0, 5.0, 2.0)
+    assert acme.over_budget == "downgrade"
+    with pytest.raises(ConfigError, match=r"gateway\.tenants\.acme\.key_sha256 must be the 64-hex-character SHA-256"):
+        parse_config({"tiers": [TIER], "gateway": {"tenants": {"acme": {"key_sha256": "secret"}}}})
+    twins = {"a": {"key_sha256": key}, "b": {"key_sha256": key}}
+    with pytest.raises(ConfigError, match="two tenants share one API key"):
+        parse_config({"tiers": [TIER], "gateway": {"tenants": twins}})
+    with pytest.raises(ConfigError, match="over_budget must be one of downgrade, refuse"):
+        parse_config({"tiers": [TIER], "gateway": {"tenants": {"a": {"key_sha256": key, "over_budget": "ignore"}}}})
