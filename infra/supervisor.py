@@ -63,6 +63,9 @@ from workers.loop_thread import LoopThread
 from workers.policy_feed import trusted_keys
 
 log = logging.getLogger("tierflow.supervisor")
+HEAD_NODE = "node:__internal_head__"
+"""A resource only Ray's head node has: the supervisor lives there, as Ray Serve's controller does, so losing
+a worker node never takes it (and its view of the pools) away while the replicas it must re-place move."""
 CALL_TIMEOUT_S = 30.0
 """Bound on a question to the supervisor's loop (its stats ask every replica, 5 s each at most)."""
 
@@ -267,7 +270,11 @@ def start_supervisor(config: Config, bootstrap: str) -> tuple[Any, bool]:
     if config.control.enabled:
         config, signer = with_signing_key(config)
     handle = SupervisorActor.options(  # type: ignore[attr-defined]
-        name=supervisor_name(config.namespace), lifetime="detached", get_if_exists=True, num_cpus=0
+        name=supervisor_name(config.namespace),
+        lifetime="detached",
+        get_if_exists=True,
+        num_cpus=0,
+        resources={HEAD_NODE: 0.001},
     ).remote(config, bootstrap, signer, resolve_keys(config.control), digest)
     return handle, True
 
