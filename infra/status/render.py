@@ -52,6 +52,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgspec
+
 from infra.status.stats import ControlState, Snapshot, cost_vs_target, window_stats
 from policies.window import in_window
 from topics.control import PolicyUpdate, PoolReport, Targets
@@ -122,7 +124,7 @@ def pools_json(report: PoolReport | None, now: float) -> dict[str, Any] | None:
         "at": report.at,
         "age_s": round(max(0.0, now - report.at), 3),
         "changed": list(report.changed),
-        "pools": {p.pool: {f: getattr(p, f) for f in p.__struct_fields__ if f != "pool"} for p in report.pools},
+        "pools": {p.pool: {k: v for k, v in msgspec.structs.asdict(p).items() if k != "pool"} for p in report.pools},
     }
 
 

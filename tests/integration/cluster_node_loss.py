@@ -34,6 +34,8 @@ from infra.ray_cluster import start_ray
 from infra.supervisor import await_ready, start_supervisor, stop_supervisor
 from topics.messages import Request
 
+from .fake_autoscaling import wait_until
+
 POOL = "worker.small"
 REQUESTS = 400
 
@@ -105,16 +107,6 @@ def _delivered(config: Config) -> Counter[str]:
         time.sleep(0.2)
 
 
-def _wait(handle: Any, condition: Any, timeout_s: float) -> dict[str, Any]:
-    """The supervisor's view of the tier's pool once ``condition`` holds (or the time is up)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pool = _pool(handle)
-        if condition(pool) or time.monotonic() > deadline:
-            return pool
-        time.sleep(1.0)
-
-
 def main() -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "node_ip_address": "127.0.0.1"})
     first = cluster.add_node(num_cpus=2, resources={"tier_node": 2}, node_ip_address="127.0.0.1")
@@ -133,7 +125,8 @@ def main() -> None:
             after = _nodes_of(config.namespace)
             delivered = _delivered(config)
             cluster.remove_node(second)  # now nothing offers tier_node
-            short = _wait(handle, lambda pool: pool.get("ready", 2) < pool.get("desired", 0), 90)
+            wait_until(lambda: (pool := _pool(handle)).get("ready", 2) < pool.get("desired", 0), 90, interval_s=1.0)
+            short = _pool(handle)
             report |= {
                 "nodes": {"first": first.node_id, "second": second.node_id},
                 "placement_before": before,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,13 +23,9 @@ from typing import Any
 
 import psutil
 
+from infra.broker import free_port
+
 STOP_WAIT_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FakeAutoscalingCluster:
@@ -39,7 +34,7 @@ class FakeAutoscalingCluster:
 
     def __init__(self, head_cpus: int, worker_types: dict[str, Any], idle_timeout_s: float = 5.0) -> None:
         self.head_cpus = head_cpus
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.temp_dir = Path(tempfile.mkdtemp(prefix="tf-ray-"))
         self.config = {

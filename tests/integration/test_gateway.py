@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +22,7 @@ import openai
 import pytest
 import uvicorn
 
+from infra.broker import free_port
 from infra.config import Config
 from infra.gateway.app import build_app
 from topics.reader import TopicReader
@@ -35,16 +35,11 @@ CANARY = "canary-7f3a9c-never-log-me"
 HELLO: list[Any] = [{"role": "user", "content": "hello"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @contextmanager
 def _serving(config: Config, bootstrap: str) -> Iterator[str]:
     """The gateway on a free loopback port, in its own thread and event loop; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(config, bootstrap), host="127.0.0.1", port=port, log_level="info"))
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()
