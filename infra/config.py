@@ -101,6 +101,8 @@ class BrokerConfig:
     """The fetch wait of a consumer that has read nothing for 5 s (``topics/pacing.py``); <= fetch_max_wait_ms: off."""
     commit_interval_ms: int = 100
     """A stage commits its acknowledged offsets at most this often (0: after every batch)."""
+    poll_interval_ms: int = 10
+    """A stage whose last batch was not full polls at most this often (0: at once); see ``workers/stage.py``."""
     replication_factor: int = 1
     memory_warn_mb: int = 2048
     """Embedded provider only: ``tierflow up`` warns when the broker's resident memory nears and
@@ -209,6 +211,7 @@ class Config:
             fetch_max_wait_ms=self.broker.fetch_max_wait_ms,
             idle_fetch_wait_ms=self.broker.idle_fetch_wait_ms,
             commit_interval_ms=self.broker.commit_interval_ms,
+            poll_interval_ms=self.broker.poll_interval_ms,
             autoscale=self.autoscaling(),
         )
 
@@ -331,6 +334,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         fetch_max_wait_ms=b.number("fetch_max_wait_ms", int, 10, 1, 60_000),
         idle_fetch_wait_ms=b.number("idle_fetch_wait_ms", int, 200, 0, 60_000),
         commit_interval_ms=b.number("commit_interval_ms", int, 100, 0, 60_000),
+        poll_interval_ms=b.number("poll_interval_ms", int, 10, 0, 60_000),
         replication_factor=b.number("replication_factor", int, 1, 1, 16),
         memory_warn_mb=b.number("memory_warn_mb", int, 2048, 0, 1 << 24),
         drain_s=b.number("drain_s", float, 30.0, 0.0, 86_400.0),

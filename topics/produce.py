@@ -1,9 +1,20 @@
-"""Produce many records at once: one batch per partition instead of one send per record.
+"""Produce many records at once: one batch per call and topic, in one partition.
 
 aiokafka's per-record ``send`` costs tens of microseconds of Python each; appending
 to a ``create_batch`` batch and sending it whole roughly halves the producer's CPU
-per record. Records keep the default partitioner's key → partition mapping, so all
-hops of one request still land on one partition, in order.
+per record.
+
+Every batch a partition stores costs the embedded broker again on every later fetch
+that returns data from it (Tansu's memory engine walks a partition's batches to find
+a fetch's offset: about 1.2 µs of broker CPU per stored batch and fetch,
+``load_tests/broker_batches.py``). Spreading a call's few records over every
+partition by key multiplied that cost by the partition count, so all of one call's
+records for a topic go to one partition: the one its first key maps to, so that
+successive calls still spread over the partitions and their consumers. No stage
+needs a request's records in one partition: stages keep no per-request state, and
+the results sink drops a repeated result by id under a lock on its results file,
+which replicas share (a partition moving to another replica would defeat any
+placement by key anyway).
 """
 
 from __future__ import annotations
@@ -22,17 +33,15 @@ _partitioner = DefaultPartitioner()
 
 async def produce_all(producer: AIOKafkaProducer, records: Iterable[Record]) -> int:
     """Send every record and wait until the broker acknowledged all of them; return the count."""
-    by_partition: dict[tuple[str, int], list[Record]] = {}
-    partitions: dict[str, list[int]] = {}
+    by_topic: dict[str, tuple[int, list[Record]]] = {}
     for record in records:
-        topic, key = record[0], record[1]
-        if topic not in partitions:
-            partitions[topic] = sorted(await producer.partitions_for(topic))
-        every = partitions[topic]
-        partition = _partitioner(key, every, every)
-        by_partition.setdefault((topic, partition), []).append(record)
+        topic = record[0]
+        if topic not in by_topic:
+            every = sorted(await producer.partitions_for(topic))
+            by_topic[topic] = (_partitioner(record[1], every, every), [])
+        by_topic[topic][1].append(record)
     acks = []
-    for (topic, partition), items in by_partition.items():
+    for topic, (partition, items) in by_topic.items():
         batch = producer.create_batch()
         for _, key, value, headers in items:
             if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
@@ -42,4 +51,4 @@ async def produce_all(producer: AIOKafkaProducer, records: Iterable[Record]) -> 
                     raise ValueError(f"a record of {len(value)} bytes does not fit in a producer batch")
         acks.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*acks)
-    return sum(len(items) for items in by_partition.values())
+    return sum(len(items) for _, items in by_topic.values())

@@ -67,6 +67,8 @@ class TopicReader:
         self.assigned: list[TopicPartition] = []
         self._counts = partitions
         self._options = {
+            # A reader without a client id of its own is named by what it reads (the broker's logs, a proxy).
+            "client_id": "reader:" + "+".join(sorted({topic.rsplit(".", 1)[-1] for topic in self.topics})),
             **kafka,
             "group_id": None,
             "enable_auto_commit": False,

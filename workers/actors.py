@@ -101,6 +101,7 @@ def build_loop(spec: StageSpec) -> StageLoop[Any]:
         fetch_max_wait_ms=config.fetch_max_wait_ms,
         idle_fetch_wait_ms=config.idle_fetch_wait_ms,
         commit_interval_ms=config.commit_interval_ms,
+        poll_interval_ms=config.poll_interval_ms,
         max_payload_bytes=config.limits.max_payload_bytes,
         max_rss_mb=config.limits.max_rss_mb,
     )

@@ -129,6 +129,7 @@ class DeploymentSpec:
     fetch_max_wait_ms: int = 10
     idle_fetch_wait_ms: int = 200
     commit_interval_ms: int = 100
+    poll_interval_ms: int = 10
     autoscale: Mapping[str, AutoscaleConfig] = field(default_factory=dict)
     """The pools the supervisor sizes, by pool name (the others keep their configured replicas)."""
 

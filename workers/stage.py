@@ -10,6 +10,14 @@ Commits are coalesced: acknowledged offsets are committed at most every
 ``commit_interval_ms`` (and always before partitions move, at a rewind and at the
 stop), so at a few dozen batches a second a stage pays the broker one commit per
 interval instead of one per batch; a crash redoes at most that interval's records.
+
+Polls are paced too: after a batch that was not full, the next poll waits until
+``poll_interval_ms`` after this one. The embedded broker pays for every fetch that
+returns data in proportion to the batches the partition holds, so a stage that
+polled again at once at a few hundred requests a second fetched (and produced) a
+handful of records at a time and kept the broker busy; waiting a few milliseconds
+lets records gather into fewer, larger batches, at most that wait per hop. Full
+batches (a backlog) are polled at once.
 """
 
 from __future__ import annotations
@@ -162,6 +170,7 @@ class StageLoop(Generic[M]):
         fetch_max_wait_ms: int = 10,
         idle_fetch_wait_ms: int = 0,
         commit_interval_ms: int = 0,
+        poll_interval_ms: int = 0,
         max_payload_bytes: int = 1 << 20,
         max_rss_mb: int = 0,
         clock: Callable[[], float] = time.time,
@@ -179,6 +188,9 @@ class StageLoop(Generic[M]):
         self._pending_commit: dict[TopicPartition, int] = {}
         """Acknowledged offsets not yet committed (coalesced up to ``commit_interval_ms``)."""
         self._last_commit = 0.0
+        self.poll_interval_s = poll_interval_ms / 1000
+        self._next_poll = 0.0
+        """Monotonic time before which a stage whose last batch was not full does not poll again."""
         self.max_payload_bytes = max_payload_bytes
         self.max_rss_mb = max_rss_mb
         self.over_memory = False
@@ -316,6 +328,9 @@ class StageLoop(Generic[M]):
         if self._check_broker:
             self._check_broker = False
             await self.rewind_if_new_broker()
+        if (pause := self._next_poll - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=pause)
         fetch = asyncio.ensure_future(self._consumer.getmany(timeout_ms=200, max_records=self.max_batch))
         stop = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -328,6 +343,8 @@ class StageLoop(Generic[M]):
         records = [record for batch in self.gaps.admit(self._consumer, fetch.result()).values() for record in batch]
         self.stats.holes_refetched, self.stats.holes_accepted = self.gaps.refetches, self.gaps.accepted
         self.pacer.observe(self._consumer, len(records))
+        if 0 < len(records) < self.max_batch:
+            self._next_poll = time.monotonic() + self.poll_interval_s
         if records:
             self.idle.clear()
             try:

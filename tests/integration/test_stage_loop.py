@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from topics import TopicLayout
 from topics.admin import delete_topics, ensure_topics
 from topics.pacing import FetchPacer
+from topics.produce import produce_all
+from topics.reader import TopicReader
 from workers.stage import Handler, Inbound, Outbound, StageLoop
 
 from .conftest import WAIT_S
@@ -100,4 +102,63 @@ async def test_coalesced_commits_cover_every_acknowledged_batch_and_pacing_idles
         await producer.stop()
     assert stats.consumed == stats.produced == 61 and stats.commit_failures == 0
     assert await _committed(kafka, group, source) == 61, "the stop commits what the interval held back"
+    await delete_topics(kafka, [source, out])
+
+
+async def test_one_produce_call_fills_one_partition_and_successive_calls_spread(kafka: dict[str, Any]) -> None:
+    topic = f"t-{uuid.uuid4().hex[:10]}.out"
+    await ensure_topics(kafka, {topic: 4})
+    producer = AIOKafkaProducer(**kafka, acks="all")
+    await producer.start()
+    try:
+        for call in range(8):
+            await produce_all(producer, ((topic, f"c{call}-r{i}".encode(), b"v", ()) for i in range(12)))
+    finally:
+        await producer.stop()
+    partitions_by_call: dict[str, set[int]] = {}
+    async with TopicReader(kafka, [topic]) as reader:
+        seen: list[Any] = []
+        for _ in range(int(WAIT_S / 0.2)):
+            seen += await reader.poll()
+            if len(seen) >= 96:
+                break
+    for record in seen:
+        partitions_by_call.setdefault(record.key.decode().split("-")[0], set()).add(record.partition)
+    assert len(seen) == 96
+    assert all(len(parts) == 1 for parts in partitions_by_call.values()), partitions_by_call
+    assert len(set().union(*partitions_by_call.values())) > 1, "eight calls all chose one partition"
+    await delete_topics(kafka, [topic])
+
+
+async def test_a_stage_with_partial_batches_polls_at_most_every_poll_interval(kafka: dict[str, Any]) -> None:
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    source, out = f"{ns}.in", f"{ns}.out"
+    await ensure_topics(kafka, {source: 1, out: 1})
+    layout = TopicLayout(ns, ("small",))
+    loop = StageLoop(
+        Echo(source, out),
+        kafka,
+        layout.dlq,
+        group_id=f"{ns}.echo",
+        layout=layout,
+        session_timeout_ms=2000,
+        fetch_max_wait_ms=BUSY_MS,
+        poll_interval_ms=400,
+    )
+    producer = AIOKafkaProducer(**kafka, acks="all")
+    await producer.start()
+    running = asyncio.create_task(loop.run())
+    try:
+        await _wait_until(lambda: loop.stats.assigned, "an assignment")
+        for i in range(40):  # one record every 20 ms for 0.8 s: 40 batches if the stage polled at once
+            await producer.send_and_wait(source, f"v{i}".encode(), key=f"k{i}".encode())
+            await asyncio.sleep(0.02)
+        await _wait_until(lambda: loop.stats.committed >= 40, "every record acknowledged")
+    finally:
+        loop.request_stop()
+        async with asyncio.timeout(WAIT_S):
+            stats = await running
+        await producer.stop()
+    assert stats.consumed == stats.produced == 40
+    assert stats.batches <= 6, f"{stats.batches} batches for 0.8 s of traffic at one poll per 0.4 s"
     await delete_topics(kafka, [source, out])
