@@ -596,7 +596,7 @@ async def measure_pipeline(
 
 # --------------------------------------------------------------------------- (d) sustained rate
 
-SUSTAINED_START_RPS = {"simulated": 500.0, "headlines": 25.0}
+SUSTAINED_START_RPS = {"simulated": 1000.0, "headlines": 50.0}
 """First rate probed per portfolio; the search doubles from there."""
 
 
