@@ -6,8 +6,8 @@ per record.
 
 Every batch a partition stores costs the embedded broker again on every later fetch
 that returns data from it (Tansu's memory engine walks a partition's batches to find
-a fetch's offset: about 1.2 µs of broker CPU per stored batch and fetch,
-``load_tests/broker_batches.py``). Spreading a call's few records over every
+a fetch's offset: measured, about 1.2 µs of broker CPU per stored batch and data
+fetch; ``load_tests/broker_batches.py`` shows the fetch times). Spreading a call's few records over every
 partition by key multiplied that cost by the partition count, so all of one call's
 records for a topic go to one partition: the one its first key maps to, so that
 successive calls still spread over the partitions and their consumers. No stage
