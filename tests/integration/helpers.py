@@ -54,9 +54,12 @@ async def send_and_await_some(
 
 
 def delivered_rows(config: Config) -> list[dict[str, Any]]:
-    """What the results sink delivered, in order."""
+    """What the results sink delivered, in order (a last line still being written is not delivered yet)."""
     path = Path(config.results_path)
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not path.exists():
+        return []
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines()]
 
 
 def delivered_ids(config: Config) -> list[str]:

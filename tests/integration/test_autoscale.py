@@ -104,8 +104,14 @@ def test_pools_scale_with_their_backlog_and_sleep_when_idle(
         assert Counter(asyncio.run(await_delivered(config, ids))) == Counter(ids)  # each exactly once
 
         _wait_for(handle, "both tiers back at rest", lambda r: r["worker.small"] == 1 and r["worker.large"] == 0)
-        reports = asyncio.run(_pool_reports(config, kafka))
-        small, large = _decisions(reports, "worker.small"), _decisions(reports, "worker.large")
+        # The supervisor resizes a pool before it publishes the report that says so: wait for the report too.
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            reports = asyncio.run(_pool_reports(config, kafka))
+            small, large = _decisions(reports, "worker.small"), _decisions(reports, "worker.large")
+            if (small and small[-1][0] == 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         assert any(n == 3 and reason.startswith("scaled up: lag") for n, reason in small), small
         assert small[-1][0] == 1 and small[-1][1].startswith("scaled down"), small
         assert any(n >= 1 and reason.startswith("woke: lag") for n, reason in large), large
