@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 from topics.errors import BrokerError, DecodeError
 from topics.messages import Answer, DeadLetter, Request, Result
 from topics.names import TopicLayout
-from topics.produce import produce_all
+from topics.produce import CoalescingProducer
 from topics.reader import TopicReader, stop_quietly
 from workers.stage import PRODUCER_BATCH_BYTES
 from workers.telemetry import new_trace_headers
@@ -40,6 +40,7 @@ class RequestProducer:
     def __init__(self, kafka: dict[str, Any], layout: TopicLayout) -> None:
         self.layout = layout
         self._producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=2, max_batch_size=PRODUCER_BATCH_BYTES)
+        self._sender = CoalescingProducer(self._producer)
 
     async def start(self) -> None:
         try:
@@ -52,9 +53,10 @@ class RequestProducer:
         await stop_quietly(self._producer)
 
     async def send_many(self, requests: Iterable[Request]) -> None:
-        """Produce ``requests`` and wait until the broker acknowledged every one."""
+        """Produce ``requests`` and wait until the broker acknowledged every one (concurrent callers'
+        requests share a produce: a gateway's calls, see :class:`~topics.produce.CoalescingProducer`)."""
         topic = self.layout.requests
-        await produce_all(self._producer, ((topic, r.id.encode(), r.to_wire(), new_trace_headers()) for r in requests))
+        await self._sender.send([(topic, r.id.encode(), r.to_wire(), new_trace_headers()) for r in requests])
 
     async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
         """Produce arbitrary bytes to the requests topic (for poison-record tests and tools)."""

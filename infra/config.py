@@ -230,6 +230,7 @@ class Config:
             layout.results: self.sink.partitions,
             layout.control: 1,
             layout.dlq: 1,
+            layout.ledger: 1,
         }
         for tier in self.tiers:
             counts[layout.tier(tier.name)] = tier.partitions

@@ -12,6 +12,10 @@ The gateway (``infra/gateway``) asks before it sends a call and tells after its 
   duplicated result is counted once. When the worst case does not fit what is left,
   :meth:`BudgetLedger.admit` narrows the call to the cheapest tiers that fit (``downgrade``) or
   refuses it (``refuse``).
+
+Every reservation and settlement is also written to the ledger topic (``infra/gateway/ledger.py``);
+:meth:`BudgetLedger.hold` and :meth:`BudgetLedger.settle` take the ones other server processes (or
+an earlier run) wrote, so one tenant's budget holds across processes and restarts.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Admission:
     allowed: tuple[str, ...] | None
     refused: str = ""
     downgraded: bool = False
+    reserved: float | None = None
+    """What this call newly reserved (``None``: nothing, as for a refusal or a retry already counted)."""
 
 
 @dataclass
@@ -62,8 +68,11 @@ class BudgetLedger:
     reserved: dict[str, float] = field(default_factory=dict)
     settled: set[str] = field(default_factory=set)
 
+    def period_of(self, now: float) -> int:
+        return int(now // self.period_s)
+
     def _roll(self, now: float) -> None:
-        period = int(now // self.period_s)
+        period = self.period_of(now)
         if period != self.period:
             self.period, self.spent, self.settled = period, 0.0, set()
             self.reserved = {}
@@ -91,7 +100,7 @@ class BudgetLedger:
             worst = min(worst, max_cost)
         if worst <= left:
             self.reserved[request_id] = worst
-            return Admission(tuple(allowed) if allowed is not None else None)
+            return Admission(tuple(allowed) if allowed is not None else None, reserved=worst)
         fits: list[str] = []
         for tier in tiers:  # the cheapest tiers whose costs, all visited, still fit
             if sum(costs[t] for t in fits) + costs[tier] > left:
@@ -99,14 +108,27 @@ class BudgetLedger:
             fits.append(tier)
         if self.over_budget == "downgrade" and fits:
             self.reserved[request_id] = sum(costs[t] for t in fits)
-            return Admission(tuple(fits), downgraded=True)
+            return Admission(tuple(fits), downgraded=True, reserved=self.reserved[request_id])
         return Admission(None, refused=f"over budget: {max(left, 0.0):.4g} of {self.budget:g} left this period")
 
-    def settle(self, request_id: str, cost: float, now: float) -> None:
-        """The call ended with ``cost`` (every hop of it): replace its reservation, once."""
+    def release(self, request_id: str) -> None:
+        """The call was never sent (the broker refused it): its reservation goes."""
+        self.reserved.pop(request_id, None)
+
+    def hold(self, request_id: str, cost: float, period: int, now: float) -> None:
+        """A reservation written elsewhere (another server process, an earlier run): count it too."""
         self._roll(now)
-        if request_id in self.settled:
-            return
+        if period == self.period and request_id not in self.reserved and request_id not in self.settled:
+            self.reserved[request_id] = cost
+
+    def settle(self, request_id: str, cost: float, now: float, period: int | None = None) -> bool:
+        """The call ended with ``cost`` (every hop of it): replace its reservation, once. ``period``: the
+        one a settlement written elsewhere counted in (ignored unless it is the current one). True when
+        this settled it (False for a repeat)."""
+        self._roll(now)
+        if request_id in self.settled or (period is not None and period != self.period):
+            return False
         self.reserved.pop(request_id, None)
         self.settled.add(request_id)
         self.spent += cost
+        return True

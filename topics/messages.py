@@ -311,3 +311,37 @@ class DeadLetter(
             request_id=key.decode("utf-8", "replace") if key else None,
             at=at,
         )
+
+
+class LedgerEntry(
+    Message,
+    frozen=True,
+    tag=tag("ledger"),
+    rename={
+        "tenant": "tn",
+        "request_id": "id",
+        "period": "pd",
+        "cost": "co",
+        "settled": "sd",
+        "result": "r",
+        "at": "at",
+    },
+):
+    """One step of a gateway call, on ``<ns>.ledger``: its budget reservation before it is sent, or its
+    settlement once its outcome is in.
+
+    Every server process replays the ledger when it starts and follows it after, so a tenant's budget
+    holds across server processes and restarts. A settlement of a call that carried an
+    ``Idempotency-Key`` keeps its Result, so a retry after a restart gets it without a second model call.
+    """
+
+    tenant: str
+    """"" when the config names no tenants (an idempotent call's settlement only)."""
+    request_id: Id
+    period: Count
+    """The budget period it counts in (``floor(time / budget_period_s)``; 0 without a budget)."""
+    cost: NonNegative
+    """Reserved (the call's worst case) or, settled, what every hop of it cost."""
+    settled: bool = False
+    result: Result | None = None
+    at: NonNegative = 0.0

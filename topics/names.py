@@ -68,9 +68,14 @@ class TopicLayout:
     def dlq(self) -> str:
         return f"{self.namespace}.dlq"
 
+    @property
+    def ledger(self) -> str:
+        """The gateway's reservations and settlements (:class:`~topics.messages.LedgerEntry`)."""
+        return f"{self.namespace}.ledger"
+
     def all_topics(self) -> list[str]:
         """Every topic name of the deployment, for creation and deletion."""
-        names = [self.requests, self.answers, self.results, self.control, self.dlq]
+        names = [self.requests, self.answers, self.results, self.control, self.dlq, self.ledger]
         for tier in self.tiers:
             names += [self.tier(tier), self.escalate(tier)]
         return names

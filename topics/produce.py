@@ -15,6 +15,10 @@ needs a request's records in one partition: stages keep no per-request state, an
 the results sink drops a repeated result by id under a lock on its results file,
 which replicas share (a partition moving to another replica would defeat any
 placement by key anyway).
+
+:class:`CoalescingProducer` does the same for many small callers (a gateway's concurrent calls):
+records handed over while a produce is in flight go out together in the next one, so under
+load they share a batch, and a lone call waits for nobody.
 """
 
 from __future__ import annotations
@@ -52,3 +56,34 @@ async def produce_all(producer: AIOKafkaProducer, records: Iterable[Record]) -> 
         acks.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*acks)
     return sum(len(items) for _, items in by_topic.values())
+
+
+class CoalescingProducer:
+    """Group commit for many concurrent callers of one producer (each awaits its own records' acks)."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._pending: list[tuple[Sequence[Record], asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def send(self, records: Sequence[Record]) -> None:
+        """Produce ``records`` with whatever else is waiting; return once the broker acknowledged them."""
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((records, done))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            try:
+                await produce_all(self._producer, (record for records, _ in group for record in records))
+            except Exception as exc:  # noqa: BLE001 - whatever it is, every caller of the group hears of it
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in group:
+                    if not done.done():
+                        done.set_result(None)

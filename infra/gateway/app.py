@@ -22,7 +22,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -34,7 +34,8 @@ from starlette.routing import Route
 from infra.broker import kafka_options
 from infra.client import RequestProducer
 from infra.config import Config
-from infra.gateway.results import ResultWaiter
+from infra.gateway.ledger import LedgerLog
+from infra.gateway.results import Outcome, ResultWaiter
 from infra.gateway.shapes import (
     Call,
     GatewayError,
@@ -48,7 +49,7 @@ from infra.gateway.shapes import (
 from infra.pipeline import Pipeline
 from policies.admission import BudgetLedger, TokenBucket
 from topics.errors import BrokerError
-from topics.messages import DeadLetter, Result
+from topics.messages import DeadLetter, LedgerEntry, Result
 
 log = logging.getLogger("tierflow.gateway")
 DEADLINE_MARGIN_S = 5.0
@@ -77,6 +78,7 @@ class Gateway:
         self.default_deadline_s = config.limits.default_deadline_s
         self._producer: RequestProducer | None = None
         self._waiter: ResultWaiter | None = None
+        self._ledger: LedgerLog | None = None
 
     @property
     def producer(self) -> RequestProducer:
@@ -88,21 +90,43 @@ class Gateway:
         assert self._waiter is not None, "start() first"
         return self._waiter
 
+    @property
+    def ledger(self) -> LedgerLog:
+        assert self._ledger is not None, "start() first"
+        return self._ledger
+
     async def start(self) -> None:
         """Kafka clients are made here, in the server's event loop (aiokafka binds them to the loop they
         were made in, and the app may be built in another)."""
-        self._waiter = ResultWaiter(self.kafka, self.config.layout, self.config.broker.fetch_max_wait_ms)
+        wait_ms = self.config.broker.fetch_max_wait_ms
+        self._waiter = ResultWaiter(self.kafka, self.config.layout, wait_ms)
         await self._waiter.start()
+        self._ledger = LedgerLog(self.kafka, self.config.layout, self._apply, wait_ms)
+        await self._ledger.start()  # budgets and finished calls as every server process left them
         self._producer = RequestProducer(self.kafka, self.config.layout)
         await self._producer.start()
 
     async def stop(self) -> None:
-        producer, waiter, self._producer, self._waiter = self._producer, self._waiter, None, None
+        producer, ledger, waiter = self._producer, self._ledger, self._waiter
+        self._producer, self._ledger, self._waiter = None, None, None
         if producer is not None:
             with contextlib.suppress(KafkaError):
                 await producer.stop()
+        if ledger is not None:
+            await ledger.stop()
         if waiter is not None:
             await waiter.stop()
+
+    def _apply(self, entry: LedgerEntry) -> None:
+        """An entry of the ledger topic (this process's own come back too, and count once)."""
+        now = self.clock()
+        if (ledger := self.ledgers.get(entry.tenant)) is not None:
+            if entry.settled:
+                ledger.settle(entry.request_id, entry.cost, now, entry.period)
+            else:
+                ledger.hold(entry.request_id, entry.cost, entry.period, now)
+        if entry.result is not None:
+            self.waiter.remember(entry.result)
 
     async def call(self, kind: str, http: HttpRequest) -> Response:
         raw = await http.body()
@@ -115,20 +139,26 @@ class Gateway:
         tenant = self._tenant(http)
         self._limit_rate(tenant)
         call = parse_call(kind, body, self.tiers, self.max_bytes)
-        rid = request_id(tenant, http.headers.get("idempotency-key"), f"http-{uuid.uuid4().hex}")
+        key = http.headers.get("idempotency-key")
+        rid = request_id(tenant, key, f"http-{uuid.uuid4().hex}")
         outcome = self.waiter.finished(rid)
-        downgraded = False
+        downgraded = sent = False
         if outcome is None:
             if not self.waiter.in_flight(rid):  # a retry of a call in flight waits for the same request
-                call, downgraded = self._within_budget(tenant, rid, call)
-                await self._send(call.request(rid, self.clock(), tenant))
+                self.waiter.expect(rid)  # from here on, before any await
+                try:
+                    call, downgraded = await self._within_budget(tenant, rid, call)
+                    await self._send(call.request(rid, self.clock(), tenant), tenant)
+                except GatewayError:
+                    self.waiter.forget(rid)
+                    raise
+                sent = True
             timeout = (call.deadline_s or self.default_deadline_s) + DEADLINE_MARGIN_S
             try:
                 outcome = await self.waiter.wait(rid, timeout)
             except TimeoutError:
                 raise GatewayError(504, f"no result within {timeout:g} s", type="timeout") from None
-        if (ledger := self.ledgers.get(tenant)) is not None:
-            ledger.settle(rid, outcome.total_cost if isinstance(outcome, Result) else 0.0, self.clock())
+        await self._settle(tenant, rid, outcome, keep=sent and key is not None)
         if isinstance(outcome, DeadLetter):
             raise GatewayError(422, f"the pipeline refused the request: {outcome.reason}")
         if (error := result_error(outcome)) is not None:
@@ -164,32 +194,61 @@ class Gateway:
                 retry_after_s=wait,
             )
 
-    def _within_budget(self, tenant: str, rid: str, call: Call) -> tuple[Call, bool]:
-        """The call narrowed to the tiers the tenant's budget still pays for, or a 429 (``over_budget``)."""
+    async def _within_budget(self, tenant: str, rid: str, call: Call) -> tuple[Call, bool]:
+        """The call narrowed to the tiers the tenant's budget still pays for, or a 429 (``over_budget``);
+        a new reservation is on the ledger topic before the call is sent."""
         ledger = self.ledgers.get(tenant)
         if ledger is None:
             return call, False
-        admission = ledger.admit(rid, call.allowed_tiers, self.costs, call.max_cost, self.clock())
+        now = self.clock()
+        admission = ledger.admit(rid, call.allowed_tiers, self.costs, call.max_cost, now)
         if admission.refused:
             raise GatewayError(
                 429,
                 admission.refused,
                 type="insufficient_quota",
                 code="budget_exceeded",
-                retry_after_s=ledger.period_s - self.clock() % ledger.period_s,
+                retry_after_s=ledger.period_s - now % ledger.period_s,
             )
+        if admission.reserved is not None:
+            entry = LedgerEntry(tenant, rid, ledger.period_of(now), admission.reserved, at=now)
+            await self._produce(self.ledger.append(entry), lambda: ledger.release(rid))
         if admission.downgraded:
             return dataclasses.replace(call, allowed_tiers=admission.allowed), True
         return call, False
 
-    async def _send(self, request: Any) -> None:
-        self.waiter.expect(request.id)
+    async def _send(self, request: Any, tenant: str) -> None:
+        def never_sent() -> None:
+            if (ledger := self.ledgers.get(tenant)) is not None:
+                ledger.release(request.id)
+
+        await self._produce(self.producer.send_many([request]), never_sent)
+
+    async def _produce(self, sending: Awaitable[None], undo: Callable[[], None]) -> None:
+        """Await ``sending``; when the broker refuses it, ``undo`` and answer 503."""
         try:
-            await self.producer.send_many([request])
+            await sending
         except (KafkaError, BrokerError, OSError) as exc:
-            self.waiter.forget(request.id)
-            log.warning("gateway: the broker refused a request: %r", exc)
+            undo()
+            log.warning("gateway: the broker refused a record: %r", exc)
             raise GatewayError(503, "the broker is unreachable; try again", type="service_unavailable") from None
+
+    async def _settle(self, tenant: str, rid: str, outcome: Outcome, keep: bool) -> None:
+        """Count the call's cost against its tenant's budget, once; on the ledger topic with its Result
+        when ``keep`` (it carried an Idempotency-Key), so a retry reaching any server process finds it."""
+        cost = outcome.total_cost if isinstance(outcome, Result) else 0.0
+        now = self.clock()
+        ledger = self.ledgers.get(tenant)
+        newly = ledger.settle(rid, cost, now) if ledger is not None else False
+        if not (newly or keep):
+            return
+        result = outcome if keep and isinstance(outcome, Result) else None
+        period = ledger.period_of(now) if ledger is not None else 0
+        entry = LedgerEntry(tenant, rid, period, cost, settled=True, result=result, at=now)
+        try:
+            await self.ledger.append(entry)
+        except (KafkaError, BrokerError, OSError) as exc:  # the answer is there: give it; its reservation stays
+            log.warning("gateway: could not write a settlement to the ledger: %r", exc)
 
 
 async def _events(chunks: Any) -> AsyncIterator[bytes]:

@@ -54,6 +54,10 @@ class ResultWaiter:
             future.cancel()
         self._waiting.clear()
 
+    def remember(self, result: Result) -> None:
+        """A result read elsewhere (the ledger keeps idempotent calls' results across restarts)."""
+        self._finish(result)
+
     def finished(self, request_id: str) -> Outcome | None:
         return self._finished.get(request_id)
 
@@ -93,6 +97,9 @@ class ResultWaiter:
             outcome: Outcome = DeadLetter.from_wire(value) if topic == self.layout.dlq else Result.from_wire(value)
         except DecodeError:
             return
+        self._finish(outcome)
+
+    def _finish(self, outcome: Outcome) -> None:
         request_id = outcome.request_id
         if not request_id or request_id in self._finished:
             return

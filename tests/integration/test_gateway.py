@@ -168,3 +168,30 @@ async def test_tenants_need_their_key_and_keep_to_their_rate_and_budget(
         with pytest.raises(openai.RateLimitError) as refused:
             await _client(base_url, "key-strict").chat.completions.create(model="tierflow", messages=HELLO)
         assert "over budget" in str(refused.value) and refused.value.code == "budget_exceeded"
+
+
+async def test_a_budget_and_a_finished_call_outlive_the_server_and_hold_across_servers(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any], ray_session: None
+) -> None:
+    tenants = {"once": _tenant("key-once", budget=0.1115, over_budget="refuse")}  # one call's worst case (0.111)
+    config = simulated_config(tmp_path, gateway={"tenants": tenants})
+    retry = {"Idempotency-Key": "only-once"}
+    other: list[Any] = [{"role": "user", "content": "another"}]
+    async with running(config, bootstrap, kafka):
+        with _serving(config, bootstrap) as first_url:
+            first = await _client(first_url, "key-once").chat.completions.create(
+                model="tierflow", messages=HELLO, extra_headers=retry
+            )
+            with _serving(config, bootstrap) as beside_url:  # a second server with its own state, beside the first
+                with pytest.raises(openai.RateLimitError) as beside:
+                    await _client(beside_url, "key-once").chat.completions.create(model="tierflow", messages=other)
+                assert beside.value.code == "budget_exceeded"
+        with _serving(config, bootstrap) as restarted_url:  # every server stopped, then a new one
+            client = _client(restarted_url, "key-once")
+            again = await client.chat.completions.create(model="tierflow", messages=HELLO, extra_headers=retry)
+            assert (again.id, again.choices[0].message.content) == (first.id, first.choices[0].message.content)
+            with pytest.raises(openai.RateLimitError) as refused:
+                await client.chat.completions.create(model="tierflow", messages=other)
+            assert refused.value.code == "budget_exceeded" and "over budget" in str(refused.value)
+        request_key = first.id.removeprefix("chatcmpl-").encode()
+        assert await _requests_with_key(config, kafka, request_key) == 1  # the retry after the restart sent nothing

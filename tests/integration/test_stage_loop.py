@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from topics import TopicLayout
 from topics.admin import delete_topics, ensure_topics
 from topics.pacing import FetchPacer
-from topics.produce import produce_all
+from topics.produce import CoalescingProducer, produce_all
 from topics.reader import TopicReader
 from workers.stage import Handler, Inbound, Outbound, StageLoop
 
@@ -127,6 +127,37 @@ async def test_one_produce_call_fills_one_partition_and_successive_calls_spread(
     assert len(seen) == 96
     assert all(len(parts) == 1 for parts in partitions_by_call.values()), partitions_by_call
     assert len(set().union(*partitions_by_call.values())) > 1, "eight calls all chose one partition"
+    await delete_topics(kafka, [topic])
+
+
+async def test_concurrent_callers_share_produces_and_each_returns_after_its_ack(kafka: dict[str, Any]) -> None:
+    topic = f"t-{uuid.uuid4().hex[:10]}.in"
+    await ensure_topics(kafka, {topic: 1})
+    producer = AIOKafkaProducer(**kafka, acks="all")
+    await producer.start()
+    batches_sent = 0
+    send_batch = producer.send_batch
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:  # the real call, counted
+        nonlocal batches_sent
+        batches_sent += 1
+        return await send_batch(*args, **kwargs)
+
+    producer.send_batch = counting
+    sender = CoalescingProducer(producer)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await asyncio.gather(*(sender.send([(topic, f"r{i}".encode(), b"v", ())]) for i in range(40)))
+    finally:
+        await producer.stop()
+    keys: set[bytes | None] = set()
+    async with TopicReader(kafka, [topic]) as reader:
+        for _ in range(int(WAIT_S / 0.2)):
+            keys |= {record.key for record in await reader.poll()}
+            if len(keys) >= 40:
+                break
+    assert keys == {f"r{i}".encode() for i in range(40)}  # every caller's record was acknowledged
+    assert batches_sent <= 2, f"40 concurrent calls took {batches_sent} produces"
     await delete_topics(kafka, [topic])
 
 

@@ -100,9 +100,11 @@ def test_only_the_control_plane_and_the_operators_write_the_control_topic(
     assert all(user["spec"]["authentication"]["type"] == "scram-sha-512" for user in users.values())
     writers = {name for name, user in users.items() if _may(user, "Write", config.layout.control)}
     assert writers == {control, "tierflow-operator"}
-    data = set(config.partitions()) - {config.layout.control}
+    ledger = config.layout.ledger  # the gateway's (it runs as the operator), no stage's
+    data = set(config.partitions()) - {config.layout.control, ledger}
     assert all(_may(users[stages], "Write", topic) for topic in data)
-    assert all(_may(users[stages], "Read", topic) for topic in config.partitions() if topic != config.layout.dlq)
+    assert all(_may(users[stages], "Read", topic) for topic in data if topic != config.layout.dlq)
+    assert _may(users["tierflow-operator"], "Write", ledger) and not _may(users[stages], "Write", ledger)
     assert all(_may(users[control], "Read", topic) for topic in config.partitions())
 
 

@@ -47,3 +47,19 @@ def test_a_new_period_starts_from_nothing_spent() -> None:
     ledger.settle("r1", 0.15, now=11.0)
     assert ledger.admit("r2", None, COSTS, None, now=12.0).downgraded
     assert not ledger.admit("r3", None, COSTS, None, now=61.0).downgraded and ledger.spent == 0.0
+
+
+def test_entries_written_elsewhere_count_once_and_only_in_their_period() -> None:
+    here, there = BudgetLedger(budget=0.2, period_s=60.0), BudgetLedger(budget=0.2, period_s=60.0)
+    cost = there.admit("r1", None, COSTS, None, now=10.0).reserved
+    assert cost is not None and cost == pytest.approx(0.111)
+    here.hold("r1", cost, there.period_of(10.0), now=11.0)  # what the ledger topic carried over
+    here.hold("r1", cost, 0, now=11.0)  # read twice: held once
+    assert here.left(11.0) == pytest.approx(0.2 - 0.111)
+    assert here.admit("r2", None, COSTS, None, now=12.0).downgraded  # the other process's reservation counts
+    assert here.settle("r1", 0.011, now=13.0, period=0) and not here.settle("r1", 0.011, now=14.0, period=0)
+    assert here.spent == pytest.approx(0.011)
+    here.hold("old", 0.1, period=-1, now=15.0)  # a past period's reservation: not this one's
+    assert not here.settle("old", 0.1, now=15.0, period=5)  # nor a settlement counted in another period
+    assert "old" not in here.reserved and here.spent == pytest.approx(0.011)
+    assert here.admit("r2", None, COSTS, None, now=16.0).reserved is None  # a retry reserves nothing new
