@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from policies.autoscale import AutoscaleConfig
-from policies.decisions import DEFAULT_MAX_HOPS
+from policies.decisions import hop_limit
 from policies.registry import make_post_hoc, make_pre_call
 from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
 from topics.control import parse_key_hex
@@ -353,7 +353,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     limits = LimitsConfig(
         max_payload_bytes=lim.number("max_payload_bytes", int, 1 << 20, 1024, 64 << 20),
         max_batch=lim.number("max_batch", int, 64, 1, 100_000),
-        max_hops=lim.number("max_hops", int, DEFAULT_MAX_HOPS, 1, 1000),
+        max_hops=lim.number("max_hops", int, hop_limit(len(tiers)), 1, 1000),
         default_deadline_s=lim.number("default_deadline_s", float, 120.0, 0.001),
         infer_timeout_s=lim.number("infer_timeout_s", float, 60.0, 0.001),
         max_rss_mb=lim.number("max_rss_mb", int, 0, 0, 1 << 24),

@@ -179,7 +179,7 @@ def summary_table(rows: Sequence[TraceRow]) -> Table:
             group[0].model,
             str(len(group)),
             f"{sum(r.correct for r in group) / len(group):.1%}",
-            f"{sum(r.confidence for r in group) / len(group):.2f}",
+            f"{sum(r.confidence or 0.0 for r in group) / len(group):.2f}",
             str(sum(r.error is not None for r in group)),
             f"{latencies[len(latencies) // 2]:.1f}",
             f"{sum(r.cost for r in group) / len(group):.2e}",

@@ -49,7 +49,7 @@ def model_metrics(rows: Sequence[TraceRow]) -> dict[str, object]:
     latency = np.asarray([r.latency_ms for r in ok], dtype=float)
     seconds = latency.sum() / 1000
     features = sorted({name for r in ok for name in r.features})
-    aurocs: dict[str, float | None] = {"confidence": auroc([r.confidence for r in ok], correct)}
+    aurocs: dict[str, float | None] = {"confidence": auroc([r.confidence or 0.0 for r in ok], correct)}
     for name in features:
         sign = -1.0 if name in LOWER_IS_CONFIDENT else 1.0
         label = f"neg_{name}" if sign < 0 else name

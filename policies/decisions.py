@@ -21,6 +21,12 @@ deployment says otherwise (``[limits] max_hops``). A deployment limit, not a pol
 only say accept, escalate or stop, and ``verify_answer`` alone refuses an escalation past it."""
 
 
+def hop_limit(tier_count: int) -> int:
+    """The default hop limit of a portfolio: :data:`DEFAULT_MAX_HOPS`, or its tier count when that is
+    more, so a cascade can always reach its last tier (a lower limit must be configured on purpose)."""
+    return max(DEFAULT_MAX_HOPS, tier_count)
+
+
 class LazyRandom(random.Random):
     """A ``random.Random`` that seeds itself at its first draw.
 

@@ -325,6 +325,7 @@ class LedgerEntry(
         "settled": "sd",
         "result": "r",
         "at": "at",
+        "origin": "or",
     },
 ):
     """One step of a gateway call, on ``<ns>.ledger``: its budget reservation before it is sent, or its
@@ -345,3 +346,5 @@ class LedgerEntry(
     settled: bool = False
     result: Result | None = None
     at: NonNegative = 0.0
+    origin: str = ""
+    """The server process that wrote it (its own entries come back to it too)."""

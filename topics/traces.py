@@ -36,6 +36,8 @@ Columns (every row has every column; ``features`` is a flat object of floats):
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -54,7 +56,8 @@ class TraceRow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: str
     output: str
     correct: bool
-    confidence: float
+    confidence: float | None = None
+    """None where the source has no confidence (an imported table): the lab skips the methods that need one."""
     features: dict[str, float] = {}
     tokens_in: int = 0
     tokens_out: int = 0
@@ -90,11 +93,36 @@ def read_trace(path: str | Path) -> list[TraceRow]:
         except msgspec.ValidationError as exc:
             raise DataError(f"{path}:{number}: not a trace row: {exc}") from exc
         except msgspec.DecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON: {exc}") from exc
+            raise DataError(f"{path}:{number}: {_not_json(line, exc)}") from exc
     if torn.strip():
         with contextlib.suppress(msgspec.MsgspecError):
             rows.append(_DECODER.decode(torn))
     return rows
+
+
+def _not_json(line: bytes, error: msgspec.DecodeError) -> str:
+    """Why a line is not JSON, naming the field when it is a NaN or an infinity (which Python's
+    ``json`` writes by default and JSON does not have)."""
+    try:
+        doc = json.loads(line)  # reads NaN and Infinity
+    except ValueError:
+        return f"not JSON: {error}"
+    fields = doc.items() if isinstance(doc, dict) else ()
+    for name, value in fields:
+        inner = value.items() if isinstance(value, dict) else [("", value)]
+        for key, number in inner:
+            if isinstance(number, float) and not math.isfinite(number):
+                where = f"{name}.{key}" if key else name
+                return f"{where} is {number}: a trace needs finite numbers (JSON has no NaN or infinity)"
+    return f"not JSON: {error}"
+
+
+def write_trace(path: str | Path, rows: Iterable[TraceRow]) -> None:
+    """Write a whole trace (replacing the file only once every row is written)."""
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(b"".join(_ENCODER.encode(row) + b"\n" for row in rows))
+    partial.replace(target)
 
 
 def append_rows(path: str | Path, rows: Iterable[TraceRow]) -> None:

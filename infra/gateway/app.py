@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,7 @@ from infra.config import Config
 from infra.gateway.ledger import LedgerLog
 from infra.gateway.results import Outcome, ResultWaiter
 from infra.gateway.shapes import (
+    IDEMPOTENT_PREFIX,
     Call,
     GatewayError,
     models,
@@ -76,6 +78,10 @@ class Gateway:
         self.kafka = kafka_options(config.broker, bootstrap)
         self.max_bytes = config.limits.max_payload_bytes
         self.default_deadline_s = config.limits.default_deadline_s
+        self.claim_s = self.default_deadline_s + DEADLINE_MARGIN_S
+        """How long a call claimed on the ledger by another process counts as in flight there."""
+        self.origin = uuid.uuid4().hex[:12]
+        """This server process, in the ledger entries it writes."""
         self._producer: RequestProducer | None = None
         self._waiter: ResultWaiter | None = None
         self._ledger: LedgerLog | None = None
@@ -127,6 +133,13 @@ class Gateway:
                 ledger.hold(entry.request_id, entry.cost, entry.period, now)
         if entry.result is not None:
             self.waiter.remember(entry.result)
+        elif (
+            not entry.settled
+            and entry.origin != self.origin
+            and entry.request_id.startswith(IDEMPOTENT_PREFIX)
+            and now - entry.at < self.claim_s
+        ):
+            self.waiter.claimed_elsewhere(entry.request_id)  # a retry reaching this process waits for it
 
     async def call(self, kind: str, http: HttpRequest) -> Response:
         raw = await http.body()
@@ -147,7 +160,11 @@ class Gateway:
             if not self.waiter.in_flight(rid):  # a retry of a call in flight waits for the same request
                 self.waiter.expect(rid)  # from here on, before any await
                 try:
-                    call, downgraded = await self._within_budget(tenant, rid, call)
+                    call, downgraded, claim = self._within_budget(tenant, rid, call)
+                    if claim is None and key is not None:  # other server processes: this call is in flight here
+                        claim = LedgerEntry(tenant, rid, 0, 0.0, at=self.clock(), origin=self.origin)
+                    if claim is not None:
+                        await self._produce(self.ledger.append(claim), lambda: self._release(tenant, rid))
                     await self._send(call.request(rid, self.clock(), tenant), tenant)
                 except GatewayError:
                     self.waiter.forget(rid)
@@ -194,12 +211,12 @@ class Gateway:
                 retry_after_s=wait,
             )
 
-    async def _within_budget(self, tenant: str, rid: str, call: Call) -> tuple[Call, bool]:
-        """The call narrowed to the tiers the tenant's budget still pays for, or a 429 (``over_budget``);
-        a new reservation is on the ledger topic before the call is sent."""
+    def _within_budget(self, tenant: str, rid: str, call: Call) -> tuple[Call, bool, LedgerEntry | None]:
+        """The call narrowed to the tiers the tenant's budget still pays for, or a 429 (``over_budget``),
+        with its new reservation for the ledger topic (``None`` when it reserved nothing new)."""
         ledger = self.ledgers.get(tenant)
         if ledger is None:
-            return call, False
+            return call, False, None
         now = self.clock()
         admission = ledger.admit(rid, call.allowed_tiers, self.costs, call.max_cost, now)
         if admission.refused:
@@ -210,19 +227,20 @@ class Gateway:
                 code="budget_exceeded",
                 retry_after_s=ledger.period_s - now % ledger.period_s,
             )
+        claim = None
         if admission.reserved is not None:
-            entry = LedgerEntry(tenant, rid, ledger.period_of(now), admission.reserved, at=now)
-            await self._produce(self.ledger.append(entry), lambda: ledger.release(rid))
+            claim = LedgerEntry(tenant, rid, ledger.period_of(now), admission.reserved, at=now, origin=self.origin)
         if admission.downgraded:
-            return dataclasses.replace(call, allowed_tiers=admission.allowed), True
-        return call, False
+            return dataclasses.replace(call, allowed_tiers=admission.allowed), True, claim
+        return call, False, claim
+
+    def _release(self, tenant: str, rid: str) -> None:
+        """The call was never sent: its reservation goes."""
+        if (ledger := self.ledgers.get(tenant)) is not None:
+            ledger.release(rid)
 
     async def _send(self, request: Any, tenant: str) -> None:
-        def never_sent() -> None:
-            if (ledger := self.ledgers.get(tenant)) is not None:
-                ledger.release(request.id)
-
-        await self._produce(self.producer.send_many([request]), never_sent)
+        await self._produce(self.producer.send_many([request]), lambda: self._release(tenant, request.id))
 
     async def _produce(self, sending: Awaitable[None], undo: Callable[[], None]) -> None:
         """Await ``sending``; when the broker refuses it, ``undo`` and answer 503."""
@@ -244,7 +262,7 @@ class Gateway:
             return
         result = outcome if keep and isinstance(outcome, Result) else None
         period = ledger.period_of(now) if ledger is not None else 0
-        entry = LedgerEntry(tenant, rid, period, cost, settled=True, result=result, at=now)
+        entry = LedgerEntry(tenant, rid, period, cost, settled=True, result=result, at=now, origin=self.origin)
         try:
             await self.ledger.append(entry)
         except (KafkaError, BrokerError, OSError) as exc:  # the answer is there: give it; its reservation stays
@@ -258,11 +276,16 @@ async def _events(chunks: Any) -> AsyncIterator[bytes]:
 
 
 def build_app(
-    config: Config, bootstrap: str, pipeline: Pipeline | None = None, on_ready: Callable[[], None] | None = None
+    config: Config,
+    bootstrap: str,
+    pipeline: Pipeline | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> Starlette:
     """The ASGI app for ``config``'s pipeline behind the broker at ``bootstrap``; with ``pipeline``, the
     app deploys it when it starts and stops it when it stops (``tierflow serve`` on the embedded broker).
-    ``on_ready`` runs once calls can be answered."""
+    ``on_ready`` runs once calls can be answered, ``on_stop`` first thing when the server stops (before
+    the pipeline: ``serve --workers`` ends its other server processes there)."""
     gateway = Gateway(config, bootstrap)
     models_by_tier = {tier.name: str(tier.options.get("model", tier.backend)) for tier in config.tiers}
 
@@ -283,7 +306,8 @@ def build_app(
         return JSONResponse(models(gateway.tiers, models_by_tier))
 
     async def healthz(http: HttpRequest) -> Response:
-        return JSONResponse({"status": "ok", "namespace": config.namespace, "tiers": list(gateway.tiers)})
+        doc = {"status": "ok", "namespace": config.namespace, "tiers": list(gateway.tiers), "pid": os.getpid()}
+        return JSONResponse(doc)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -295,6 +319,8 @@ def build_app(
         try:
             yield
         finally:
+            if on_stop is not None:
+                on_stop()
             await gateway.stop()
             if pipeline is not None:
                 await pipeline.stop()

@@ -69,6 +69,11 @@ class ResultWaiter:
         if request_id not in self._waiting:
             self._waiting[request_id] = asyncio.get_running_loop().create_future()
 
+    def claimed_elsewhere(self, request_id: str) -> None:
+        """Another server process sent this request (the ledger says): a retry here waits for its result."""
+        if request_id not in self._finished:
+            self.expect(request_id)
+
     def forget(self, request_id: str) -> None:
         """The request was never sent (the broker refused it): nothing will come."""
         if (future := self._waiting.pop(request_id, None)) is not None:

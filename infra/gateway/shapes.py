@@ -181,12 +181,16 @@ def _priority(value: Any) -> int:
     return value
 
 
+IDEMPOTENT_PREFIX = "idem-"
+"""What the id of a request named by an ``Idempotency-Key`` starts with."""
+
+
 def request_id(tenant: str, idempotency_key: str | None, fresh: str) -> str:
     """The request's id: derived from the tenant and the client's ``Idempotency-Key`` (a retry names the
     same request), else ``fresh``."""
     if not idempotency_key:
         return fresh
-    return "idem-" + hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()[:32]
+    return IDEMPOTENT_PREFIX + hashlib.sha256(f"{tenant}\x00{idempotency_key}".encode()).hexdigest()[:32]
 
 
 def _words(text: str) -> int:

@@ -25,7 +25,6 @@ from infra.lab.metrics import Point, Reference, summary
 from infra.lab.registry import METHODS, make_method, method_names
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
-from policies.decisions import DEFAULT_MAX_HOPS
 from policies.features import DEFAULT_EMBEDDING
 from policies.file import PolicyFile
 from topics.errors import ConfigError, DataError
@@ -40,7 +39,8 @@ class LabOptions:
     tiers: tuple[str, ...] = ()
     """Restrict to these tiers, in this (ladder) order; default: every tier of the trace."""
     train_fraction: float = 0.5
-    max_hops: int = DEFAULT_MAX_HOPS
+    max_hops: int | None = None
+    """The hop limit simulated; default: the portfolio's (``policies.decisions.hop_limit``)."""
     embedding: str = DEFAULT_EMBEDDING
     """The query embedding the routers are fitted on (``policies/features.py``)."""
     split_seed: int = 0
@@ -106,7 +106,9 @@ class Sweep:
     test: list[Point]
 
 
-def sweep(method: Method, train: TraceTable, test: TraceTable, max_hops: int) -> Sweep:
+def sweep(method: Method, train: TraceTable, test: TraceTable, max_hops: int | None = None) -> Sweep:
+    if method.needs_confidence and not (train.has_confidence and test.has_confidence):
+        raise DataError(f"{method.name} decides on the tiers' confidences, and this trace has none")
     method.prepare(train)
     settings = method.settings()
     curves: dict[str, list[Point]] = {"train": [], "test": []}

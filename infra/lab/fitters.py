@@ -105,6 +105,9 @@ class Method(ABC):
     """True for methods fitted on the query vectors (the routers): ``eval`` embeds the trace first."""
     embedding: str = DEFAULT_EMBEDDING
     """The query embedding a method that reads queries is fitted on (``make_method`` sets it)."""
+    needs_confidence: bool = True
+    """False for methods that never read an answer's confidence (the routers that accept every answer):
+    only they run on a trace without confidences."""
 
     @abstractmethod
     def prepare(self, train: TraceTable) -> None:

@@ -207,6 +207,7 @@ class RouteLLMMethod(_RouterMethod):
     """RouteLLM's win-rate router; ``kind`` picks the matrix-factorisation or the classifier model."""
 
     kind = "mf"
+    needs_confidence = False
 
     def fit(self) -> None:
         s = self.strong
@@ -236,6 +237,7 @@ class RouteLLMMethod(_RouterMethod):
 class RouteLLMMF(RouteLLMMethod):
     name = "routellm_mf"
     kind = "mf"
+    needs_confidence = False
 
 
 class RouteLLMClassifier(RouteLLMMethod):
@@ -288,6 +290,7 @@ def bootstrap_heads(x: FloatArray, correct: BoolArray, tiers: tuple[str, ...], n
 
 class OptLLMMethod(_RouterMethod):
     name = "optllm"
+    needs_confidence = False
 
     def fit(self) -> None:
         self.predictor = bootstrap_heads(self.x, self.correct, self.tiers)
@@ -320,6 +323,7 @@ class OptLLMMethod(_RouterMethod):
 
 class CargoMethod(_RouterMethod):
     name = "cargo"
+    needs_confidence = False
     TAUS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3)
 
     def fit(self) -> None:

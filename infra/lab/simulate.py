@@ -17,7 +17,7 @@ import numpy as np
 from infra.lab.features import query_vectors
 from infra.lab.table import TraceTable
 from policies.base import PostHocPolicy, PreCallPolicy
-from policies.decisions import DEFAULT_MAX_HOPS, final_result, route_request, verify_answer
+from policies.decisions import final_result, hop_limit, route_request, verify_answer
 from topics.messages import Request, Status
 from workers.backends.replay import completion_from_row
 from workers.model_worker import to_answer
@@ -45,8 +45,11 @@ class Summary:
 
 
 def simulate(
-    table: TraceTable, pre: PreCallPolicy, post: PostHocPolicy, max_hops: int = DEFAULT_MAX_HOPS
+    table: TraceTable, pre: PreCallPolicy, post: PostHocPolicy, max_hops: int | None = None
 ) -> list[Outcome]:
+    """Every item of ``table`` through the stream's own decision functions; ``max_hops`` defaults to
+    the portfolio's (:func:`~policies.decisions.hop_limit`), so no cascade stops short of its last tier."""
+    max_hops = max_hops or hop_limit(len(table.tiers))
     tiers = table.tier_infos()
     index = {name: t for t, name in enumerate(table.tiers)}
     vectors = query_vectors(table, pre.embedding) if pre.needs_features else None

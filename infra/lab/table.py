@@ -46,8 +46,11 @@ class TraceTable:
         if unknown:
             raise DataError(f"the trace has no tier {unknown[0]!r}; it has: {', '.join(present)}")
         by_item: dict[str, dict[str, TraceRow]] = {}
-        for row in rows:
-            by_item.setdefault(row.item_id, {})[row.tier] = row
+        for number, row in enumerate(rows, start=1):
+            per = by_item.setdefault(row.item_id, {})
+            if row.tier in per:  # one would silently replace the other
+                raise DataError(f"row {number}: a second row for item {row.item_id!r} and tier {row.tier!r}")
+            per[row.tier] = row
         complete = [(item, per) for item, per in by_item.items() if all(t in per for t in order)]
         if not complete:
             raise DataError("no item of the trace was answered by every tier")
@@ -79,7 +82,13 @@ class TraceTable:
 
     @cached_property
     def confidence(self) -> npt.NDArray[np.float64]:
-        return np.array([[r.confidence for r in per] for per in self.rows], dtype=float)
+        """Per item and tier; 0 where the trace has none (see :attr:`has_confidence`)."""
+        return np.array([[r.confidence or 0.0 for r in per] for per in self.rows], dtype=float)
+
+    @cached_property
+    def has_confidence(self) -> bool:
+        """Whether every answer has a confidence (an imported table may have none)."""
+        return all(r.confidence is not None for per in self.rows for r in per)
 
     def tier_infos(self) -> tuple[TierInfo, ...]:
         """The tiers with their mean cost: what the router knows ex ante."""

@@ -9,6 +9,7 @@ canary that never reaches a log line; and tenants: their API keys, rate limits a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -18,6 +19,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import uvicorn
@@ -25,6 +27,7 @@ import uvicorn
 from infra.broker import free_port
 from infra.config import Config
 from infra.gateway.app import build_app
+from infra.gateway.pool import ServerPool, claim_port
 from topics.reader import TopicReader
 
 from .conftest import WAIT_S, running, simulated_config
@@ -33,7 +36,6 @@ pytestmark = pytest.mark.integration
 
 CANARY = "canary-7f3a9c-never-log-me"
 HELLO: list[Any] = [{"role": "user", "content": "hello"}]
-
 
 
 @contextmanager
@@ -183,9 +185,12 @@ async def test_a_budget_and_a_finished_call_outlive_the_server_and_hold_across_s
                 model="tierflow", messages=HELLO, extra_headers=retry
             )
             with _serving(config, bootstrap) as beside_url:  # a second server with its own state, beside the first
-                with pytest.raises(openai.RateLimitError) as beside:
-                    await _client(beside_url, "key-once").chat.completions.create(model="tierflow", messages=other)
-                assert beside.value.code == "budget_exceeded"
+                beside = _client(beside_url, "key-once")
+                with pytest.raises(openai.RateLimitError) as refused_beside:
+                    await beside.chat.completions.create(model="tierflow", messages=other)
+                assert refused_beside.value.code == "budget_exceeded"
+                retried = await beside.chat.completions.create(model="tierflow", messages=HELLO, extra_headers=retry)
+                assert (retried.id, retried.choices[0].message.content) == (first.id, first.choices[0].message.content)
         with _serving(config, bootstrap) as restarted_url:  # every server stopped, then a new one
             client = _client(restarted_url, "key-once")
             again = await client.chat.completions.create(model="tierflow", messages=HELLO, extra_headers=retry)
@@ -195,3 +200,37 @@ async def test_a_budget_and_a_finished_call_outlive_the_server_and_hold_across_s
             assert refused.value.code == "budget_exceeded" and "over budget" in str(refused.value)
         request_key = first.id.removeprefix("chatcmpl-").encode()
         assert await _requests_with_key(config, kafka, request_key) == 1  # the retry after the restart sent nothing
+
+
+async def test_server_processes_on_one_port_share_the_calls_and_the_budget(
+    tmp_path: Path, bootstrap: str, kafka: dict[str, Any], ray_session: None
+) -> None:
+    tenants = {"once": _tenant("key-once", budget=0.1115, over_budget="refuse")}  # one call's worst case (0.111)
+    config = simulated_config(tmp_path, gateway={"tenants": tenants})
+    port = free_port()
+    async with running(config, bootstrap, kafka):
+        pool = ServerPool(config, bootstrap, "127.0.0.1", port, extra=2)
+        pool.start()
+        try:
+            pids: set[int] = set()
+            async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), timeout=5.0) as http:
+                deadline = time.monotonic() + WAIT_S
+                while len(pids) < 2 and time.monotonic() < deadline:  # a new connection per call
+                    with contextlib.suppress(httpx.TransportError):
+                        pids.add((await http.get(f"http://127.0.0.1:{port}/healthz")).json()["pid"])
+                    await asyncio.sleep(0.05)
+            assert len(pids) == 2, f"connections reached {len(pids)} of the 2 server processes"
+            with pytest.raises(OSError):
+                claim_port("127.0.0.1", port)  # a second deployment cannot join the port
+            base_url = f"http://127.0.0.1:{port}/v1"
+            await _client(base_url, "key-once").chat.completions.create(model="tierflow", messages=HELLO)
+            for attempt in range(4):  # new connections, to either process: each knows the spend
+                async with _client(base_url, "key-once") as fresh:
+                    with pytest.raises(openai.RateLimitError) as refused:
+                        content = f"call {attempt}"
+                        await fresh.chat.completions.create(
+                            model="tierflow", messages=[{"role": "user", "content": content}]
+                        )
+                assert refused.value.code == "budget_exceeded"
+        finally:
+            pool.stop()

@@ -41,9 +41,9 @@ def expected_outcome(rows: dict[str, TraceRow], order: list[str]) -> tuple[tuple
     for tier in order:
         path.append(tier)
         row = rows[tier]
-        if row.error is None and row.confidence >= THRESHOLDS[tier]:
+        if row.error is None and (row.confidence or 0.0) >= THRESHOLDS[tier]:
             return tuple(path), row, Status.OK
-    best = max(reversed([rows[t] for t in path]), key=lambda r: r.confidence)
+    best = max(reversed([rows[t] for t in path]), key=lambda r: r.confidence or 0.0)
     return tuple(path), best, Status.EXHAUSTED
 
 

@@ -93,7 +93,7 @@ def completion_from_row(row: TraceRow) -> Completion:
     """What the tier answered, exactly as recorded."""
     return Completion(
         output=row.output,
-        confidence=row.confidence,
+        confidence=row.confidence if row.confidence is not None else 0.0,
         features=row.features,
         tokens_in=row.tokens_in,
         tokens_out=row.tokens_out,

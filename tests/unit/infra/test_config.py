@@ -21,6 +21,13 @@ def test_minimal_config_gets_laptop_defaults() -> None:
     assert config.partitions()["tierflow.tier.small"] == 4
 
 
+def test_the_hop_limit_follows_a_long_ladder_unless_configured() -> None:
+    ladder = [{**TIER, "name": f"t{i:02d}"} for i in range(12)]
+    assert parse_config({"tiers": [TIER]}).limits.max_hops == 8
+    assert parse_config({"tiers": ladder}).limits.max_hops == 12  # a cascade can reach the twelfth tier
+    assert parse_config({"tiers": ladder, "limits": {"max_hops": 3}}).limits.max_hops == 3
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [

@@ -23,7 +23,7 @@ def test_every_item_gets_one_row_per_tier(tmp_path: Path) -> None:
     assert {r.tier for r in rows} == {"small", "medium", "large"}
     assert len({(r.item_id, r.tier) for r in rows}) == 90
     assert all(r.correct == (r.output == r.label) for r in rows)
-    assert all(0.0 <= r.confidence <= 1.0 and r.dataset == "synthetic" for r in rows)
+    assert all(r.confidence is not None and 0.0 <= r.confidence <= 1.0 and r.dataset == "synthetic" for r in rows)
 
 
 def test_an_interrupted_trace_resumes_to_the_same_rows(tmp_path: Path) -> None:

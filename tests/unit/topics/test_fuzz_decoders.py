@@ -9,9 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from topics import Answer, DeadLetter, DecodeError, Request, Result, Task
+from topics.messages import LedgerEntry
 from topics.wire import SCHEMA_VERSION
 
-DECODERS: list[Any] = [Request.from_wire, Task.from_wire, Answer.from_wire, Result.from_wire, DeadLetter.from_wire]
+DECODERS: list[Any] = [
+    Request.from_wire, Task.from_wire, Answer.from_wire, Result.from_wire, DeadLetter.from_wire, LedgerEntry.from_wire
+]  # fmt: skip
 REASONS = {"not_msgpack", "wrong_type", "missing_field", "out_of_range", "too_large", "bad_schema", "wrong_kind"}
 
 boundary_numbers = st.sampled_from(

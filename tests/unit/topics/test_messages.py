@@ -8,6 +8,7 @@ import msgpack
 import pytest
 
 from topics import Answer, DeadLetter, DecodeError, Hints, HistoryEntry, Request, Result, Status, Task
+from topics.messages import LedgerEntry
 from topics.wire import SCHEMA_VERSION
 
 REQUEST_TAG = f"request@{SCHEMA_VERSION}"
@@ -170,3 +171,14 @@ def test_dead_letter_of_a_bad_record_keeps_a_truncated_payload() -> None:
     )
     assert letter.request_id is None
     assert letter.payload_head == (b"junk" * 1000)[:1024]
+
+
+def test_a_ledger_entry_keeps_its_result_and_refuses_a_negative_cost() -> None:
+    result = Result("idem-1", Status.OK, output="yes", tier="small", total_cost=0.001)
+    entry = LedgerEntry("acme", "idem-1", 493_000, 0.001, settled=True, result=result, at=1.5, origin="p1")
+    assert LedgerEntry.from_wire(entry.to_wire()) == entry
+    claim = LedgerEntry("", "idem-2", 0, 0.0)  # an idempotent call's claim, no tenant
+    assert LedgerEntry.from_wire(claim.to_wire()) == claim
+    with pytest.raises(DecodeError) as bad:
+        LedgerEntry.from_wire(_patch(entry.to_wire(), co=-1.0))
+    assert bad.value.reason == "out_of_range"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,17 @@ def test_a_bad_line_names_file_and_line(tmp_path: Path) -> None:
         read_trace(path)
     with pytest.raises(DataError, match="cannot read trace"):
         read_trace(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [("confidence", "NaN", "confidence is nan"), ("features", {"margin": "-Infinity"}, "features.margin is -inf")],
+)
+def test_a_nan_or_an_infinity_is_named_with_its_field(tmp_path: Path, field: str, value: object, said: str) -> None:
+    path = tmp_path / "t.jsonl"
+    append_rows(path, [row("1", "small")])
+    doc = json.loads(path.read_text())
+    doc[field] = {k: float(v) for k, v in value.items()} if isinstance(value, dict) else float(str(value))
+    path.write_text(json.dumps(doc) + "\n")  # Python's json writes NaN and -Infinity as bare words
+    with pytest.raises(DataError, match=rf"t.jsonl:1: {said}: a trace needs finite numbers"):
+        read_trace(path)

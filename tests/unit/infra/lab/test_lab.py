@@ -14,9 +14,10 @@ from infra.lab.registry import METHODS, make_method
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
 from infra.recorder import TraceOptions, run_trace
+from policies import make_post_hoc, make_pre_call
 from policies.file import load_policy
 from topics.errors import ConfigError, DataError
-from topics.traces import read_trace
+from topics.traces import TraceRow, read_trace
 
 QUIET = Console(quiet=True)
 SIMULATED_METHODS = sorted(name for name in METHODS if name != "self_ref")
@@ -125,3 +126,36 @@ def test_reports_summarise_long_weight_lists_by_size() -> None:
 
     params = {"pre_call": {"params": {"coef": [[0.5] * 391] * 3, "tiers": ["a", "b"], "alpha": 0.3}}}
     assert compact(params) == {"pre_call": {"params": {"coef": "<3x391 numbers>", "tiers": ["a", "b"], "alpha": 0.3}}}
+
+
+def _ladder_rows(tiers: int, items: int) -> list[TraceRow]:
+    """Only the last tier is ever right, and only it is confident."""
+    last = tiers - 1
+    return [
+        TraceRow(
+            item_id=f"q{i}",
+            dataset="synthetic",
+            input=f"question {i}",
+            label="A",
+            tier=f"t{t:02d}",
+            model=f"m{t}",
+            output="A" if t == last else "B",
+            correct=t == last,
+            confidence=0.9 if t == last else 0.1,
+            cost=0.001 * 2**t,
+        )
+        for i in range(items)
+        for t in range(tiers)
+    ]
+
+
+def test_a_cascade_over_twelve_tiers_reaches_the_last_one() -> None:
+    table = TraceTable.from_rows(_ladder_rows(12, 10))
+    outcomes = simulate(table, make_pre_call("cheapest_first"), make_post_hoc("threshold", {"default_threshold": 0.5}))
+    assert all(len(o.path) == 12 and o.tier == "t11" and o.correct for o in outcomes)  # no hop limit at 8
+
+
+def test_a_repeated_item_and_tier_is_refused_with_its_row() -> None:
+    rows = _ladder_rows(2, 3)
+    with pytest.raises(DataError, match=r"row 7: a second row for item 'q0' and tier 't00'"):
+        TraceTable.from_rows([*rows, rows[0]])
