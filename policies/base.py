@@ -72,6 +72,9 @@ class PreCallPolicy(ABC):
     """True when ``route`` reads the query vector (``policies/features.py``); the router computes it."""
     embedding: str = ""
     """With ``needs_features``: the query embedding (``policies/features.EMBEDDINGS``) it was fitted on."""
+    query_prefix: str = ""
+    """With ``needs_features``: the prefix every fitted query shared, stripped before featurising
+    (``policies.features.shared_prefix``)."""
 
     @abstractmethod
     def route(

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from policies.base import PostHocPolicy, PreCallPolicy, Route, TierInfo, Verdict, VerdictAction, allowed_tiers
-from policies.features import LEGACY_EMBEDDING, FloatVector, check_embedding
+from policies.features import LEGACY_EMBEDDING, FloatVector, check_embedding, prefix_param
 from policies.routers import require_vector, tier_costs
 from policies.scoring import LinearHeads, LinearScorer
 from topics.errors import ConfigError
@@ -110,6 +110,8 @@ class CascadeRouter(PreCallPolicy):
 
     embedding: str = LEGACY_EMBEDDING
     """The query embedding the vectors it reads come from (``policies/features.py``)."""
+    query_prefix: str = ""
+    """The shared prefix stripped from every query before it is featurised (``policies/features.py``)."""
 
     name = "cascade_router"
     family = "hybrid"
@@ -137,7 +139,7 @@ class CascadeRouter(PreCallPolicy):
     def params(self) -> dict[str, Any]:
         return {"tiers": list(self.tiers), "lam": self.lam, "ex_ante": self.ex_ante.to_json(),
                 "sigma": dict(self.sigma), "costs": dict(self.costs),
-                "embedding": self.embedding}  # fmt: skip
+                "embedding": self.embedding, **prefix_param(self.query_prefix)}  # fmt: skip
 
 
 @dataclass(frozen=True)

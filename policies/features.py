@@ -56,6 +56,54 @@ def text_features(text: str) -> FloatVector:
     )
 
 
+PREFIX_SHARE = 0.95
+"""A prefix counts as shared when at least this share of the queries begins with it."""
+
+
+def shared_prefix(texts: list[str], share: float = PREFIX_SHARE) -> str:
+    """The longest prefix (nearly) every query shares: few-shot examples, a system prompt.
+
+    A router reads the start of a query (an embedding reads a bounded window), so a long
+    prefix common to every item leaves every query with the same vector. Found when a router
+    is fitted, kept in its parameters (``query_prefix``) and stripped online the same way
+    (:func:`strip_prefix`). Ends at a line break or a space, so no word is cut; "" when the
+    queries share nothing worth stripping.
+    """
+    if len(texts) < 2:
+        return ""
+    needed = math.ceil(share * len(texts))
+
+    def common(length: int) -> str | None:
+        heads: dict[str, int] = {}
+        for text in texts:
+            if len(text) > length:  # a query that is all prefix is not one that shares it
+                head = text[:length]
+                heads[head] = heads.get(head, 0) + 1
+        top = max(heads.items(), key=lambda kv: kv[1], default=("", 0))
+        return top[0] if top[1] >= needed else None
+
+    low, high = 0, max(len(t) for t in texts)
+    while low < high:  # the share is non-increasing in the length: the longest that still holds
+        middle = (low + high + 1) // 2
+        if common(middle) is None:
+            high = middle - 1
+        else:
+            low = middle
+    prefix = common(low) or ""
+    cut = max(prefix.rfind("\n"), prefix.rfind(" "))
+    return prefix[: cut + 1] if cut >= 0 else ""
+
+
+def strip_prefix(text: str, prefix: str) -> str:
+    """``text`` without the fitted shared ``prefix`` (unchanged when it does not start with it)."""
+    return text[len(prefix) :] if prefix and text.startswith(prefix) else text
+
+
+def prefix_param(prefix: str) -> dict[str, str]:
+    """A router's ``query_prefix`` parameter, left out when empty (so older policy files read the same)."""
+    return {"query_prefix": prefix} if prefix else {}
+
+
 def query_vector(text: str, embedding: npt.ArrayLike) -> FloatVector:
     """The vector every router reads: the embedding followed by ``TEXT_FEATURES``."""
     return np.concatenate([np.asarray(embedding, dtype=np.float64).ravel(), text_features(text)])

@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.base import PreCallPolicy, Route, TierInfo, allowed_tiers
-from policies.features import LEGACY_EMBEDDING, FloatVector, check_embedding
+from policies.features import LEGACY_EMBEDDING, FloatVector, check_embedding, prefix_param
 from policies.scoring import LinearHeads, MatrixFactorisation, Standardiser, checked_array
 from topics.errors import ConfigError
 from topics.messages import Request
@@ -115,6 +115,8 @@ class RouteLLM(PreCallPolicy):
 
     embedding: str = LEGACY_EMBEDDING
     """The query embedding the vectors it reads come from (``policies/features.py``)."""
+    query_prefix: str = ""
+    """The shared prefix stripped from every query before it is featurised (``policies/features.py``)."""
 
     name = "routellm"
     needs_features = True
@@ -160,7 +162,7 @@ class RouteLLM(PreCallPolicy):
         model = {"mf": self.mf.to_json()} if self.mf is not None else {"classifier": self.classifier.to_json()}
         return {"tiers": list(self.tiers), "strong": self.strong, "alpha": self.alpha,
                 "target_share": self.target_share, "live_window": self.live_window, **model,
-                "embedding": self.embedding}  # fmt: skip
+                "embedding": self.embedding, **prefix_param(self.query_prefix)}  # fmt: skip
 
 
 def share_threshold(scores: npt.ArrayLike, share: float) -> float:
@@ -185,6 +187,8 @@ class HybridLLM(PreCallPolicy):
 
     embedding: str = LEGACY_EMBEDDING
     """The query embedding the vectors it reads come from (``policies/features.py``)."""
+    query_prefix: str = ""
+    """The shared prefix stripped from every query before it is featurised (``policies/features.py``)."""
 
     name = "hybrid_llm"
     needs_features = True
@@ -210,7 +214,7 @@ class HybridLLM(PreCallPolicy):
             "tau": self.tau,
             "classifier": self.classifier.to_json(),
             "relaxation": dict(self.relaxation),
-            "embedding": self.embedding,
+            "embedding": self.embedding, **prefix_param(self.query_prefix),
         }
 
 
@@ -235,6 +239,8 @@ class OptLLM(PreCallPolicy):
 
     embedding: str = LEGACY_EMBEDDING
     """The query embedding the vectors it reads come from (``policies/features.py``)."""
+    query_prefix: str = ""
+    """The shared prefix stripped from every query before it is featurised (``policies/features.py``)."""
 
     name = "optllm"
     needs_features = True
@@ -257,7 +263,7 @@ class OptLLM(PreCallPolicy):
 
     def params(self) -> dict[str, Any]:
         return {"tiers": list(self.tiers), "lam": self.lam, "predictor": self.predictor.to_json(),
-                "costs": dict(self.costs), "embedding": self.embedding}  # fmt: skip
+                "costs": dict(self.costs), "embedding": self.embedding, **prefix_param(self.query_prefix)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,8 @@ class Cargo(PreCallPolicy):
 
     embedding: str = LEGACY_EMBEDDING
     """The query embedding the vectors it reads come from (``policies/features.py``)."""
+    query_prefix: str = ""
+    """The shared prefix stripped from every query before it is featurised (``policies/features.py``)."""
 
     name = "cargo"
     needs_features = True
@@ -309,7 +317,7 @@ class Cargo(PreCallPolicy):
     def params(self) -> dict[str, Any]:
         return {"tiers": list(self.tiers), "lam": self.lam, "tau": self.tau, "regressor": self.regressor.to_json(),
                 "pairwise": self.pairwise.to_json(), "costs": dict(self.costs),
-                "embedding": self.embedding}  # fmt: skip
+                "embedding": self.embedding, **prefix_param(self.query_prefix)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -325,6 +333,8 @@ class SelectThenRoute(PreCallPolicy):
 
     embedding: str = LEGACY_EMBEDDING
     """The query embedding the vectors it reads come from (``policies/features.py``)."""
+    query_prefix: str = ""
+    """The shared prefix stripped from every query before it is featurised (``policies/features.py``)."""
 
     name = "select_then_route"
     needs_features = True
@@ -363,5 +373,5 @@ class SelectThenRoute(PreCallPolicy):
             "centroids": self.centroids.tolist(),
             "standardiser": self.standardiser.to_json(),
             "shortlists": [list(s) for s in self.shortlists],
-            "embedding": self.embedding,
+            "embedding": self.embedding, **prefix_param(self.query_prefix),
         }

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from policies.base import PreCallPolicy, TierInfo
 from policies.decisions import route_request
-from policies.features import FloatVector
+from policies.features import FloatVector, strip_prefix
 from policies.routers import share_threshold
 from topics.messages import Request, Status, Task
 from workers.context import StageContext
@@ -44,7 +44,10 @@ class Router(FollowsPolicy[Request]):
         policy = self.policy
         vectors: Sequence[FloatVector | None] = [None] * len(batch)
         if self.featurizer is not None:
-            embedded = await self.featurizer.vectors_async([(i.message.id, i.message.input) for i in batch])
+            prefix = policy.query_prefix  # stripped as the lab stripped it when the router was fitted
+            embedded = await self.featurizer.vectors_async(
+                [(i.message.id, strip_prefix(i.message.input, prefix)) for i in batch]
+            )
             policy = self.live.update(policy, embedded) if self.live is not None else policy
             vectors = embedded
         return [self._route(policy, inbound, tiers, version, v) for inbound, v in zip(batch, vectors, strict=True)]

@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     options = LabOptions(args.trace, args.methods, budgets, split_names(args.tiers), args.train_fraction,
                          embedding=args.embedding, split_seed=args.split_seed)  # fmt: skip
     report = evaluate(options, Console(stderr=True))
-    print_report(report, Console())
+    out = Console()
+    if not out.is_terminal:  # piped or redirected: the table written whole, not cut to 80 columns
+        out = Console(width=400)
+    print_report(report, out)
     write_outputs(report, args.json, args.plot, args.md)
     return 0

@@ -30,7 +30,9 @@ def add_parser(subparsers: Subparsers) -> None:
         action="store_true",
         help="LLM tiers also judge their own answers (verify_p, for AutoMix; default: off)",
     )
-    commands = parser.add_subparsers(dest="trace_command", metavar="import")
+    commands = parser.add_subparsers(
+        dest="trace_command", metavar="import", help="or: build a trace from a table of outcomes you already have"
+    )
     importing = commands.add_parser(
         "import",
         help="build a trace from a table of per-model outcomes (CSV, JSONL or Parquet)",

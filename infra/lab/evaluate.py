@@ -19,9 +19,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from infra.lab.features import query_vectors
+from infra.lab.features import fitted_prefix, query_vectors
 from infra.lab.fitters import Method, check_trace, params_of
-from infra.lab.metrics import Point, Reference, summary
+from infra.lab.metrics import COST_SHARES, Point, Reference, best_single_at_cost, summary
 from infra.lab.registry import METHODS, make_method, method_names
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
@@ -58,10 +58,12 @@ def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]
 
 
 def embed_first(names: Sequence[str], splits: Sequence[TraceTable], embedding: str, console: Console) -> None:
-    """Embed the splits' queries once, with a progress bar, when a method reads them (they are cached)."""
+    """Embed the splits' queries once, with a progress bar, when a method reads them (they are cached),
+    without the prefix the first (train) split's queries share, as the routers will read them."""
     if any(METHODS[name].reads_queries for name in names):
+        prefix = fitted_prefix(splits[0], console)
         for split in splits:
-            query_vectors(split, embedding, console)
+            query_vectors(split, embedding, console, prefix)
 
 
 def single_points(table: TraceTable) -> list[Point]:
@@ -88,13 +90,14 @@ def baselines(test: TraceTable, ref: Reference, budgets: Sequence[float]) -> lis
     out.append({"name": "random", "family": "baseline", "params": {"mixes": "cheapest and most accurate"},
                 **summary(mix, ref, budgets)})  # fmt: skip
     order = np.argsort(test.cost.mean(axis=0), kind="stable")
-    strong = max(range(len(test.tiers)), key=lambda t: (singles[t].accuracy, -singles[t].cost))
-    picks = [next((t for t in order if test.correct[i, t]), strong) for i in range(len(test))]
+    # the cheapest tier that is right; where none is, the oracle knows that too and pays the cheapest
+    picks = [next((t for t in order if test.correct[i, t]), order[0]) for i in range(len(test))]
     oracle = Point(
         float(np.mean([test.cost[i, t] for i, t in enumerate(picks)])),
         float(np.mean([test.correct[i, t] for i, t in enumerate(picks)])),
     )
-    out.append({"name": "oracle", "family": "baseline", "params": {}, **summary([oracle], ref, budgets)})
+    params = {"when no tier is right": "charged the cheapest tier"}
+    out.append({"name": "oracle", "family": "baseline", "params": params, **summary([oracle], ref, budgets)})
     return out
 
 
@@ -167,6 +170,7 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
         "budgets": list(options.budgets),
         "embedding": options.embedding,
         "baselines": baselines(test, ref, options.budgets),
+        "best_single_at_cost": best_single_at_cost(list(zip(test.tiers, single_points(test), strict=True)), ref),
         "policies": [],
     }
     every = options.policies.strip() == "all"
@@ -289,8 +293,17 @@ def _signed(value: float | None) -> str:
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     console.print(metrics_table(report))
-    for line in highlight_lines(report):
+    for line in [*highlight_lines(report), affordable_line(report)]:
         console.print(line, highlight=False)
+
+
+def affordable_line(report: dict[str, Any]) -> str:
+    """The best single tier within each share of the strongest tier's cost: the buyer's other option."""
+    parts = []
+    for share, best in report.get("best_single_at_cost", {}).items():
+        within = f"within {float(share):.0%}"
+        parts.append(f"{within}: none" if best is None else f"{within}: {best['tier']} at {best['accuracy']:.1%}")
+    return "best single tier affordable at a share of the strongest tier's cost: " + "; ".join(parts)
 
 
 def _fmt(value: object, spec: str) -> str:
@@ -301,63 +314,83 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
+COLUMNS = ("policy", "family", "APGR", "CPT(50%)", "CPT(80%)", "AIQ", "cost to match strongest",
+           *(f"acc @ {share:.0%} cost" for share in COST_SHARES), "best acc")  # fmt: skip
+
+
+def _cells(entry: dict[str, Any]) -> list[str]:
+    at_cost = entry.get("accuracy_at_cost", {})
+    return [
+        entry["name"],
+        entry["family"],
+        _fmt(entry["apgr"], ".3f"),
+        _pct(entry["cpt50"]),
+        _pct(entry["cpt80"]),
+        _fmt(entry["aiq"], ".4f"),
+        _pct(entry["cost_at_strongest_accuracy_pct"]),
+        *(_fmt(at_cost.get(str(share)), ".1%") for share in COST_SHARES),
+        f"{entry['best_accuracy']:.1%}",
+    ]
+
+
 def metrics_table(report: dict[str, Any]) -> Table:
+    """Every policy and baseline; names fold rather than being cut on a narrow terminal."""
     table = Table(title=f"{report['trace']}: {report['items']['test']} test items")
-    for column in ("policy", "family", "APGR", "CPT(50%)", "CPT(80%)", "AIQ", "cost @ strongest acc", "best acc"):
-        table.add_column(column, justify="left" if column in ("policy", "family") else "right")
+    for column in COLUMNS:
+        left = column in ("policy", "family")
+        table.add_column(column, justify="left" if left else "right", overflow="fold")
     for entry in [*report["policies"], *report["baselines"]]:
-        table.add_row(
-            entry["name"],
-            entry["family"],
-            _fmt(entry["apgr"], ".3f"),
-            _pct(entry["cpt50"]),
-            _pct(entry["cpt80"]),
-            _fmt(entry["aiq"], ".4f"),
-            _pct(entry["cost_at_strongest_accuracy_pct"]),
-            f"{entry['best_accuracy']:.1%}",
-        )
+        table.add_row(*_cells(entry))
     return table
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "| policy | family | APGR | CPT(50%) | CPT(80%) | AIQ | cost at strongest accuracy | best accuracy |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines.extend(
-        f"| {e['name']} | {e['family']} | {_fmt(e['apgr'], '.3f')} | {_pct(e['cpt50'])} | {_pct(e['cpt80'])} | "
-        f"{_fmt(e['aiq'], '.4f')} | {_pct(e['cost_at_strongest_accuracy_pct'])} | {e['best_accuracy']:.1%} |"
-        for e in [*report["policies"], *report["baselines"]]
-    )
-    extra = highlight_lines(report)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines.extend("| " + " | ".join(_cells(e)) + " |" for e in [*report["policies"], *report["baselines"]])
+    extra = [*highlight_lines(report), affordable_line(report)]
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(f"- {line}" for line in extra) + "\n" if extra else "")
 
 
 def plot(report: dict[str, Any], path: str) -> None:
-    """Accuracy against mean cost per request: each policy's test curve, baselines as points and a line."""
+    """Accuracy against mean cost per request: each policy's test curve, baselines as points and a line.
+
+    Every series has its own colour and marker (a colour map of 20, markers cycling past it), the
+    best policy of each family (by APGR) is drawn bold and named so in the legend, and the legend
+    sits beside the axes, never on the data.
+    """
+    import itertools
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    best = {h["policy"]: h["family"] for h in report.get("highlights", [])}
+    palette = plt.get_cmap("tab20")
+    colours = itertools.cycle([palette(i) for i in range(20)])
+    markers = itertools.cycle("o^sDvP<>Xph*H8d")
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     for entry in report["policies"]:
         points = sorted((p["cost"], p["accuracy"]) for p in entry["points"])
-        ax.plot([c for c, _ in points], [a for _, a in points], marker=".", label=entry["name"])
+        top = entry["name"] in best
+        label = f"{entry['name']} (best {best[entry['name']]})" if top else entry["name"]
+        ax.plot([c for c, _ in points], [a for _, a in points], marker=next(markers), markersize=4,
+                color=next(colours), linewidth=2.6 if top else 1.0, label=label, zorder=3 if top else 2)  # fmt: skip
     for entry in report["baselines"]:
         points = sorted((p["cost"], p["accuracy"]) for p in entry["points"])
-        random_mix = entry["name"] == "random"
-        style: dict[str, Any] = {"linestyle": "--", "color": "grey"} if random_mix else {"linestyle": "none"}
-        marker = {"oracle": "*", "random": ""}.get(entry["name"], "s")
-        ax.plot([c for c, _ in points], [a for _, a in points], marker=marker, label=entry["name"], **style)
+        if entry["name"] == "random":
+            style: dict[str, Any] = {"linestyle": "--", "color": "grey", "marker": ""}
+        else:
+            style = {"linestyle": "none", "color": next(colours), "marker": "*" if entry["name"] == "oracle" else "s"}
+        ax.plot([c for c, _ in points], [a for _, a in points], label=entry["name"], markersize=8, zorder=4, **style)
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per request (log scale)")
     ax.set_ylabel("accuracy (test split)")
     ax.set_title(Path(report["trace"]).name)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -8,6 +8,7 @@ embedding (its name and version) and the texts; the key changes whenever either 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from rich.console import Console
 from rich.progress import track
 
 from infra.lab.table import TraceTable
-from policies.features import query_vector
+from policies.features import query_vector, shared_prefix, strip_prefix
 from workers.backends.assets.artifacts import cache_root
-from workers.query_features import embedding, embedding_version
+from workers.query_features import EMBED_CHARS, embedding, embedding_version
 
 _MEMORY: dict[str, npt.NDArray[np.float64]] = {}
 CHUNK = 64
@@ -32,10 +33,12 @@ def _key(texts: list[str], name: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def query_vectors(table: TraceTable, name: str, console: Console | None = None) -> npt.NDArray[np.float64]:
-    """One query vector of embedding ``name`` per item of ``table`` (rows in item order); ``console``
-    shows the embedding's progress."""
-    texts = [rows[0].input for rows in table.rows]
+def query_vectors(
+    table: TraceTable, name: str, console: Console | None = None, prefix: str = ""
+) -> npt.NDArray[np.float64]:
+    """One query vector of embedding ``name`` per item of ``table`` (rows in item order), of the
+    queries without the shared ``prefix``; ``console`` shows the embedding's progress."""
+    texts = [strip_prefix(rows[0].input, prefix) for rows in table.rows]
     key = _key(texts, name)
     if key in _MEMORY:
         return _MEMORY[key]
@@ -53,6 +56,21 @@ def query_vectors(table: TraceTable, name: str, console: Console | None = None) 
     vectors = np.vstack([query_vector(text, row) for text, row in zip(texts, embedded, strict=True)])
     _MEMORY[key] = vectors
     return vectors
+
+
+def fitted_prefix(table: TraceTable, console: Console | None = None) -> str:
+    """The prefix (nearly) every query of ``table`` shares, to strip before featurising; says so, and
+    warns when the window the embedding reads is still the same for most queries."""
+    texts = [rows[0].input for rows in table.rows]
+    prefix = shared_prefix(texts)
+    windows = Counter(strip_prefix(text, prefix)[:EMBED_CHARS] for text in texts)
+    same = windows.most_common(1)[0][1] if windows else 0
+    if console is not None and prefix:
+        console.print(f"routers read the queries without the {len(prefix)} characters they all begin with")
+    if console is not None and same > len(texts) / 2:
+        console.print(f"[yellow]warning[/]: {same} of {len(texts)} queries look the same to the routers "
+                      f"(their first {EMBED_CHARS} characters are equal): they can only route by length")  # fmt: skip
+    return prefix
 
 
 def _save(path: Path, array: npt.NDArray[np.float32]) -> None:

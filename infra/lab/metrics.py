@@ -18,6 +18,11 @@ most ``c``.
 * cost at the strongest accuracy: the least cost reaching ``acc_strong`` (absolute
   and as a % of the strong tier's cost).
 * accuracy at a budget: ``best(budget)``.
+* the buyer's figures: ``cost_to_match_strongest``, the least cost reaching ``acc_strong`` as a
+  share of the strong tier's cost, and ``accuracy_at_cost``, ``best(s · strong cost)`` for the
+  shares ``s`` of :data:`COST_SHARES`; beside them the best single tier affordable at each share
+  (:func:`best_single_at_cost`), so a router is always compared with "just use the best model I
+  can afford".
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 GRID = np.linspace(0.0, 1.0, 101)
+COST_SHARES = (0.1, 0.2, 0.5)
+"""Shares of the strongest tier's cost at which the report gives every curve's accuracy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +121,30 @@ def cost_at_accuracy(points: Sequence[Point], accuracy: float) -> float | None:
     return min(reaching) if reaching else None
 
 
+def accuracy_at_cost(points: Sequence[Point], ref: Reference) -> dict[str, float | None]:
+    """``best`` at each share of the strong tier's cost, keyed ``"0.1"``, ``"0.2"``, ``"0.5"``."""
+    return {str(share): best_at(points, share * ref.strong_cost) for share in COST_SHARES}
+
+
+def best_single_at_cost(
+    singles: Sequence[tuple[str, Point]], ref: Reference
+) -> dict[str, dict[str, float | str] | None]:
+    """The most accurate single tier costing at most each share of the strong tier's cost (None: none does)."""
+    out: dict[str, dict[str, float | str] | None] = {}
+    for share in COST_SHARES:
+        affordable = [(p.accuracy, -p.cost, name) for name, p in singles if p.cost <= share * ref.strong_cost + 1e-15]
+        if not affordable:
+            out[str(share)] = None
+            continue
+        accuracy, minus_cost, name = max(affordable)
+        out[str(share)] = {"tier": name, "accuracy": accuracy, "cost": -minus_cost}
+    return out
+
+
 def summary(points: Sequence[Point], ref: Reference, budgets: Sequence[float] = ()) -> dict[str, object]:
     """Every metric of one curve, as the JSON report holds it."""
     at_strong = cost_at_accuracy(points, ref.strong_accuracy)
+    share = None if at_strong is None or ref.strong_cost <= 0 else at_strong / ref.strong_cost
     return {
         "apgr": apgr(points, ref),
         "cpt50": cpt(points, ref, 0.5),
@@ -125,6 +153,8 @@ def summary(points: Sequence[Point], ref: Reference, budgets: Sequence[float] = 
         "cost_at_strongest_accuracy": at_strong,
         "cost_at_strongest_accuracy_pct": None if at_strong is None else 100.0 * at_strong / ref.strong_cost,
         "accuracy_at_budget": {str(b): best_at(points, b) for b in budgets},
+        "cost_to_match_strongest": share,
+        "accuracy_at_cost": accuracy_at_cost(points, ref),
         "best_accuracy": max(p.accuracy for p in points),
         "points": [{"cost": p.cost, "accuracy": p.accuracy, "calls": p.calls, "setting": p.setting} for p in points],
     }

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from infra.lab.features import query_vectors
+from infra.lab.features import fitted_prefix, query_vectors
 from infra.lab.fitters import (
     Method,
     Pair,
@@ -144,7 +144,8 @@ class _RouterMethod(Method):
     def prepare(self, train: TraceTable) -> None:
         self.table = train
         self.tiers = train.tiers
-        self.x = query_vectors(train, self.embedding)
+        self.prefix = fitted_prefix(train)
+        self.x = query_vectors(train, self.embedding, prefix=self.prefix)
         self.correct = train.correct
         self.costs = train.cost.mean(axis=0)
         self.cost_of = {t: float(c) for t, c in zip(self.tiers, self.costs, strict=True)}
@@ -221,7 +222,9 @@ class RouteLLMMethod(_RouterMethod):
         else:
             labels = {t: self.correct[:, s] & ~self.correct[:, i] for i, t in enumerate(below)}
             self.model = {"classifier": fit_logistic_heads(self.x, labels)}
-        probe = RouteLLM(embedding=self.embedding, tiers=self.tiers, strong=self.tiers[s], **self.model)
+        probe = RouteLLM(
+            embedding=self.embedding, query_prefix=self.prefix, tiers=self.tiers, strong=self.tiers[s], **self.model
+        )
         self.lowest_win = np.array([probe.share_score(row) for row in self.x])
 
     def settings(self) -> list[float]:
@@ -230,7 +233,7 @@ class RouteLLMMethod(_RouterMethod):
     def policies(self, setting: float) -> Pair:
         alpha = share_threshold(self.lowest_win, setting)
         router = RouteLLM(tiers=self.tiers, strong=self.tiers[self.strong], alpha=alpha, target_share=setting,
-                          embedding=self.embedding, **self.model)  # fmt: skip
+                          embedding=self.embedding, query_prefix=self.prefix, **self.model)  # fmt: skip
         return router, AcceptAnswer()
 
 
@@ -268,7 +271,7 @@ class HybridLLMMethod(_RouterMethod):
 
     def policies(self, setting: float) -> Pair:
         router = HybridLLM(tiers=self.tiers, strong=self.tiers[self.strong], tau=setting, classifier=self.classifier,
-                           relaxation=self.relaxation, embedding=self.embedding)  # fmt: skip
+                           relaxation=self.relaxation, embedding=self.embedding, query_prefix=self.prefix)  # fmt: skip
         return router, AcceptAnswer()
 
 
@@ -301,7 +304,12 @@ class OptLLMMethod(_RouterMethod):
 
     def policies(self, setting: float) -> Pair:
         router = OptLLM(
-            tiers=self.tiers, lam=setting, predictor=self.predictor, costs=self.cost_of, embedding=self.embedding
+            tiers=self.tiers,
+            lam=setting,
+            predictor=self.predictor,
+            costs=self.cost_of,
+            embedding=self.embedding,
+            query_prefix=self.prefix,
         )
         return router, AcceptAnswer()
 
@@ -345,7 +353,7 @@ class CargoMethod(_RouterMethod):
 
     def _policy(self, lam: float, tau: float) -> Cargo:
         return Cargo(tiers=self.tiers, lam=lam, tau=tau, regressor=self.regressor, pairwise=self.pairwise,
-                     costs=self.cost_of, embedding=self.embedding)  # fmt: skip
+                     costs=self.cost_of, embedding=self.embedding, query_prefix=self.prefix)  # fmt: skip
 
     def _train_accuracy(self, tau: float) -> float:
         """Train accuracy of quality-only routing (λ = 0), where the tie-break matters most."""
@@ -390,7 +398,7 @@ class SelectThenRouteMethod(_RouterMethod):
         tolerance, k = self.grid[int(setting)]
         shortlists = [self._shortlist(row, tolerance) for row in self.accuracy]
         router = SelectThenRoute(tiers=self.tiers, centroids=self.centroids, standardiser=self.standardiser,
-                                 shortlists=shortlists, embedding=self.embedding)  # fmt: skip
+                                 shortlists=shortlists, embedding=self.embedding, query_prefix=self.prefix)  # fmt: skip
         return router, Agreement(k=k, n=AGREEMENT_N)
 
     def _shortlist(self, accuracy: FloatArray, tolerance: float) -> list[str]:
@@ -436,7 +444,7 @@ class CascadeRoutingMethod(_RouterMethod):
 
     def policies(self, setting: float) -> Pair:
         router = CascadeRouter(tiers=self.tiers, lam=setting, ex_ante=self.ex_ante, sigma=self.sigma,
-                               costs=self.cost_of, embedding=self.embedding)  # fmt: skip
+                               costs=self.cost_of, embedding=self.embedding, query_prefix=self.prefix)  # fmt: skip
         verifier = CascadeRouting(tiers=self.tiers, lam=setting, post_hoc=self.post_hoc, sigma=self.sigma,
                                   costs=self.cost_of)  # fmt: skip
         return router, verifier

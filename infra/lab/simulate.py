@@ -52,7 +52,7 @@ def simulate(
     max_hops = max_hops or hop_limit(len(table.tiers))
     tiers = table.tier_infos()
     index = {name: t for t, name in enumerate(table.tiers)}
-    vectors = query_vectors(table, pre.embedding) if pre.needs_features else None
+    vectors = query_vectors(table, pre.embedding, prefix=pre.query_prefix) if pre.needs_features else None
     outcomes = []
     for i, (item, rows) in enumerate(zip(table.items, table.rows, strict=True)):
         request = Request(id=item, input=rows[0].input, created_at=0.0)

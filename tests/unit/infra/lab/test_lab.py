@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from infra.lab.evaluate import LabOptions, evaluate, fit, markdown, plot
+from infra.cli.app import main
+from infra.lab.evaluate import LabOptions, baselines, evaluate, fit, markdown, plot, single_points
 from infra.lab.fitters import FrugalGPTMethod, _chain_outcome
+from infra.lab.metrics import Reference
 from infra.lab.registry import METHODS, make_method
 from infra.lab.simulate import simulate, summarise
 from infra.lab.table import TraceTable
@@ -100,6 +102,16 @@ def test_eval_reports_every_policy_and_baseline(trace: Path, tmp_path: Path) -> 
             assert key in entry
     assert report["policies"][0]["apgr"] > report["baselines"][3]["apgr"]  # a cascade beats the random mix
     assert "| threshold | post-hoc |" in markdown(report)
+    for entry in report["policies"] + report["baselines"]:  # the buyer's figures
+        points = [(p["cost"], p["accuracy"]) for p in entry["points"]]
+        strong_cost = report["reference"]["strong"]["cost"]
+        for share, accuracy in entry["accuracy_at_cost"].items():
+            affordable = [a for c, a in points if c <= float(share) * strong_cost + 1e-15]
+            assert accuracy == (max(affordable) if affordable else None)
+        match = entry["cost_to_match_strongest"]
+        assert match is None or match == pytest.approx(entry["cost_at_strongest_accuracy_pct"] / 100)
+    assert set(report["best_single_at_cost"]) == {"0.1", "0.2", "0.5"}
+    assert report["best_single_at_cost"]["0.5"]["tier"] in ("small", "medium")  # large alone costs more than half
     plot(report, str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -159,3 +171,19 @@ def test_a_repeated_item_and_tier_is_refused_with_its_row() -> None:
     rows = _ladder_rows(2, 3)
     with pytest.raises(DataError, match=r"row 7: a second row for item 'q0' and tier 't00'"):
         TraceTable.from_rows([*rows, rows[0]])
+
+
+def test_the_oracle_pays_the_cheapest_tier_where_no_tier_is_right(split: tuple[TraceTable, TraceTable]) -> None:
+    _, test = split
+    ref = Reference.of(single_points(test))
+    (oracle,) = [b for b in baselines(test, ref, ()) if b["name"] == "oracle"]
+    right = [next((t for t in range(3) if test.correct[i, t]), 0) for i in range(len(test))]  # tiers cheapest first
+    assert oracle["points"][0]["cost"] == pytest.approx(sum(test.cost[i, t] for i, t in enumerate(right)) / len(test))
+    assert any(not test.correct[i].any() for i in range(len(test)))  # the case the rule is for occurs here
+
+
+def test_a_piped_report_is_written_whole(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--trace", str(trace), "--methods", "threshold"]) == 0
+    out = capsys.readouterr().out
+    assert "single:medium" in out and "…" not in out  # not cut to 80 columns
+    assert "best single tier affordable at a share of the strongest tier's cost: within 10%" in out

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from rich.console import Console
 
-from infra.lab.evaluate import LabOptions, fit
+from infra.lab.evaluate import LabOptions, evaluate, fit
 from infra.lab.routing import (
     OptLLMMethod,
     RouteLLMClassifier,
@@ -19,10 +20,11 @@ from infra.lab.routing import (
 from infra.lab.simulate import simulate
 from infra.lab.table import TraceTable
 from infra.recorder import TraceOptions, run_trace
-from policies.features import DEFAULT_EMBEDDING
+from policies.features import DEFAULT_EMBEDDING, shared_prefix, strip_prefix
 from policies.file import load_policy
 from policies.scoring import MatrixFactorisation, Standardiser
-from topics.traces import read_trace
+from topics.traces import read_trace, write_trace
+from workers.backends.recorded import routellm_dir
 
 QUIET = Console(quiet=True)
 
@@ -110,3 +112,36 @@ def test_another_split_seed_draws_another_split(trace: Path) -> None:
     table = TraceTable.from_rows(read_trace(trace))
     standard, other = table.split(0.5)[1], table.split(0.5, seed=1)[1]
     assert standard.items != other.items and abs(len(standard) - len(other)) < len(table) // 5
+
+
+FEW_SHOT = "".join(
+    f"The following is a worked example about {topic}.\nQuestion: which choice is right in case {i}?\n"
+    f"A. the first\nB. the second\nC. the third\nD. the fourth\nAnswer: {'ABCD'[i % 4]}\n\n"
+    for i, topic in enumerate(("algebra", "anatomy", "astronomy", "ethics", "chemistry"))
+)
+
+
+def test_the_shared_prefix_is_what_nearly_every_query_begins_with() -> None:
+    queries = [f"{FEW_SHOT}question {i} about something" for i in range(40)]
+    assert shared_prefix(queries) == FEW_SHOT + "question "  # up to a word boundary, no word cut
+    assert shared_prefix([*queries, "an outlier"]) == FEW_SHOT + "question "  # 40 of 41 still share it
+    assert shared_prefix([*queries, *(f"other {i}" for i in range(5))]) == ""  # 40 of 45 is not nearly every
+    assert shared_prefix(["same", "same", "same"]) == ""  # a query that is all prefix leaves nothing to read
+    assert strip_prefix(queries[3], FEW_SHOT) == "question 3 about something"
+    assert strip_prefix("unrelated", FEW_SHOT) == "unrelated"
+
+
+@pytest.mark.skipif(routellm_dir() is None, reason="no RouteLLM MMLU files in ../shared/data here")
+def test_routers_read_past_few_shot_examples_every_question_shares(tmp_path: Path) -> None:
+    plain = tmp_path / "mmlu.jsonl"
+    run_trace(TraceOptions("mmlu-recorded", n=600, seed=3, out=str(plain)), QUIET)
+    shot = tmp_path / "few-shot.jsonl"  # the same five worked examples in front of every question
+    write_trace(shot, [msgspec.structs.replace(row, input=FEW_SHOT + row.input) for row in read_trace(plain)])
+    routers = "routellm_mf,routellm_clf,hybrid_llm,optllm,cargo"
+    before, after = evaluate(LabOptions(str(plain), routers), QUIET), evaluate(LabOptions(str(shot), routers), QUIET)
+    for a, b in zip(before["policies"], after["policies"], strict=True):
+        assert a["name"] == b["name"] and abs(a["apgr"] - b["apgr"]) <= 0.02, (a["name"], a["apgr"], b["apgr"])
+    policy = fit(LabOptions(str(shot)), "routellm_mf", 1.0, None, str(tmp_path / "mf.json"), QUIET)
+    assert policy.pre_call_params["query_prefix"].startswith(FEW_SHOT)  # the router stage strips the same
+    assert "query_prefix" not in fit(LabOptions(str(plain)), "routellm_mf", 1.0, None, str(tmp_path / "p.json"),
+                                     QUIET).pre_call_params  # fmt: skip
