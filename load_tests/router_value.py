@@ -8,7 +8,8 @@ tier; the goal counts only budgets where the oracle leaves at least 5 points ove
 tier (less than that, there is nothing for a router to win).
 
     python load_tests/router_value.py --json load_tests/results/router_value.json \\
-        --trace traces/sarcasm-2000.jsonl --trace traces/mmlu-recorded-1200.jsonl …
+        --trace traces/sarcasm-2000.jsonl --trace traces/mmlu-recorded-1200.jsonl \\
+        --trace traces/gsm8k.jsonl --trace traces/omnisbench.jsonl
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     met = True
     for name, result in results.items():
         for share, row in result["budgets"].items():
-            if not row["counts"]:
+            if row["best_single"] is None:
+                verdict = "no tier costs this little: not counted"
+            elif not row["counts"]:
                 verdict = f"headroom {_pct(row['headroom'])} < 5 points: not counted"
             else:
                 verdict = "router better" if row["router_beats_single"] else "single better: goal missed"

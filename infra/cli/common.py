@@ -10,6 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from infra.config import Config
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -25,6 +27,15 @@ EXIT_INTERRUPTED = 130
 def note(message: str) -> None:
     """Say something on stderr as ``tierflow: …``: stdout carries only results, so scripts can pipe it."""
     print(f"tierflow: {message}", file=sys.stderr)
+
+
+def stdout_console() -> Console:
+    """The console for a command's report: a terminal's width, or wide enough that a piped or
+    redirected table is written whole instead of cut to 80 columns."""
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=400)
 
 
 def bootstrap_servers(config: Config, given: str) -> str:

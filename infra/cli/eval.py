@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from infra.cli.common import Subparsers, add_trace_arguments, split_names
+from infra.cli.common import Subparsers, add_trace_arguments, split_names, stdout_console
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -50,9 +50,6 @@ def run(args: argparse.Namespace) -> int:
     options = LabOptions(args.trace, args.methods, budgets, split_names(args.tiers), args.train_fraction,
                          embedding=args.embedding, split_seed=args.split_seed)  # fmt: skip
     report = evaluate(options, Console(stderr=True))
-    out = Console()
-    if not out.is_terminal:  # piped or redirected: the table written whole, not cut to 80 columns
-        out = Console(width=400)
-    print_report(report, out)
+    print_report(report, stdout_console())
     write_outputs(report, args.json, args.plot, args.md)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from infra.cli.common import Subparsers
+from infra.cli.common import Subparsers, stdout_console
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -80,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from infra.lab.importer import ImportMap, import_table, read_map, summary_table
     from topics.errors import ConfigError
     from topics.traces import write_trace
@@ -108,7 +106,7 @@ def _import(args: argparse.Namespace) -> int:
     mapping = ImportMap.from_dict(doc, args.map or "the import flags")
     rows = import_table(args.table, mapping)
     write_trace(args.out, rows)
-    console = Console()
+    console = stdout_console()
     items, tiers = len({r.item_id for r in rows}), len({r.tier for r in rows})
     console.print(f"wrote {args.out}: {items} items x {tiers} tiers", soft_wrap=True, highlight=False)
     console.print(summary_table(rows))

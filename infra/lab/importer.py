@@ -15,7 +15,8 @@ names may contain ``{model}``, so one entry covers every model of a wide table::
 Every value is checked where it is read: a missing column, a value that is not a bool or a
 finite number, a NaN or an infinity, or a second row for one (item, model) is a
 :class:`~topics.errors.DataError` naming the row and the field, in one line. Confidence is
-optional: without it the lab runs the methods that do not decide on it and skips the others
+optional (and so are confidence features, ``[features]``: name = column): without a confidence
+the lab runs the methods that do not decide on it and skips the others
 (``Method.needs_confidence``). Tier names are the model names made safe for topics
 (``gpt-4-1106-preview``; ``mistralai/Mixtral-8x7B-Instruct-v0.1`` becomes
 ``mistralai-Mixtral-8x7B-Instruct-v0_1``) unless ``[tiers]`` names them.
@@ -44,7 +45,7 @@ Layout = Literal["wide", "long"]
 _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 _KEYS = {
     "layout", "id", "input", "category", "dataset", "model", "models", "correct", "correct_at",
-    "cost", "confidence", "tokens", "prices", "token_prices", "tiers",
+    "cost", "confidence", "tokens", "prices", "token_prices", "tiers", "features",
 }  # fmt: skip
 
 
@@ -74,6 +75,8 @@ class ImportMap:
     token_prices: Mapping[str, float] = field(default_factory=dict)
     tiers: Mapping[str, str] = field(default_factory=dict)
     """Tier name by model (default: the model name made safe)."""
+    features: Mapping[str, str] = field(default_factory=dict)
+    """Confidence features by name (``max_prob``, ``margin``…): the column of each, finite numbers."""
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], where: str = "the import map") -> ImportMap:
@@ -107,6 +110,7 @@ class ImportMap:
                 prices=numbers["prices"],
                 token_prices=numbers["token_prices"],
                 tiers={str(k): check_name("tier", str(v)) for k, v in dict(doc.get("tiers", {})).items()},
+                features={str(k): str(v) for k, v in dict(doc.get("features", {})).items()},
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -205,12 +209,12 @@ def import_table(path: str, mapping: ImportMap) -> list[TraceRow]:
     for number, row in enumerate(rows, start=1):
         where = f"{path} row {number}"
         if mapping.layout == "wide":
-            pairs = [(model, {k: _column(getattr(mapping, k), model) for k in _FIELDS}) for model in mapping.models]
+            pairs = [(model, _columns(mapping, model)) for model in mapping.models]
         else:
             model = _text(row, mapping.model, where)
             if wanted and model not in wanted:
                 continue
-            pairs = [(model, {k: getattr(mapping, k) for k in _FIELDS})]
+            pairs = [(model, _columns(mapping, "{model}"))]
         text = _text(row, mapping.input, where)
         item = _text(row, mapping.id, where) if mapping.id else (str(number) if mapping.layout == "wide" else text)
         for model, names in pairs:
@@ -234,20 +238,20 @@ def _cheapest_first(rows: list[TraceRow]) -> list[TraceRow]:
     return sorted(rows, key=lambda row: (items[row.item_id], rank[row.tier]))
 
 
-_FIELDS = ("correct", "cost", "confidence", "tokens")
-
-
-def _column(template: str, model: str) -> str:
-    return template.replace("{model}", model) if template else ""
+def _columns(mapping: ImportMap, model: str) -> dict[str, str]:
+    """The column of each per-model field for ``model`` (``{model}`` in a name replaced; "" when unmapped)."""
+    fields = {what: getattr(mapping, what) for what in ("correct", "cost", "confidence", "tokens")}
+    fields |= {f"features.{name}": column for name, column in mapping.features.items()}
+    return {what: column.replace("{model}", model) for what, column in fields.items()}
 
 
 def _check_columns(path: str, columns: Sequence[str], mapping: ImportMap) -> None:
     """Every column the map names is in the table: a typo is said once, not on every row."""
     named = [(what, getattr(mapping, what)) for what in ("input", "id", "category")]
     if mapping.layout == "long":
-        named += [("model", mapping.model), *((what, getattr(mapping, what)) for what in _FIELDS)]
+        named += [("model", mapping.model), *_columns(mapping, "{model}").items()]
     else:
-        named += [(f"{what} of {m}", _column(getattr(mapping, what), m)) for m in mapping.models for what in _FIELDS]
+        named += [(f"{what} of {m}", column) for m in mapping.models for what, column in _columns(mapping, m).items()]
     for what, column in named:
         if column and column not in columns:
             shown = ", ".join(columns[:8]) + (", …" if len(columns) > 8 else "")
@@ -267,6 +271,11 @@ def _trace_row(
     else:
         raise DataError(f"{where}: no cost for model {model!r}: map a cost column, or give [prices] or [token_prices]")
     confidence = _number(row, names["confidence"], where, low=0.0, high=1.0) if names["confidence"] else None
+    features = {
+        what.removeprefix("features."): _number(row, column, where, low=-math.inf)
+        for what, column in names.items()
+        if what.startswith("features.")
+    }
     return TraceRow(
         item_id=item,
         dataset=mapping.dataset,
@@ -277,6 +286,7 @@ def _trace_row(
         output="",
         correct=correct,
         confidence=confidence,
+        features=features,
         cost=cost,
         category=_text(row, mapping.category, where) if mapping.category else "",
         source="recorded",

