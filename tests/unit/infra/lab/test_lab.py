@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from infra.recorder import TraceOptions, run_trace
 from policies import make_post_hoc, make_pre_call
 from policies.file import load_policy
 from topics.errors import ConfigError, DataError
-from topics.traces import TraceRow, read_trace
+from topics.traces import TraceRow, read_trace, write_trace
 
 QUIET = Console(quiet=True)
 SIMULATED_METHODS = sorted(name for name in METHODS if name != "self_ref")
@@ -187,3 +188,26 @@ def test_a_piped_report_is_written_whole(trace: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "single:medium" in out and "…" not in out  # not cut to 80 columns
     assert "best single tier affordable at a share of the strongest tier's cost: within 10%" in out
+
+
+def test_every_method_handles_twelve_tiers_or_says_why_not(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    rows = []
+    for i in range(120):
+        hard = rng.random()
+        for t in range(12):  # each tier a little better and 1.6x dearer than the one before
+            correct = rng.random() < (t + 1) / 13 * (1.2 - hard)
+            confidence = min(1.0, max(0.0, (0.7 if correct else 0.35) + rng.gauss(0, 0.15)))
+            rows.append(TraceRow(
+                item_id=f"q{i}", dataset="synthetic", input=f"question {i} " + "word " * int(hard * 20), label="A",
+                tier=f"t{t:02d}", model=f"m{t}", output="A" if correct else "B", correct=correct,
+                confidence=confidence, features={"max_prob": confidence}, cost=0.001 * 1.6**t,
+            ))  # fmt: skip
+    trace = tmp_path / "twelve.jsonl"
+    write_trace(trace, rows)
+    report = evaluate(LabOptions(str(trace)), QUIET)
+    ran, skipped = {p["name"] for p in report["policies"]}, report.get("skipped", {})
+    assert ran | set(skipped) == set(METHODS) and not ran & set(skipped)
+    assert {"threshold", "frugalgpt", "rational_tuning", "routellm_mf", "optllm"} <= ran
+    assert all(reason for reason in skipped.values())  # every skip says why (cascade routing: up to 8 tiers)
+    assert "up to 8 tiers" in skipped["cascade_routing"]
