@@ -4,12 +4,13 @@
 (:mod:`infra.gateway.shapes`), produce one :class:`~topics.messages.Request` to
 ``<ns>.requests`` and answer with the result the shared :class:`ResultWaiter` hands over;
 ``GET /v1/models`` lists ``tierflow`` (routed) and the tiers; ``GET /healthz`` says whether
-the broker is reachable. Every error is one object in OpenAI's shape, never a traceback; a
+the broker answers (503 when it does not). Every error is one object in OpenAI's shape, never a traceback; a
 body that fails its check never reaches Kafka, and the prompt never reaches a log line.
 
 Kafka stays the data plane: any number of server processes can stand behind one address,
 each with its own producer and results reader (results are read group-less, so every
-process sees every result and keeps the ones its calls wait for).
+process sees every result and keeps the ones its calls wait for), and the tenants' budgets
+and idempotent calls are shared through ``<ns>.ledger`` (:mod:`infra.gateway.ledger`).
 """
 
 from __future__ import annotations
@@ -306,8 +307,10 @@ def build_app(
         return JSONResponse(models(gateway.tiers, models_by_tier))
 
     async def healthz(http: HttpRequest) -> Response:
-        doc = {"status": "ok", "namespace": config.namespace, "tiers": list(gateway.tiers), "pid": os.getpid()}
-        return JSONResponse(doc)
+        reachable = await gateway.waiter.broker_reachable()
+        doc = {"status": "ok" if reachable else "unavailable", "broker": "reachable" if reachable else "unreachable",
+               "namespace": config.namespace, "tiers": list(gateway.tiers), "pid": os.getpid()}  # fmt: skip
+        return JSONResponse(doc, status_code=200 if reachable else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

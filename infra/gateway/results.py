@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from topics.errors import DecodeError
+from topics.errors import BrokerError, DecodeError
 from topics.messages import DeadLetter, Result
 from topics.names import TopicLayout
 from topics.reader import TopicReader
@@ -53,6 +53,14 @@ class ResultWaiter:
         for future in self._waiting.values():
             future.cancel()
         self._waiting.clear()
+
+    async def broker_reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether the broker answers a metadata request within ``timeout_s`` (what ``/healthz`` reports)."""
+        try:
+            await asyncio.wait_for(self._reader.cluster_id(), timeout_s)
+        except (KafkaError, BrokerError, OSError, TimeoutError):
+            return False
+        return True
 
     def remember(self, result: Result) -> None:
         """A result read elsewhere (the ledger keeps idempotent calls' results across restarts)."""

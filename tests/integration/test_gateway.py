@@ -91,6 +91,9 @@ async def test_the_openai_sdk_gets_answers_in_openai_shape_with_the_route(
         client = _client(base_url)
         listed = [model.id async for model in client.models.list()]
         assert listed == ["tierflow", "small", "medium", "large"]
+        async with httpx.AsyncClient() as http:
+            health = await http.get(base_url.removesuffix("/v1") + "/healthz")
+        assert health.status_code == 200 and health.json()["broker"] == "reachable"
 
         chat = await client.chat.completions.create(
             model="tierflow", messages=[{"role": "user", "content": f"is {CANARY} sarcastic?"}]
