@@ -23,7 +23,8 @@ Columns (every row has every column; ``features`` is a flat object of floats):
                       published outputs, e.g. RouteLLM's GPT-4 MMLU correctness)
 ``output``            the answer (``?`` for a recorded wrong answer whose text is unknown)
 ``correct``           ``output`` equals ``label`` (recorded: as published)
-``confidence``        the tier's headline confidence in [0, 1] (NaN-free; 0 on error)
+``confidence``        the tier's headline confidence in [0, 1] (NaN-free; 0 on error), or
+                      null where the source has none (``tierflow trace import``)
 ``features``          confidence features: ``max_prob``, ``margin``, ``entropy``,
                       ``option_mass``, ``logprob_mean``… (see ``workers.backends.confidence``)
 ``tokens_in``/``out`` token counts (recorded tiers: estimated at 4 characters per token)

@@ -116,7 +116,11 @@ class ImportMap:
             raise ConfigError(f"{where}: {exc}") from None
 
     def tier_of(self, model: str) -> str:
-        return self.tiers.get(model) or re.sub(r"[^A-Za-z0-9_-]", "-", model.replace(".", "_")).strip("-_")[:64]
+        """The tier name of ``model``: the map's ``[tiers]`` entry, else the model name made safe for topics."""
+        name = self.tiers.get(model) or re.sub(r"[^A-Za-z0-9_-]", "-", model.replace(".", "_")).strip("-_")[:64]
+        if not name:
+            raise ConfigError(f"model {model!r} makes no tier name: give it one in the map's [tiers]")
+        return name
 
 
 def read_map(path: str) -> dict[str, Any]:
@@ -205,6 +209,8 @@ def import_table(path: str, mapping: ImportMap) -> list[TraceRow]:
     _check_columns(path, columns, mapping)
     out: list[TraceRow] = []
     seen: dict[tuple[str, str], int] = {}
+    tiers: dict[str, str] = {}
+    by_tier: dict[str, str] = {}
     wanted = set(mapping.models)
     for number, row in enumerate(rows, start=1):
         where = f"{path} row {number}"
@@ -218,11 +224,14 @@ def import_table(path: str, mapping: ImportMap) -> list[TraceRow]:
         text = _text(row, mapping.input, where)
         item = _text(row, mapping.id, where) if mapping.id else (str(number) if mapping.layout == "wide" else text)
         for model, names in pairs:
+            tier = tiers[model] if model in tiers else tiers.setdefault(model, mapping.tier_of(model))
+            if (other := by_tier.setdefault(tier, model)) != model:
+                raise ConfigError(f"models {other!r} and {model!r} both make tier {tier!r}: name them in [tiers]")
             key = (item, model)
             if key in seen:
                 raise DataError(f"{where}: a second row for item {item!r} and model {model!r} (first: row {seen[key]})")
             seen[key] = number
-            out.append(_trace_row(row, names, mapping, model, item, text, where))
+            out.append(_trace_row(row, names, mapping, (model, tier), item, text, where))
     if not out:
         raise DataError(f"{path}: no rows to import")
     return _cheapest_first(out)
@@ -259,8 +268,15 @@ def _check_columns(path: str, columns: Sequence[str], mapping: ImportMap) -> Non
 
 
 def _trace_row(
-    row: Mapping[str, Any], names: Mapping[str, str], mapping: ImportMap, model: str, item: str, text: str, where: str
+    row: Mapping[str, Any],
+    names: Mapping[str, str],
+    mapping: ImportMap,
+    model_tier: tuple[str, str],
+    item: str,
+    text: str,
+    where: str,
 ) -> TraceRow:
+    model, tier = model_tier
     correct = _correct(row, names["correct"], mapping.correct_at, where)
     if names["cost"]:
         cost = _number(row, names["cost"], where, low=0.0)
@@ -281,7 +297,7 @@ def _trace_row(
         dataset=mapping.dataset,
         input=text,
         label="",
-        tier=mapping.tier_of(model),
+        tier=tier,
         model=model,
         output="",
         correct=correct,

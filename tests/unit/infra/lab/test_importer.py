@@ -137,6 +137,12 @@ def test_a_map_that_cannot_work_is_one_line(tmp_path: Path) -> None:
         import_table(str(path), ImportMap.from_dict({"input": "prompt", "correct": "{model}", "models": ["large"]}))
     with pytest.raises(DataError, match=r"row 1: no cost for model 'small'"):
         import_table(str(path), ImportMap.from_dict({"input": "prompt", "correct": "{model}", "models": ["small"]}))
+    (tmp_path / "two.csv").write_text("prompt,a/b,a-b\nhello,True,False\n")
+    clash = {"input": "prompt", "correct": "{model}", "models": ["a/b", "a-b"], "prices": {"a/b": 1, "a-b": 2}}
+    with pytest.raises(ConfigError, match=r"models 'a/b' and 'a-b' both make tier 'a-b': name them in \[tiers\]"):
+        import_table(str(tmp_path / "two.csv"), ImportMap.from_dict(clash))
+    assert {r.tier for r in import_table(str(tmp_path / "two.csv"), ImportMap.from_dict(
+        {**clash, "tiers": {"a/b": "ab"}}))} == {"ab", "a-b"}  # fmt: skip
     with pytest.raises(ConfigError, match="a wide table needs models"):
         ImportMap.from_dict({"input": "prompt", "correct": "{model}"})
     with pytest.raises(ConfigError, match="unknown key 'colour'"):
