@@ -52,7 +52,6 @@ class LedgerLog:
         self._producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=0)
         self._sender = CoalescingProducer(self._producer)
         self._task: asyncio.Task[None] | None = None
-        self.replayed = 0
 
     async def start(self) -> None:
         """Replay everything written so far (before the first call is taken), then follow."""
@@ -62,10 +61,12 @@ class LedgerLog:
             await stop_quietly(self._producer)
             raise BrokerError(f"cannot reach the broker: {exc}") from exc
         await self._reader.start()
+        replayed = 0
         async for batch in self._reader.read_to_end():
             for record in batch:
                 self._take(record)
-                self.replayed += 1
+            replayed += len(batch)
+        log.info("gateway: replayed %d ledger entries", replayed)
         self._task = asyncio.create_task(self._reader.follow(self._take))
 
     async def stop(self) -> None:
