@@ -224,7 +224,9 @@ def import_table(path: str, mapping: ImportMap) -> list[TraceRow]:
         text = _text(row, mapping.input, where)
         item = _text(row, mapping.id, where) if mapping.id else (str(number) if mapping.layout == "wide" else text)
         for model, names in pairs:
-            tier = tiers[model] if model in tiers else tiers.setdefault(model, mapping.tier_of(model))
+            if model not in tiers:
+                tiers[model] = mapping.tier_of(model)
+            tier = tiers[model]
             if (other := by_tier.setdefault(tier, model)) != model:
                 raise ConfigError(f"models {other!r} and {model!r} both make tier {tier!r}: name them in [tiers]")
             key = (item, model)
