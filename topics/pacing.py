@@ -4,13 +4,15 @@ A consumer with nothing to read still sends one fetch every ``fetch_max_wait_ms`
 and each costs both sides: an idle pipeline of a dozen consumers polling every 10 ms
 kept most of a core busy (``load_tests/pipeline_throughput.py``'s idle phase). Kafka's
 answer is the long poll (a large ``fetch_max_wait_ms`` with ``fetch_min_bytes = 1``
-returns as soon as data arrives), but Tansu 0.6 answers a fetch only when its wait is
-over, even when records are there from the start (its fetch loop sleeps out the
-remainder), so a long wait there is latency on every hop. Hence pacing on the
-client: the short wait while records flow, a long one only after ``idle_after_s``
-with none, and the short one again from the first record. The first request after a
-quiet spell pays up to one long wait per hop; traffic of one request every few
-seconds keeps every consumer on the short wait.
+returns as soon as data arrives). The embedded Tansu returns records that are there when
+a fetch arrives at once, but one written while a fetch waits only when it next looks: at
+half the wait, then half of what is left (``load_tests/broker_fetch_wake.py``: with a
+1,000 ms wait, a record written 50-400 ms in came back at ~500 ms), so a long wait there
+is up to half of it in latency on a hop. Hence pacing on the client: the short wait
+while records flow, a long one only after ``idle_after_s`` with none, and the short one
+again from the first record. The first request after a quiet spell pays up to half the
+long wait per hop; traffic of one request every few seconds keeps every consumer on the
+short wait.
 """
 
 from __future__ import annotations
