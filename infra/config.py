@@ -231,6 +231,7 @@ class Config:
             layout.control: 1,
             layout.dlq: 1,
             layout.ledger: 1,
+            layout.feedback: self.sink.partitions,
         }
         for tier in self.tiers:
             counts[layout.tier(tier.name)] = tier.partitions

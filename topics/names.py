@@ -73,9 +73,14 @@ class TopicLayout:
         """The gateway's reservations and settlements (:class:`~topics.messages.LedgerEntry`)."""
         return f"{self.namespace}.ledger"
 
+    @property
+    def feedback(self) -> str:
+        """Labels on answered requests (:class:`~topics.feedback.Feedback`), keyed by request id."""
+        return f"{self.namespace}.feedback"
+
     def all_topics(self) -> list[str]:
         """Every topic name of the deployment, for creation and deletion."""
-        names = [self.requests, self.answers, self.results, self.control, self.dlq, self.ledger]
+        names = [self.requests, self.answers, self.results, self.control, self.dlq, self.ledger, self.feedback]
         for tier in self.tiers:
             names += [self.tier(tier), self.escalate(tier)]
         return names

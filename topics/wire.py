@@ -98,6 +98,8 @@ def _reason(message: str, classes: tuple[type[Any], ...]) -> str:
     """A stable reason code from msgspec's validation message."""
     if "missing required field" in message:
         return "missing_field"
+    if "needs exactly one of" in message:
+        return "one_label_needed"  # topics.feedback.Feedback: none, or several, of its ways to judge
     if message.startswith("Invalid value") and message.endswith("`$.k`"):
         kinds = [str(cls.__struct_config__.tag).split("@")[0] for cls in classes]
         return "bad_schema" if any(f"'{kind}@" in message for kind in kinds) else "wrong_kind"

@@ -4,9 +4,12 @@ It reads the control topic from its beginning (recovery: the newest report and
 updates restore its state, and commands that arrived after the last one it
 answered are answered now), then follows two streams without a consumer group:
 control (commands) and results (cost, latency, confidence; per-tier load and
-latency from their paths). Every ``period_s`` it runs the law and publishes a new
-PolicyUpdate when thresholds moved; every ``report_every_s`` a ControllerReport (every
-``quiet_report_every_s`` while its state holds still).
+latency from their paths), the latter together with the feedback topic's labels, in
+one reader (a label that does not decode is dead-lettered with its reason; valid
+ones are counted by kind, for the calibration watch that joins them to results).
+Every ``period_s`` it runs the law and publishes a new PolicyUpdate when thresholds
+moved; every ``report_every_s`` a ControllerReport (every ``quiet_report_every_s``
+while its state holds still).
 
 Everything it publishes is signed with its Ed25519 key (:class:`~topics.control.ControllerKey`,
 handed over by the deployer like the HMAC keys; Ray keeps constructor arguments for restarts,
@@ -22,6 +25,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -42,7 +46,8 @@ from topics.control import (
     record_kind,
 )
 from topics.errors import ConfigError, DecodeError
-from topics.messages import Result
+from topics.feedback import Feedback
+from topics.messages import DeadLetter, Result
 from topics.reader import Record, TopicReader
 from workers.actors import post_hoc_policy
 from workers.loop_thread import LoopThread
@@ -105,6 +110,9 @@ class ControllerLoop:
         self._stopping = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._readers: list[TopicReader] = []
+        self.labels: Counter[str] = Counter()
+        """Feedback labels read since the controller started, by kind (``Feedback.verdict``), and
+        ``dead_lettered`` for those that did not decode."""
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -114,12 +122,12 @@ class ControllerLoop:
         self._producer = AIOKafkaProducer(**self.kafka, acks="all", linger_ms=1)
         await self._producer.start()
         try:
-            control = await self._reader(layout.control, "beginning")
-            results = await self._reader(layout.results, "end")
+            control = await self._reader([layout.control], "beginning")
+            results = await self._reader([layout.results, layout.feedback], "end")
             await self._recover(control)
             tasks = [
                 asyncio.create_task(control.follow(self._on_control)),
-                asyncio.create_task(results.follow(self._on_result)),
+                asyncio.create_task(results.follow(self._on_result_or_label)),
                 asyncio.create_task(self._tick()),
             ]
             await self._stopping.wait()
@@ -132,10 +140,10 @@ class ControllerLoop:
             with contextlib.suppress(KafkaError):
                 await self._producer.stop()
 
-    async def _reader(self, topic: str, start_at: Literal["beginning", "end"]) -> TopicReader:
+    async def _reader(self, topics: list[str], start_at: Literal["beginning", "end"]) -> TopicReader:
         reader = TopicReader(
             self.kafka,
-            [topic],
+            topics,
             start_at=start_at,
             partitions=self.config.partitions,
             fetch_max_wait_ms=max(self.config.fetch_max_wait_ms, CONTROLLER_FETCH_WAIT_MS),
@@ -178,9 +186,32 @@ class ControllerLoop:
             if reason is not None and self.core.ignored[f"{record_kind(record)}:{reason}"] == 1:
                 log.warning("controller: ignored a %s at offset %d (%s)", record_kind(record), offset, reason)
 
-    async def _on_result(self, record: Record) -> None:
+    async def _on_result_or_label(self, record: Record) -> None:
+        if record.topic == self.config.layout.feedback:
+            await self._on_label(record)
+            return
         with contextlib.suppress(DecodeError):
             self.core.observe(Result.from_wire(record.value or b""), self.clock())
+
+    async def _on_label(self, record: Record) -> None:
+        """Count a valid label; a record that is not one goes to the dead-letter topic with its reason."""
+        try:
+            label = Feedback.from_wire(record.value or b"", self.config.limits.max_payload_bytes)
+        except DecodeError as exc:
+            self.labels["dead_lettered"] += 1
+            letter = DeadLetter.for_record(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                stage="controller",
+                key=record.key,
+                value=record.value,
+                error=exc,
+                at=self.clock(),
+            )
+            await self._send(self.config.layout.dlq, letter.to_wire(), record.key)
+            return
+        self.labels[label.verdict] += 1
 
     async def _tick(self) -> None:
         control = self.config.control
@@ -197,18 +228,22 @@ class ControllerLoop:
 
     async def _publish(self, *messages: ControllerRecord | None) -> None:
         """Sign and send each message; retried until the broker takes it."""
-        assert self._producer is not None
         for message in messages:
             if message is None:
                 continue
             value = self.signer.sign(message, self.config.namespace).to_wire()
-            while True:
-                try:
-                    await self._producer.send_and_wait(self.config.layout.control, value, key=b"controller")
-                    break
-                except KafkaError as exc:  # the broker is away: an update must not be lost
-                    log.warning("controller: publish failed, retrying: %r", exc)
-                    await asyncio.sleep(0.5)
+            await self._send(self.config.layout.control, value, b"controller")
+
+    async def _send(self, topic: str, value: bytes, key: bytes | None) -> None:
+        """Produce one record; retried until the broker takes it (an update or a dead letter must not be lost)."""
+        assert self._producer is not None
+        while True:
+            try:
+                await self._producer.send_and_wait(topic, value, key=key)
+                return
+            except KafkaError as exc:  # the broker is away
+                log.warning("controller: producing to %s failed, retrying: %r", topic, exc)
+                await asyncio.sleep(0.5)
 
 
 def _decode(record: Record) -> ControlRecord | DecodeError:
@@ -257,4 +292,5 @@ class ControllerActor:
             "observed": core.last_observed,
             "rejected": dict(core.rejected),
             "ignored": dict(core.ignored),
+            "labels": dict(self.loop.labels),
         }

@@ -1,4 +1,4 @@
-"""The ``tierflow`` command line: demo, up, serve, send, budget, scale, status, down, trace, eval, fit.
+"""The ``tierflow`` command line: demo, up, serve, send, feedback, budget, scale, status, down, trace, eval, fit.
 
 One module per command, each with ``add_parser(subparsers)`` and ``run(args) -> int``;
 :mod:`infra.cli.app` builds the parser from its dispatch table and turns every failure

@@ -19,6 +19,7 @@ import infra.cli.budget as budget
 import infra.cli.demo as demo
 import infra.cli.down as down
 import infra.cli.eval as eval_
+import infra.cli.feedback as feedback
 import infra.cli.fit as fit
 import infra.cli.scale as scale
 import infra.cli.send as send
@@ -42,6 +43,7 @@ COMMANDS: dict[str, Command] = {
     "up": up,
     "down": down,
     "send": send,
+    "feedback": feedback,
     "serve": serve,
     "budget": budget,
     "scale": scale,

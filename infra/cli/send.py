@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import codecs
 import json
 import math
 import re
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.cli.common import EXIT_ERROR, EXIT_INCOMPLETE, Subparsers, bootstrap_servers, note
+from infra.cli.jsonl import BadLine, json_object, kind, numbered_lines, report_bad_lines
 from infra.config import Config, load_config
 
 if TYPE_CHECKING:
@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 
 FIELDS = ("input", "id", "deadline_s", "allowed_tiers", "tenant")
 """The keys an input line may have; any other is refused (a misspelt ``deadline`` would be ignored)."""
-
-MAX_REPORTED = 20
-"""Bad lines named one by one; past this a count stands for the rest (a wrong file is not 10⁶ lines)."""
 
 _USER_NAMES = {"deadline": "deadline_s", "hints.allowed_tiers": "allowed_tiers"}
 """Request fields whose input key differs from their name: errors say what the user wrote."""
@@ -88,10 +85,6 @@ class Input:
     problems: list[str] = field(default_factory=list)
 
 
-class BadLine(ValueError):
-    """One input line is refused; the message names the field (the caller adds the line)."""
-
-
 def run(args: argparse.Namespace) -> int:
     """Check every line before sending any: 2 when one is bad; 1 when --wait missed results or got dead letters."""
     from topics.errors import DataError
@@ -107,20 +100,9 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise DataError(f"cannot read {args.file}: {exc.strerror}") from exc
     if given.problems:
-        _report_problems(given)
+        report_bad_lines(given.problems, given.name)
         return EXIT_ERROR
     return asyncio.run(_send(config, bootstrap, given, args.wait, args.timeout))
-
-
-def _report_problems(given: Input) -> None:
-    """One ``error:`` line per bad line (one line in all when only one is bad)."""
-    problems = given.problems
-    for problem in problems[:MAX_REPORTED]:
-        note(f"error: {problem}")
-    if len(problems) > MAX_REPORTED:
-        note(f"error: {len(problems) - MAX_REPORTED} more bad lines not shown")
-    if len(problems) > 1:
-        note(f"error: {len(problems)} bad lines in {given.name}; nothing was sent")
 
 
 def read_requests(source: Iterable[bytes], name: str, config: Config, now: float | None = None) -> Input:
@@ -128,10 +110,7 @@ def read_requests(source: Iterable[bytes], name: str, config: Config, now: float
     now = time.time() if now is None else now
     tiers = tuple(tier.name for tier in config.tiers)
     given = Input(name)
-    for number, raw in enumerate(source, start=1):
-        line = raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw
-        if not line.strip():
-            continue
+    for number, line in numbered_lines(source):
         try:
             request = check_line(line, tiers, config.limits.max_payload_bytes, now)
             first = given.lines.get(request.id)
@@ -149,25 +128,14 @@ def check_line(line: bytes, tiers: tuple[str, ...], max_payload_bytes: int, now:
     """The Request one input line asks for, or :class:`BadLine` naming the first field that is wrong."""
     from topics.messages import Hints, Request
 
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadLine(f"not UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})") from None
-    try:
-        item = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadLine(f"not JSON ({exc.msg} at column {exc.colno})") from None
-    except RecursionError:
-        raise BadLine("not JSON the client reads (nested too deeply)") from None
-    if not isinstance(item, dict):
-        raise BadLine(f'each line must be a JSON object with a string "input", got {_kind(item)}')
+    item = json_object(line, 'a JSON object with a string "input"')
     unknown = [key for key in item if key not in FIELDS]
     if unknown:
         raise BadLine(f"unknown field {unknown[0][:60]!r} (known: {', '.join(FIELDS)})")
     if "input" not in item:
         raise BadLine("input is required (a string)")
     if not isinstance(item["input"], str):
-        raise BadLine(f"input must be a string, got {_kind(item['input'])}")
+        raise BadLine(f"input must be a string, got {kind(item['input'])}")
     request_id = _optional_string(item, "id")
     if request_id == "":
         raise BadLine("id must not be empty (leave it out for a generated one)")
@@ -190,7 +158,7 @@ def _optional_string(item: dict[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadLine(f"{key} must be a string, got {_kind(value)}")
+        raise BadLine(f"{key} must be a string, got {kind(value)}")
     return value
 
 
@@ -199,7 +167,7 @@ def _deadline(value: object) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadLine(f"deadline_s must be a number of seconds, got {_kind(value)}")
+        raise BadLine(f"deadline_s must be a number of seconds, got {kind(value)}")
     try:
         seconds = float(value)
     except OverflowError:
@@ -216,12 +184,12 @@ def _allowed_tiers(value: object, tiers: tuple[str, ...]) -> tuple[str, ...] | N
     if value is None:
         return None
     if not isinstance(value, list):
-        raise BadLine(f"allowed_tiers must be a list of tier names, got {_kind(value)}")
+        raise BadLine(f"allowed_tiers must be a list of tier names, got {kind(value)}")
     if not value:
         raise BadLine("allowed_tiers must name at least one tier (leave it out to allow all)")
     for position, name in enumerate(value):
         if not isinstance(name, str):
-            raise BadLine(f"allowed_tiers must be a list of tier names, got {_kind(name)} at [{position}]")
+            raise BadLine(f"allowed_tiers must be a list of tier names, got {kind(name)} at [{position}]")
         if name not in tiers:
             raise BadLine(f"allowed_tiers: unknown tier {name[:60]!r} (known: {', '.join(tiers)})")
     return tuple(value)
@@ -272,19 +240,6 @@ def _field_error(request: Request, detail: str) -> str:
     shown = next((user + dotted[len(key) :] for key, user in _USER_NAMES.items() if dotted.startswith(key)), dotted)
     got = f" (got {len(value)} characters)" if isinstance(value, str) else ""
     return f"{shown}: {message[:1].lower()}{message[1:]}{got}"
-
-
-def _kind(value: object) -> str:
-    """What a JSON value is, in JSON's words: errors name what the line holds, not Python types."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value[:40]!r})"
-    return "a list" if isinstance(value, list) else "an object"
 
 
 async def _send(config: Config, bootstrap: str, given: Input, wait: bool, timeout_s: float) -> int:

@@ -101,11 +101,15 @@ def test_only_the_control_plane_and_the_operators_write_the_control_topic(
     writers = {name for name, user in users.items() if _may(user, "Write", config.layout.control)}
     assert writers == {control, "tierflow-operator"}
     ledger = config.layout.ledger  # the gateway's (it runs as the operator), no stage's
-    data = set(config.partitions()) - {config.layout.control, ledger}
+    feedback = config.layout.feedback  # labels: operators and their tools write them, the controller reads them
+    data = set(config.partitions()) - {config.layout.control, ledger, feedback}
     assert all(_may(users[stages], "Write", topic) for topic in data)
     assert all(_may(users[stages], "Read", topic) for topic in data if topic != config.layout.dlq)
-    assert _may(users["tierflow-operator"], "Write", ledger) and not _may(users[stages], "Write", ledger)
+    for operator_only in (ledger, feedback):
+        assert _may(users["tierflow-operator"], "Write", operator_only)
+        assert not _may(users[stages], "Write", operator_only)
     assert all(_may(users[control], "Read", topic) for topic in config.partitions())
+    assert _may(users[control], "Write", config.layout.dlq)  # a label it cannot decode becomes a dead letter
 
 
 def _offers(group: dict[str, Any]) -> dict[str, float]:
