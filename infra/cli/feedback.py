@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from infra.cli.common import EXIT_ERROR, Subparsers, bootstrap_servers, note
-from infra.cli.jsonl import BadLine, json_object, kind, numbered_lines, report_bad_lines
+from infra.cli.jsonl import (
+    BadLine,
+    json_object,
+    kind,
+    numbered_lines,
+    optional_number,
+    optional_string,
+    read_input,
+    report_bad_lines,
+)
 from infra.config import Config, load_config
 
 if TYPE_CHECKING:
@@ -59,18 +65,9 @@ class Labels:
 
 def run(args: argparse.Namespace) -> int:
     """Check every line, then send them all; 2 when one is bad."""
-    from topics.errors import DataError
-
     config = load_config(args.config)
     bootstrap = bootstrap_servers(config, args.bootstrap)
-    if args.file == "-":
-        given = read_labels(sys.stdin.buffer, "stdin", config)
-    else:
-        try:
-            with Path(args.file).open("rb") as handle:
-                given = read_labels(handle, args.file, config)
-        except OSError as exc:
-            raise DataError(f"cannot read {args.file}: {exc.strerror}") from exc
+    given = read_input(args.file, lambda lines, name: read_labels(lines, name, config))
     if given.problems:
         report_bad_lines(given.problems, given.name)
         return EXIT_ERROR
@@ -100,7 +97,7 @@ def check_label(line: bytes, tiers: tuple[str, ...], max_payload_bytes: int, now
     unknown = [key for key in item if key not in FIELDS]
     if unknown:
         raise BadLine(f"unknown field {unknown[0][:60]!r} (known: {', '.join(FIELDS)})")
-    request_id = _string(item, "id")
+    request_id = optional_string(item, "id")
     if not request_id:
         raise BadLine("id is required (the id of the request the label is about)")
     given = [key for key in LABEL_FIELDS if item.get(key) is not None]
@@ -110,18 +107,18 @@ def check_label(line: bytes, tiers: tuple[str, ...], max_payload_bytes: int, now
     correct = item.get("correct")
     if correct is not None and not isinstance(correct, bool):
         raise BadLine(f"correct must be true or false, got {kind(correct)}")
-    score = _number(item, "score")
+    score = optional_number(item, "score")
     if score is not None and not 0.0 <= score <= 1.0:
         raise BadLine(f"score must be in [0, 1], got {score}")
-    preferred = _string(item, "preferred_tier")
+    preferred = optional_string(item, "preferred_tier")
     if preferred is not None and preferred not in tiers:
         raise BadLine(f"preferred_tier: unknown tier {preferred[:60]!r} (known: {', '.join(tiers)})")
-    at = _number(item, "at")
+    at = optional_number(item, "at")
     if at is not None and at < 0:
         raise BadLine(f"at must be epoch seconds (0 or more), got {at}")
     label = Feedback(
         request_id=request_id,
-        source=_string(item, "source") or DEFAULT_SOURCE,
+        source=optional_string(item, "source") or DEFAULT_SOURCE,
         at=now if at is None else at,
         correct=correct,
         score=score,
@@ -129,29 +126,6 @@ def check_label(line: bytes, tiers: tuple[str, ...], max_payload_bytes: int, now
     )
     _as_the_reader_decodes(label, max_payload_bytes)
     return label
-
-
-def _string(item: dict[str, Any], key: str) -> str | None:
-    value = item.get(key)
-    if value is not None and not isinstance(value, str):
-        raise BadLine(f"{key} must be a string, got {kind(value)}")
-    return value
-
-
-def _number(item: dict[str, Any], key: str) -> float | None:
-    """A finite number; JSON's NaN and Infinity parse, so finiteness is checked, not assumed."""
-    value = item.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadLine(f"{key} must be a number, got {kind(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise BadLine(f"{key} must be a finite number, got {value}")
-    return number
 
 
 def _as_the_reader_decodes(label: Feedback, max_payload_bytes: int) -> None:

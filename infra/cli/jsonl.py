@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterable, Iterator
-from typing import Any
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 from infra.cli.common import note
+
+T = TypeVar("T")
 
 MAX_REPORTED = 20
 """Bad lines named one by one; past this a count stands for the rest (a wrong file is not 10⁶ lines)."""
@@ -48,6 +53,46 @@ def json_object(line: bytes, expected: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise BadLine(f"each line must be {expected}, got {kind(item)}")
     return item
+
+
+def read_input(path: str, read: Callable[[Iterable[bytes], str], T]) -> T:
+    """``read(lines, name)`` over the file at ``path`` (``-``: stdin); a file that cannot be opened is one line."""
+    from topics.errors import DataError
+
+    if path == "-":
+        return read(sys.stdin.buffer, "stdin")
+    try:
+        with Path(path).open("rb") as handle:
+            return read(handle, path)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def optional_string(item: dict[str, Any], key: str) -> str | None:
+    """``item[key]`` when it is a string, ``None`` when absent or null; anything else is refused, not str()-ed."""
+    value = item.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadLine(f"{key} must be a string, got {kind(value)}")
+    return value
+
+
+def optional_number(item: dict[str, Any], key: str, what: str = "a number") -> float | None:
+    """``item[key]`` as a finite float, ``None`` when absent or null; JSON's NaN and Infinity parse, so
+    finiteness is checked, not assumed (``what`` names the number in the error)."""
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadLine(f"{key} must be {what}, got {kind(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf  # an integer too long for a float
+    if not math.isfinite(number):
+        raise BadLine(f"{key} must be a finite number, got {number}")
+    return number
 
 
 def kind(value: object) -> str:

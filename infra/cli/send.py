@@ -28,18 +28,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.cli.common import EXIT_ERROR, EXIT_INCOMPLETE, Subparsers, bootstrap_servers, note
-from infra.cli.jsonl import BadLine, json_object, kind, numbered_lines, report_bad_lines
+from infra.cli.jsonl import (
+    BadLine,
+    json_object,
+    kind,
+    numbered_lines,
+    optional_number,
+    optional_string,
+    read_input,
+    report_bad_lines,
+)
 from infra.config import Config, load_config
 
 if TYPE_CHECKING:
@@ -87,18 +93,9 @@ class Input:
 
 def run(args: argparse.Namespace) -> int:
     """Check every line before sending any: 2 when one is bad; 1 when --wait missed results or got dead letters."""
-    from topics.errors import DataError
-
     config = load_config(args.config)
     bootstrap = bootstrap_servers(config, args.bootstrap)
-    if args.file == "-":
-        given = read_requests(sys.stdin.buffer, "stdin", config)
-    else:
-        try:
-            with Path(args.file).open("rb") as handle:
-                given = read_requests(handle, args.file, config)
-        except OSError as exc:
-            raise DataError(f"cannot read {args.file}: {exc.strerror}") from exc
+    given = read_input(args.file, lambda lines, name: read_requests(lines, name, config))
     if given.problems:
         report_bad_lines(given.problems, given.name)
         return EXIT_ERROR
@@ -136,46 +133,27 @@ def check_line(line: bytes, tiers: tuple[str, ...], max_payload_bytes: int, now:
         raise BadLine("input is required (a string)")
     if not isinstance(item["input"], str):
         raise BadLine(f"input must be a string, got {kind(item['input'])}")
-    request_id = _optional_string(item, "id")
+    request_id = optional_string(item, "id")
     if request_id == "":
         raise BadLine("id must not be empty (leave it out for a generated one)")
-    deadline_s = _deadline(item.get("deadline_s"))
+    deadline_s = _deadline(item)
     request = Request(
         id=request_id or uuid.uuid4().hex,
         input=item["input"],
         created_at=now,
         deadline=None if deadline_s is None else now + deadline_s,
         hints=Hints(allowed_tiers=_allowed_tiers(item.get("allowed_tiers"), tiers)),
-        tenant=_optional_string(item, "tenant") or "",
+        tenant=optional_string(item, "tenant") or "",
     )
     _as_the_router_decodes(request, max_payload_bytes)
     return request
 
 
-def _optional_string(item: dict[str, Any], key: str) -> str | None:
-    """``item[key]`` when it is a string, ``None`` when absent or null; anything else is refused, not str()-ed."""
-    value = item.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BadLine(f"{key} must be a string, got {kind(value)}")
-    return value
-
-
-def _deadline(value: object) -> float | None:
-    """Seconds from now; JSON's NaN and Infinity parse, so finiteness is checked, not assumed."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadLine(f"deadline_s must be a number of seconds, got {kind(value)}")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        seconds = math.inf  # an integer too long for a float
-    if not math.isfinite(seconds):
-        raise BadLine(f"deadline_s must be a finite number, got {seconds}")
-    if seconds <= 0:
-        raise BadLine(f"deadline_s must be more than 0 seconds, got {value}")
+def _deadline(item: dict[str, Any]) -> float | None:
+    """Seconds from now, more than 0."""
+    seconds = optional_number(item, "deadline_s", "a number of seconds")
+    if seconds is not None and seconds <= 0:
+        raise BadLine(f"deadline_s must be more than 0 seconds, got {item['deadline_s']}")
     return seconds
 
 
