@@ -125,7 +125,8 @@ def main() -> None:
             after = _nodes_of(config.namespace)
             delivered = _delivered(config)
             cluster.remove_node(second)  # now nothing offers tier_node
-            wait_until(lambda: (pool := _pool(handle)).get("ready", 2) < pool.get("desired", 0), 90, interval_s=1.0)
+            # Both replicas lived on that node; each is seen gone at its own health probe, so wait for both.
+            wait_until(lambda: _pool(handle).get("ready", 2) == 0, 90, interval_s=1.0)
             short = _pool(handle)
             report |= {
                 "nodes": {"first": first.node_id, "second": second.node_id},
