@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from policies.autoscale import AutoscaleConfig
 from policies.decisions import hop_limit
+from policies.exploration import ExplorationConfig
 from policies.registry import make_post_hoc, make_pre_call
 from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
 from topics.control import parse_key_hex
@@ -181,6 +182,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     results_path: str = ""
     """Where the results sink appends delivered results (JSONL); empty: no file sink."""
     dataset: str = ""
@@ -213,6 +215,7 @@ class Config:
             commit_interval_ms=self.broker.commit_interval_ms,
             poll_interval_ms=self.broker.poll_interval_ms,
             autoscale=self.autoscaling(),
+            exploration=self.exploration,
         )
 
     def autoscaling(self) -> dict[str, AutoscaleConfig]:
@@ -232,6 +235,7 @@ class Config:
             layout.dlq: 1,
             layout.ledger: 1,
             layout.feedback: self.sink.partitions,
+            layout.explored: self.verifier.partitions,
         }
         for tier in self.tiers:
             counts[layout.tier(tier.name)] = tier.partitions
@@ -424,6 +428,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         control=control,
         telemetry=telemetry,
         gateway=_gateway(root),
+        exploration=_exploration(root),
         results_path=root.get("results_path", str, ""),
         dataset=root.get("dataset", str, ""),
         demo_requests=root.number("demo_requests", int, 500, 1, 10_000_000),
@@ -432,6 +437,17 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     check_policies(config.policies)
     check_autoscaling(config)
     return config
+
+
+def _exploration(root: _Section) -> ExplorationConfig:
+    e = root.table("exploration")
+    exploration = ExplorationConfig(
+        share=e.number("share", float, 0.0, 0.0, 1.0),
+        max_cost_share=e.number("max_cost_share", float, 0.1, 0.0, 1.0),
+        salt=e.get("salt", str, ""),
+    )
+    e.finish()
+    return exploration
 
 
 def _gateway(root: _Section) -> GatewayConfig:

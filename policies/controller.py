@@ -36,6 +36,7 @@ from policies.budget import (
     next_mu,
     steer_thresholds,
 )
+from policies.exploration import ExplorationConfig, ExplorationSpend, bounded_share
 from policies.window import (
     ResultsWindow,
     ended_latency_ms,
@@ -60,7 +61,7 @@ from topics.control import (
     verify_record,
 )
 from topics.errors import DecodeError
-from topics.messages import Result
+from topics.messages import Answer, Result
 
 CLOCK_SKEW_S = 30.0
 """A command issued up to this far in the future (the operator's clock ahead of ours) is still valid."""
@@ -204,9 +205,15 @@ class ControllerCore:
     ended_latency_ms: dict[str, float] = field(default_factory=dict)
     """Per tier, a moving average of the latency of requests that ended there: kept while a tier
     gets no traffic, so the latency weights do not flip when the guard stops escalating into it."""
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    explore_share: float | None = None
+    """The exploration share last published (``None``: none yet, routers draw at the configured one)."""
+    spend: ExplorationSpend = field(init=False)
+    """What exploration copies cost over the window: counted in the cost the law steers, bounded by it."""
 
     def __post_init__(self) -> None:
         self.window = ResultsWindow(self.window_s)
+        self.spend = ExplorationSpend(self.window_s)
         if not self.thresholds and self.base is not None:
             self.thresholds = dict(self.base)
 
@@ -242,6 +249,7 @@ class ControllerCore:
                 if record.version >= self.version:
                     self.version = record.version
                     self.thresholds = dict(record.thresholds)
+                    self.explore_share = record.explore_share
             elif isinstance(record, ControllerReport):
                 # a genuine old report copied to the end of the topic must not roll the state back
                 if report is None or (record.processed_offset, record.at) >= (report.processed_offset, report.at):
@@ -364,16 +372,27 @@ class ControllerCore:
 
     def observe(self, result: Result, now: float) -> None:
         self.window.add(result, now)
+        if result.explored:
+            self.spend.add_explored(now)
+
+    def observe_copy(self, answer: Answer, now: float) -> None:
+        """An exploration copy's answer (``<ns>.explored``): its cost counts against the budget."""
+        self.spend.add_copy(now, answer.cost)
 
     def step(self, now: float) -> PolicyUpdate | None:
         """One period of the law: measure the window, move λ and μ, publish if thresholds moved."""
-        observed = measure(self.window, now, self.targets.latency_quantile, self.targets.latency_ms)
+        observed = self._with_exploration(
+            measure(self.window, now, self.targets.latency_quantile, self.targets.latency_ms), now
+        )
         self.last_observed = observed
         for tier, latency in observed.tier_latency_ms.items():
             old = self.ended_latency_ms.get(tier, latency)
             self.ended_latency_ms[tier] = 0.7 * old + 0.3 * latency
         if self.version == 0:
             return self._publish("initial policy", now, force=True)
+        share = self._bounded_share()
+        if share is not None and not _near(share, self.explore_share):
+            return self._publish(self._share_reason(share), now, force=True)
         if self.pinned or self.base is None:
             return None
         t = self.targets
@@ -394,6 +413,33 @@ class ControllerCore:
         self.lam, self.mu = lam, mu
         return self._publish(why, now)
 
+    def _with_exploration(self, observed: Observed, now: float) -> Observed:
+        """``observed`` with the copies' spend added to the cost the law steers, and shown apart."""
+        self.spend.trim(now)
+        extra = self.spend.per_request(observed.requests)
+        if not self.exploration.enabled:
+            return observed
+        return msgspec.structs.replace(
+            observed,
+            cost_per_request=observed.cost_per_request + extra,
+            cost_per_second=observed.cost_per_second + extra * observed.rate,
+            explore_cost_per_request=extra,
+            explore_share=self._bounded_share() or 0.0,
+            explored_requests=len(self.spend.explored),
+        )
+
+    def _bounded_share(self) -> float | None:
+        """The share routers should explore at now (``None``: exploration is off)."""
+        if not self.exploration.enabled:
+            return None
+        return bounded_share(self.exploration, self.targets.cost_per_request, self.spend.per_explored())
+
+    def _share_reason(self, share: float) -> str:
+        if share >= self.exploration.share:
+            return f"exploration at the configured share {share:.3g}"
+        bound = self.exploration.max_cost_share
+        return f"exploration share {share:.3g}: its copies held to {bound:.0%} of the budget's cost per request"
+
     def _steered(self) -> dict[str, float]:
         if self.base is None:
             return {}
@@ -410,6 +456,7 @@ class ControllerCore:
         self.version += 1
         self.thresholds = thresholds
         self.history[self.version] = dict(thresholds)
+        self.explore_share = self._bounded_share()
         return PolicyUpdate(
             version=self.version,
             thresholds=thresholds,
@@ -419,6 +466,7 @@ class ControllerCore:
             lam=self.lam,
             mu=self.mu,
             pinned=self.pinned,
+            explore_share=self.explore_share,
         )
 
     def report(self, now: float) -> ControllerReport:
@@ -437,6 +485,12 @@ class ControllerCore:
             base=dict(self.base or {}),
             ignored=dict(self.ignored),
         )
+
+
+def _near(share: float, published: float | None) -> bool:
+    """Whether ``share`` is close enough to the one published that routers need no new version
+    (within 10% of it: the bound is a budget, not a set point)."""
+    return published is not None and abs(share - published) <= 0.1 * max(published, 1e-6)
 
 
 def report_due(report: ControllerReport, last: ControllerReport | None, every_s: float, quiet_every_s: float) -> bool:

@@ -111,6 +111,8 @@ def final_result(
         reason=reason,
         completed_at=now,
         why=task.why if decision is None else (*task.why, decision),
+        explored=task.explored,
+        propensities=task.propensities,
     )
 
 
@@ -205,5 +207,7 @@ def verify_answer(
         allowed=task.allowed,
         estimates=task.estimates if verdict.estimates is None else dict(verdict.estimates),
         why=(*task.why, decision),
+        explored=task.explored,
+        propensities=task.propensities,
     )
     return Verified(None, escalation=escalation, decision=decision)

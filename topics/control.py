@@ -209,6 +209,7 @@ class PolicyUpdate(
         "pinned": "pn",
         "signer": "sk",
         "sig": "sg",
+        "explore_share": "xs",
     },
 ):
     """A version of the routing/verifying policy; routers and verifiers apply the newest correctly signed one."""
@@ -229,6 +230,8 @@ class PolicyUpdate(
     """Id of the controller key that signed this record (see :meth:`ControllerKey.sign`)."""
     sig: Name = ""
     """Ed25519 signature over :func:`signed_bytes`, hex; empty: unsigned, ignored by every reader."""
+    explore_share: Confidence | None = None
+    """The exploration share routers draw at, bounded by the budget (``None``: the configured one)."""
 
 
 class Observed(
@@ -246,6 +249,9 @@ class Observed(
         "over_latency_share": "ol",
         "visited_share": "ts",
         "tier_latency_ms": "tl",
+        "explore_cost_per_request": "xc",
+        "explore_share": "xs",
+        "explored_requests": "xn",
     },
 ):
     """What the controller saw over its window."""
@@ -266,6 +272,13 @@ class Observed(
     """Share of requests each tier ran for (a request escalated twice counts at three tiers): where the work went."""
     tier_latency_ms: dict[str, NonNegative] = {}
     """Mean end-to-end latency of the requests whose path ended at each tier."""
+    explore_cost_per_request: NonNegative = 0.0
+    """What exploration copies cost, spread over every request of the window (included in
+    ``cost_per_request``, which the law steers)."""
+    explore_share: Confidence = 0.0
+    """The exploration share in force (0 without exploration)."""
+    explored_requests: Count = 0
+    """Requests of the window drawn for exploration."""
 
 
 class ControllerReport(

@@ -7,7 +7,8 @@ the record is decoded, so a label that says nothing, or two things, never reache
 trace. Labels are keyed by request id and may arrive long after the result (a user's
 thumbs-down a day later): nothing on the stream waits for them, and whoever joins them
 to answers (a trace built from the topics, the controller's calibration watch) joins by
-id whenever they come.
+id whenever they come. A label judges the delivered answer unless it names a ``tier``:
+then it judges that tier's answer to the request (an exploration copy's, for one).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ class Feedback(
     Message,
     frozen=True,
     tag=tag("feedback"),
-    rename={"request_id": "id", "correct": "ok", "score": "sc", "preferred_tier": "pt", "source": "src", "at": "at"},
+    rename={
+        "request_id": "id",
+        "correct": "ok",
+        "score": "sc",
+        "preferred_tier": "pt",
+        "source": "src",
+        "at": "at",
+        "tier": "t",
+    },
 ):
     """One label on one request's delivered answer."""
 
@@ -36,12 +45,16 @@ class Feedback(
     """A graded judgement in [0, 1] (finite: NaN and infinities are refused with the bounds)."""
     preferred_tier: Id | None = None
     """The tier that should have answered (a tier of the deployment; the CLI checks it against the config)."""
+    tier: Name = ""
+    """Whose answer ``correct`` or ``score`` judges: "" the delivered one, else that tier's."""
 
     def __post_init__(self) -> None:
         given = [name for name in LABEL_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
             said = ", ".join(given) if given else "none"
             raise ValueError(f"a label needs exactly one of {', '.join(LABEL_FIELDS)} (got {said})")
+        if self.tier and self.preferred_tier is not None:
+            raise ValueError("a preferred_tier label judges the request, not one tier's answer: it takes no tier")
 
     @property
     def verdict(self) -> str:

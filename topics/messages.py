@@ -125,6 +125,9 @@ class Task(
         "allowed": "al",
         "estimates": "es",
         "why": "wy",
+        "explored": "xd",
+        "explore_copy": "xc",
+        "propensities": "pp",
     },
 ):
     """A request sent to one tier, on ``<ns>.tier.<T>`` or ``<ns>.escalate.<T>``."""
@@ -144,6 +147,13 @@ class Task(
     ex ante from the router, replaced by post-hoc ones for the tiers that answered."""
     why: tuple[Decision, ...] = ()
     """Every decision so far: the router's, then the verifier's on each answer that escalated."""
+    explored: bool = False
+    """The router drew this request for exploration (``policies/exploration.py``)."""
+    explore_copy: bool = False
+    """An exploration copy: its answer goes to ``<ns>.explored``, is never verified and never delivered."""
+    propensities: dict[Name, Confidence] = {}
+    """With exploration configured: the probability with which each allowed tier was sent the request
+    at routing (1 for the start tier, the exploration share for the others); empty without."""
 
 
 class Answer(
@@ -221,6 +231,8 @@ class Result(
         "reason": "rs",
         "completed_at": "at",
         "why": "wy",
+        "explored": "xd",
+        "propensities": "pp",
     },
 ):
     """The final outcome of a request, on ``<ns>.results`` (one delivered per id)."""
@@ -241,6 +253,10 @@ class Result(
     completed_at: NonNegative = 0.0
     why: tuple[Decision, ...] = ()
     """Each hop's decision, in order (:class:`Decision`): the route, then every verdict."""
+    explored: bool = False
+    """Copies of the request also ran on every other allowed tier (their answers are on ``<ns>.explored``)."""
+    propensities: dict[Name, Confidence] = {}
+    """As the request's Task recorded them (:attr:`Task.propensities`)."""
 
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024

@@ -78,9 +78,15 @@ class TopicLayout:
         """Labels on answered requests (:class:`~topics.feedback.Feedback`), keyed by request id."""
         return f"{self.namespace}.feedback"
 
+    @property
+    def explored(self) -> str:
+        """Answers of exploration copies (``policies/exploration.py``): never verified, read to learn from."""
+        return f"{self.namespace}.explored"
+
     def all_topics(self) -> list[str]:
         """Every topic name of the deployment, for creation and deletion."""
         names = [self.requests, self.answers, self.results, self.control, self.dlq, self.ledger, self.feedback]
+        names.append(self.explored)
         for tier in self.tiers:
             names += [self.tier(tier), self.escalate(tier)]
         return names

@@ -47,7 +47,7 @@ from topics.control import (
 )
 from topics.errors import ConfigError, DecodeError
 from topics.feedback import Feedback
-from topics.messages import DeadLetter, Result
+from topics.messages import Answer, DeadLetter, Result
 from topics.reader import Record, TopicReader
 from workers.actors import post_hoc_policy
 from workers.loop_thread import LoopThread
@@ -89,6 +89,7 @@ def new_core(config: DeploymentSpec, keys: Mapping[str, bytes], trusted: Trusted
         trusted=trusted,
         window_s=config.control.window_s,
         params=LawParams(step=config.control.step),
+        exploration=config.exploration,
     )
 
 
@@ -123,11 +124,11 @@ class ControllerLoop:
         await self._producer.start()
         try:
             control = await self._reader([layout.control], "beginning")
-            results = await self._reader([layout.results, layout.feedback], "end")
+            results = await self._reader([layout.results, layout.feedback, layout.explored], "end")
             await self._recover(control)
             tasks = [
                 asyncio.create_task(control.follow(self._on_control)),
-                asyncio.create_task(results.follow(self._on_result_or_label)),
+                asyncio.create_task(results.follow(self._on_stream)),
                 asyncio.create_task(self._tick()),
             ]
             await self._stopping.wait()
@@ -186,12 +187,17 @@ class ControllerLoop:
             if reason is not None and self.core.ignored[f"{record_kind(record)}:{reason}"] == 1:
                 log.warning("controller: ignored a %s at offset %d (%s)", record_kind(record), offset, reason)
 
-    async def _on_result_or_label(self, record: Record) -> None:
-        if record.topic == self.config.layout.feedback:
+    async def _on_stream(self, record: Record) -> None:
+        """A result, a label or an exploration copy's answer (one reader follows the three topics)."""
+        layout = self.config.layout
+        if record.topic == layout.feedback:
             await self._on_label(record)
             return
         with contextlib.suppress(DecodeError):
-            self.core.observe(Result.from_wire(record.value or b""), self.clock())
+            if record.topic == layout.explored:
+                self.core.observe_copy(Answer.from_wire(record.value or b""), self.clock())
+            else:
+                self.core.observe(Result.from_wire(record.value or b""), self.clock())
 
     async def _on_label(self, record: Record) -> None:
         """Count a valid label; a record that is not one goes to the dead-letter topic with its reason."""
@@ -293,4 +299,9 @@ class ControllerActor:
             "rejected": dict(core.rejected),
             "ignored": dict(core.ignored),
             "labels": dict(self.loop.labels),
+            "exploration": {
+                "share": core.explore_share,
+                "copies": core.spend.total_copies,
+                "copies_cost": core.spend.total_cost,
+            },
         }

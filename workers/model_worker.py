@@ -49,6 +49,8 @@ class ModelWorker(Handler[Task]):
         out: list[Outbound] = []
         live: list[Inbound[Task]] = []
         for inbound in batch:
+            if ctx.expired(inbound.message.request) and inbound.message.explore_copy:
+                continue  # a copy is never a result: its request ends on its own path
             if ctx.expired(inbound.message.request):
                 reason = f"deadline passed before tier {self.tier}"
                 out.append(ctx.result(inbound, ctx.final(inbound.message, Status.EXPIRED, reason=reason)))
@@ -58,9 +60,8 @@ class ModelWorker(Handler[Task]):
         for start in range(0, len(live), size):
             chunk = live[start : start + size]
             for inbound, answer in zip(chunk, await self._answer(chunk), strict=True):
-                out.append(
-                    Outbound(ctx.layout.answers, answer.request_id, answer.to_wire(), inbound.headers, message=answer)
-                )
+                topic = ctx.layout.explored if answer.task.explore_copy else ctx.layout.answers
+                out.append(Outbound(topic, answer.request_id, answer.to_wire(), inbound.headers, message=answer))
         return out
 
     async def _answer(self, chunk: Sequence[Inbound[Task]]) -> list[Answer]:

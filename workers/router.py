@@ -4,6 +4,11 @@ Policies that read the query vector get it from a ``QueryFeaturizer`` of the emb
 they were fitted on (one call per batch). A policy with a ``live_window`` has its threshold re-calibrated on
 the scores of the requests this replica routed last, so the share it sends up holds
 when live traffic differs from the train split.
+
+With ``[exploration]`` configured, every task records its propensities and a drawn share
+of requests is also sent, as exploration copies, to every other allowed tier
+(``policies/exploration.py``); the share is the controller's bounded one when it has
+published one, else the configured one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Sequence
 
 from policies.base import PreCallPolicy, TierInfo
 from policies.decisions import route_request
+from policies.exploration import explore
 from policies.features import FloatVector, strip_prefix
 from policies.routers import share_threshold
 from topics.messages import Request, Status, Task
@@ -41,6 +47,8 @@ class Router(FollowsPolicy[Request]):
     async def process(self, batch: Sequence[Inbound[Request]]) -> list[Outbound]:
         update = self.feed.current if self.feed is not None else None
         version, tiers = (0, self.context.tiers) if update is None else (update.version, self.context.allowed(update))
+        exploring = self.context.deployment.exploration
+        share = update.explore_share if update is not None and update.explore_share is not None else exploring.share
         policy = self.policy
         vectors: Sequence[FloatVector | None] = [None] * len(batch)
         if self.featurizer is not None:
@@ -50,7 +58,12 @@ class Router(FollowsPolicy[Request]):
             )
             policy = self.live.update(policy, embedded) if self.live is not None else policy
             vectors = embedded
-        return [self._route(policy, inbound, tiers, version, v) for inbound, v in zip(batch, vectors, strict=True)]
+        explore_at = share if exploring.enabled else None
+        routed = (
+            self._route(policy, inbound, tiers, version, v, explore_at)
+            for inbound, v in zip(batch, vectors, strict=True)
+        )
+        return [out for outs in routed for out in outs]
 
     def _route(
         self,
@@ -59,18 +72,26 @@ class Router(FollowsPolicy[Request]):
         tiers: tuple[TierInfo, ...],
         version: int,
         features: FloatVector | None,
-    ) -> Outbound:
+        explore_share: float | None,
+    ) -> list[Outbound]:
+        """The request's first task (and its exploration copies, when drawn), or its final result."""
         ctx = self.context
         request = ctx.with_deadline(inbound.message)
         task = Task(request=request, tier="", policy_version=version)
         if ctx.expired(request):
-            return ctx.result(inbound, ctx.final(task, Status.EXPIRED, reason="deadline passed before routing"))
+            return [ctx.result(inbound, ctx.final(task, Status.EXPIRED, reason="deadline passed before routing"))]
         routed = route_request(request, policy, tiers, version, features)
         if routed.status is not None:
-            return ctx.result(inbound, ctx.final(routed.task, routed.status, reason=routed.reason))
-        return Outbound(
-            ctx.layout.tier(routed.task.tier), request.id, routed.task.to_wire(), inbound.headers, message=routed.task
-        )
+            return [ctx.result(inbound, ctx.final(routed.task, routed.status, reason=routed.reason))]
+        first: Task = routed.task
+        copies: tuple[Task, ...] = ()
+        if explore_share is not None:
+            names = [tier.name for tier in tiers]
+            first, copies = explore(first, names, explore_share, ctx.deployment.exploration.salt)
+        return [
+            Outbound(ctx.layout.tier(t.tier), request.id, t.to_wire(), inbound.headers, message=t)
+            for t in (first, *copies)
+        ]
 
 
 class LiveShare:

@@ -15,6 +15,7 @@ from typing import Any
 
 from policies.autoscale import AutoscaleConfig, ReplicaBounds, replica_bounds
 from policies.decisions import DEFAULT_MAX_HOPS
+from policies.exploration import ExplorationConfig
 from topics.connection import KafkaConnection
 from topics.errors import ConfigError
 from topics.names import TopicLayout
@@ -132,6 +133,7 @@ class DeploymentSpec:
     poll_interval_ms: int = 10
     autoscale: Mapping[str, AutoscaleConfig] = field(default_factory=dict)
     """The pools the supervisor sizes, by pool name (the others keep their configured replicas)."""
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
     @cached_property
     def layout(self) -> TopicLayout:

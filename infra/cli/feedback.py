@@ -2,6 +2,7 @@
 
 Each line labels one request by its id, in exactly one way: ``"correct": true|false``, a
 ``"score"`` in [0, 1], or a ``"preferred_tier"`` the config names; with an optional
+``"tier"`` (whose answer a correct or score label judges; default the delivered one),
 ``"source"`` (who labelled it; default ``cli``) and ``"at"`` (epoch seconds when it was
 labelled; default now). Like ``tierflow send``, every line is checked before any is sent,
 each bad line is one error naming the line and the field, and a bad line sends nothing
@@ -34,7 +35,7 @@ from infra.config import Config, load_config
 if TYPE_CHECKING:
     from topics.feedback import Feedback
 
-FIELDS = ("id", "correct", "score", "preferred_tier", "source", "at")
+FIELDS = ("id", "correct", "score", "preferred_tier", "tier", "source", "at")
 """The keys a label line may have; any other is refused (a misspelt ``scor`` would be ignored)."""
 DEFAULT_SOURCE = "cli"
 
@@ -44,7 +45,8 @@ def add_parser(subparsers: Subparsers) -> None:
         "feedback",
         help="produce labels on answered requests (correct, score or preferred tier) from JSONL",
         description='Each input line is {"id": "...", and exactly one of "correct": true|false, "score": 0..1, '
-        '"preferred_tier": "<tier>"; "source": optional, "at": optional epoch seconds}. Every line is checked '
+        '"preferred_tier": "<tier>"; "tier": optional, the tier whose answer is judged (default: the delivered '
+        'one); "source": optional, "at": optional epoch seconds}. Every line is checked '
         "before any is sent: a bad line sends nothing (exit 2). Labels may come long after the results.",
     )
     parser.add_argument(
@@ -113,6 +115,11 @@ def check_label(line: bytes, tiers: tuple[str, ...], max_payload_bytes: int, now
     preferred = optional_string(item, "preferred_tier")
     if preferred is not None and preferred not in tiers:
         raise BadLine(f"preferred_tier: unknown tier {preferred[:60]!r} (known: {', '.join(tiers)})")
+    judged = optional_string(item, "tier") or ""
+    if judged and judged not in tiers:
+        raise BadLine(f"tier: unknown tier {judged[:60]!r} (known: {', '.join(tiers)})")
+    if judged and preferred is not None:
+        raise BadLine("tier: a preferred_tier label judges the request, not one tier's answer (drop tier)")
     at = optional_number(item, "at")
     if at is not None and at < 0:
         raise BadLine(f"at must be epoch seconds (0 or more), got {at}")
@@ -123,6 +130,7 @@ def check_label(line: bytes, tiers: tuple[str, ...], max_payload_bytes: int, now
         correct=correct,
         score=score,
         preferred_tier=preferred,
+        tier=judged,
     )
     _as_the_reader_decodes(label, max_payload_bytes)
     return label

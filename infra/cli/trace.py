@@ -30,6 +30,27 @@ def add_parser(subparsers: Subparsers) -> None:
         action="store_true",
         help="LLM tiers also judge their own answers (verify_p, for AutoMix; default: off)",
     )
+    stream = parser.add_argument_group(
+        "from the stream",
+        "--from-kafka builds the trace from a running (or stopped) deployment's topics instead: every "
+        "answer of every tier that ran (live paths and exploration copies), correctness from the feedback "
+        "labels, and each row's propensity. --portfolio, --dataset, --n and --seed do not apply.",
+    )
+    stream.add_argument("--from-kafka", action="store_true", help="read the deployment's topics (needs --config)")
+    stream.add_argument("--config", default="", metavar="FILE", help="the deployment's TOML config")
+    stream.add_argument("--bootstrap", default="", help="bootstrap servers (default: the config's)")
+    stream.add_argument(
+        "--since",
+        default="",
+        metavar="T",
+        help="only results completed since T: epoch seconds, an ISO time, or an age like 30m, 6h, 2d (default: all)",
+    )
+    stream.add_argument(
+        "--one-right-answer",
+        action="store_true",
+        help="one output is right per query (classification, multiple choice): an answer labelled correct "
+        "makes every different answer wrong (default: only equal outputs share a label)",
+    )
     commands = parser.add_subparsers(
         dest="trace_command", metavar="import", help="or: build a trace from a table of outcomes you already have"
     )
@@ -69,6 +90,8 @@ def add_parser(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.trace_command == "import":
         return _import(args)
+    if args.from_kafka:
+        return _from_kafka(args)
     # Progress goes to stderr: the trace file is the output.
     from rich.console import Console
 
@@ -110,4 +133,68 @@ def _import(args: argparse.Namespace) -> int:
     items, tiers = len({r.item_id for r in rows}), len({r.tier for r in rows})
     console.print(f"wrote {args.out}: {items} items x {tiers} tiers", soft_wrap=True, highlight=False)
     console.print(summary_table(rows))
+    return 0
+
+
+AGE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+def parse_since(text: str, now: float) -> float:
+    """``--since`` as epoch seconds: a number, an ISO-8601 time (UTC unless it says), or an age (``30m``)."""
+    from datetime import UTC, datetime
+
+    from topics.errors import ConfigError
+
+    text = text.strip()
+    if not text:
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if text[-1] in AGE_UNITS:
+        try:
+            return now - float(text[:-1]) * AGE_UNITS[text[-1]]
+        except ValueError:
+            pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--since {text!r}: give epoch seconds, an ISO time (2026-12-07T06:00) or an age (30m, 6h, 2d)"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _from_kafka(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from infra.broker import kafka_options
+    from infra.cli.common import bootstrap_servers, note
+    from infra.config import load_config
+    from infra.lab.stream_trace import read_stream, stream_trace
+    from topics.errors import ConfigError, DataError
+    from topics.traces import write_trace
+
+    if not args.config:
+        raise ConfigError("--from-kafka needs --config FILE (the deployment whose topics to read)")
+    config = load_config(args.config)
+    since = parse_since(args.since, time.time())
+    kafka = kafka_options(config.broker, bootstrap_servers(config, args.bootstrap))
+    note(f"reading {config.layout.namespace}'s results, answers, exploration copies and labels")
+    join = asyncio.run(read_stream(kafka, config.layout, config.partitions()))
+    trace = stream_trace(join, since, args.one_right_answer)
+    if not trace.rows:
+        raise DataError(
+            f"no labelled answer among {len(join.results)} results: send labels with tierflow feedback "
+            "(and turn on [exploration] to see the tiers the policy did not choose)"
+        )
+    write_trace(args.out, trace.rows)
+    print(
+        f"wrote {args.out}: {trace.requests} requests ({trace.explored} explored), {len(trace.rows)} rows; "
+        f"{trace.unlabelled} results without a deciding label left out"
+    )
+    for topic, count in sorted(join.undecodable.items()):
+        note(f"skipped {count} records of {topic} that do not decode (the stages dead-lettered them)")
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from infra.cli.feedback import check_label, read_labels
+from infra.cli.jsonl import BadLine
 from infra.config import parse_config
 from topics.feedback import Feedback
 
@@ -69,3 +70,14 @@ def test_a_bad_file_sends_nothing_and_says_so_in_one_line(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"tierflow: error: {labels}:2: score must be in [0, 1], got 2.0"]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_label_may_name_the_tier_whose_answer_it_judges() -> None:
+    label = check_label(b'{"id": "r1", "correct": true, "tier": "small"}', ("small", "large"), 1 << 20, 1.0)
+    assert label.tier == "small"
+    for line, said in (
+        (b'{"id": "r1", "correct": true, "tier": "huge"}', "tier: unknown tier 'huge'"),
+        (b'{"id": "r1", "preferred_tier": "large", "tier": "small"}', "tier: a preferred_tier label"),
+    ):
+        with pytest.raises(BadLine, match=said):
+            check_label(line, ("small", "large"), 1 << 20, 1.0)

@@ -409,3 +409,31 @@ def test_reports_slow_down_while_the_state_holds_still_and_resume_when_it_moves(
     assert reply.accepted
     assert report_due(c.report(NOW + 2.5), last, 2.0, 60.0)  # the state moved: the usual period
     assert not report_due(c.report(NOW + 1.5), last, 2.0, 60.0)
+
+
+def test_exploration_spend_counts_in_the_cost_and_its_share_is_held_to_its_part_of_the_budget() -> None:
+    from policies.exploration import ExplorationConfig
+    from topics.messages import Answer, Request, Result, Status, Task
+
+    c = core(exploration=ExplorationConfig(share=0.2, max_cost_share=0.1), targets=Targets(cost_per_request=1.0))
+    assert first_update(c).explore_share == 0.2  # nothing measured yet: the configured share
+    now = NOW
+    for i in range(100):  # 100 requests at 0.5 each; one in five explored, its copies costing 2.0
+        now += 0.01
+        explored = i % 5 == 0
+        c.observe(Result(f"r{i}", Status.OK, tier="small", total_cost=0.5, completed_at=now, explored=explored), now)
+        if explored:
+            copy = Task(Request(f"r{i}", "q", now), "large", explored=True, explore_copy=True)
+            c.observe_copy(Answer(copy, "m", "o", 0.9, cost=2.0), now)
+    update = c.step(now)
+    assert update is not None and update.explore_share == pytest.approx(0.05)  # 0.05 x 2.0 = 0.1 x budget 1.0
+    observed = c.last_observed
+    assert observed.explore_cost_per_request == pytest.approx(20 * 2.0 / 100)
+    assert observed.cost_per_request == pytest.approx(0.5 + 0.4)  # the law steers what the copies cost too
+    assert observed.explored_requests == 20
+
+
+def test_without_exploration_the_observation_is_the_results_alone() -> None:
+    c = core()
+    assert first_update(c).explore_share is None
+    assert c.last_observed.explore_share == 0.0 and c.last_observed.explore_cost_per_request == 0.0

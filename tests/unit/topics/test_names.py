@@ -16,7 +16,7 @@ def test_layout_builds_every_topic_from_the_namespace() -> None:
         "prod.control",
         "prod.dlq",
     )
-    assert len(layout.all_topics()) == 7 + 2 * 2
+    assert len(layout.all_topics()) == 8 + 2 * 2
 
 
 def test_unknown_tier_lists_the_known_ones() -> None:

@@ -186,3 +186,43 @@ def test_resident_memory_is_read_from_proc() -> None:
     from workers.stage import resident_mb
 
     assert 5 < resident_mb() < 100_000  # this test process: tens to hundreds of MB
+
+
+async def test_an_explored_request_goes_its_way_and_its_copies_to_every_other_tier() -> None:
+    ctx = _ctx(exploration={"share": 1.0})
+    outs = await Router(ctx, CheapestFirst()).process([inbound(_request())])
+    tasks = {out.topic: Task.from_wire(out.value) for out in outs}
+    assert set(tasks) == {"unit.tier.small", "unit.tier.large"}
+    first, copy = tasks["unit.tier.small"], tasks["unit.tier.large"]
+    assert first.explored and not first.explore_copy and copy.explore_copy
+    assert first.propensities == copy.propensities == {"small": 1.0, "large": 1.0}
+
+
+async def test_without_a_draw_the_request_records_its_propensities_and_goes_alone() -> None:
+    update = PolicyUpdate(
+        version=2, thresholds={}, allowed_tiers=("small", "large"), reason="", issued_at=0, explore_share=0.0
+    )  # the controller's bound overrides the configured share
+    (out,) = await Router(_ctx(exploration={"share": 1.0}), CheapestFirst(), _following(update)).process(
+        [inbound(_request())]
+    )
+    task = Task.from_wire(out.value)
+    assert not task.explored and task.propensities == {"small": 1.0, "large": 0.0}
+    (plain,) = await Router(_ctx(), CheapestFirst()).process([inbound(_request())])
+    assert Task.from_wire(plain.value).propensities == {}  # exploration off: nothing to record
+
+
+async def test_a_copy_is_answered_onto_the_explored_topic_and_never_ends_its_request() -> None:
+    worker = ModelWorker(_ctx(), "small", ScriptedBackend([0.9]))
+    copy = Task(_request(), "small", explored=True, explore_copy=True)
+    (out,) = await worker.process([inbound(copy)])
+    assert out.topic == "unit.explored" and Answer.from_wire(out.value).task.explore_copy
+    late = Task(_request(deadline=NOW - 1), "small", explore_copy=True)
+    assert await worker.process([inbound(late)]) == []  # expired: dropped, its request ends on its own path
+
+
+async def test_the_result_of_an_explored_request_says_so_with_its_propensities() -> None:
+    task = Task(_request(), "small", explored=True, propensities={"small": 1.0, "large": 0.2})
+    answer = Answer(task=task, model="m", output="x", confidence=0.95)
+    (out,) = await _verifier().process([inbound(answer)])
+    result = Result.from_wire(out.value)
+    assert result.explored and result.propensities == {"small": 1.0, "large": 0.2}
