@@ -31,6 +31,11 @@ Columns (every row has every column; ``features`` is a flat object of floats):
 ``latency_ms``        time the model spent on this item
 ``cost``              cost of the call in USD (or the portfolio's unit)
 ``error``             null, or why the model gave no answer
+``propensity``        the probability that this row was going to be recorded (default 1): a
+                      trace built from the stream (``tierflow trace --from-kafka``) has 1 for
+                      the tiers the live policy ran and the exploration share for the tiers
+                      only an exploration copy ran; items may then lack tiers, and the lab
+                      weighs what it estimates from such rows by their inverse
 ====================  =====================================================================
 """
 
@@ -67,6 +72,8 @@ class TraceRow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     category: str = ""
     source: Literal["live", "recorded"] = "live"
     error: str | None = None
+    propensity: float = 1.0
+    """In (0, 1]: how likely this row was to be recorded (exploration; see the module docstring)."""
 
 
 _DECODER = msgspec.json.Decoder(TraceRow)
@@ -90,15 +97,26 @@ def read_trace(path: str | Path) -> list[TraceRow]:
         if not line.strip():
             continue
         try:
-            rows.append(_DECODER.decode(line))
+            row = _DECODER.decode(line)
         except msgspec.ValidationError as exc:
             raise DataError(f"{path}:{number}: not a trace row: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise DataError(f"{path}:{number}: {_not_json(line, exc)}") from exc
+        rows.append(_checked(row, path, number))
     if torn.strip():
+        last = None
         with contextlib.suppress(msgspec.MsgspecError):
-            rows.append(_DECODER.decode(torn))
+            last = _DECODER.decode(torn)
+        if last is not None:  # whole after all, only its newline missing
+            rows.append(_checked(last, path, len(lines) + 1))
     return rows
+
+
+def _checked(row: TraceRow, path: str | Path, number: int) -> TraceRow:
+    """``row``, unless its propensity is outside (0, 1]: the lab divides by it."""
+    if not 0.0 < row.propensity <= 1.0:
+        raise DataError(f"{path}:{number}: propensity is {row.propensity:g}: it must be in (0, 1]")
+    return row
 
 
 def _not_json(line: bytes, error: msgspec.DecodeError) -> str:
