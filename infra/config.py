@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from policies.autoscale import AutoscaleConfig
 from policies.decisions import hop_limit
+from policies.drift import DriftConfig
 from policies.exploration import ExplorationConfig
 from policies.registry import make_post_hoc, make_pre_call
 from topics.connection import SECURITY_PROTOCOLS, KafkaConnection
@@ -183,6 +184,7 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     results_path: str = ""
     """Where the results sink appends delivered results (JSONL); empty: no file sink."""
     dataset: str = ""
@@ -216,6 +218,7 @@ class Config:
             poll_interval_ms=self.broker.poll_interval_ms,
             autoscale=self.autoscaling(),
             exploration=self.exploration,
+            drift=self.drift,
         )
 
     def autoscaling(self) -> dict[str, AutoscaleConfig]:
@@ -429,6 +432,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         telemetry=telemetry,
         gateway=_gateway(root),
         exploration=_exploration(root),
+        drift=_drift(root),
         results_path=root.get("results_path", str, ""),
         dataset=root.get("dataset", str, ""),
         demo_requests=root.number("demo_requests", int, 500, 1, 10_000_000),
@@ -448,6 +452,23 @@ def _exploration(root: _Section) -> ExplorationConfig:
     )
     e.finish()
     return exploration
+
+
+def _drift(root: _Section) -> DriftConfig:
+    """``[drift]``: when the controller reports a tier's acceptance rate or calibration as moved."""
+    d = root.table("drift")
+    default = DriftConfig()
+    drift = DriftConfig(
+        window_s=d.number("window_s", float, default.window_s, 1.0, 86_400.0 * 7),
+        acceptance_bound=d.number("acceptance_bound", float, default.acceptance_bound, 0.001, 0.999),
+        calibration_bound=d.number("calibration_bound", float, default.calibration_bound, 0.001, 0.999),
+        min_answers=d.number("min_answers", int, default.min_answers, 1, 10_000_000),
+        min_labels=d.number("min_labels", int, default.min_labels, 1, 10_000_000),
+        label_horizon_s=d.number("label_horizon_s", float, default.label_horizon_s, 1.0, 86_400.0 * 30),
+        calibration_window_s=d.number("calibration_window_s", float, default.calibration_window_s, 1.0, 86_400.0 * 30),
+    )
+    d.finish()
+    return drift
 
 
 def _gateway(root: _Section) -> GatewayConfig:

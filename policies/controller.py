@@ -36,6 +36,7 @@ from policies.budget import (
     next_mu,
     steer_thresholds,
 )
+from policies.drift import DriftConfig, DriftState
 from policies.exploration import ExplorationConfig, ExplorationSpend, bounded_share
 from policies.window import (
     ResultsWindow,
@@ -210,10 +211,16 @@ class ControllerCore:
     """The exploration share last published (``None``: none yet, routers draw at the configured one)."""
     spend: ExplorationSpend = field(init=False)
     """What exploration copies cost over the window: counted in the cost the law steers, bounded by it."""
+    drift_config: DriftConfig = field(default_factory=DriftConfig)
+    drift: DriftState = field(init=False)
+    """The acceptance and calibration watch (``policies/drift.py``), fed every result and label."""
+    drift_basis: dict[str, float] = field(default_factory=dict)
+    """The thresholds each tier's acceptance reference was taken under (see :meth:`_rebase_moved`)."""
 
     def __post_init__(self) -> None:
         self.window = ResultsWindow(self.window_s)
         self.spend = ExplorationSpend(self.window_s)
+        self.drift = DriftState(self.drift_config)
         if not self.thresholds and self.base is not None:
             self.thresholds = dict(self.base)
 
@@ -372,6 +379,7 @@ class ControllerCore:
 
     def observe(self, result: Result, now: float) -> None:
         self.window.add(result, now)
+        self.drift.observe(result, now)
         if result.explored:
             self.spend.add_explored(now)
 
@@ -385,6 +393,7 @@ class ControllerCore:
             measure(self.window, now, self.targets.latency_quantile, self.targets.latency_ms), now
         )
         self.last_observed = observed
+        self._rebase_moved()
         for tier, latency in observed.tier_latency_ms.items():
             old = self.ended_latency_ms.get(tier, latency)
             self.ended_latency_ms[tier] = 0.7 * old + 0.3 * latency
@@ -412,6 +421,19 @@ class ControllerCore:
         why = _law_reason(self.lam, lam, self.mu, mu, observed, t)
         self.lam, self.mu = lam, mu
         return self._publish(why, now)
+
+    def _rebase_moved(self) -> None:
+        """Restart the acceptance reference of every tier whose threshold moved since it was taken.
+
+        A threshold the law or an operator moved changes the tier's acceptance rate on purpose;
+        what the drift watch must report is the rate moving under the *same* threshold (the
+        answers or the traffic changed), so a moved threshold starts a fresh reference.
+        """
+        for tier, threshold in self.thresholds.items():
+            basis = self.drift_basis.setdefault(tier, threshold)
+            if abs(threshold - basis) >= DRIFT_REBASE_MOVE:
+                self.drift.rebase([tier])
+                self.drift_basis[tier] = threshold
 
     def _with_exploration(self, observed: Observed, now: float) -> Observed:
         """``observed`` with the copies' spend added to the cost the law steers, and shown apart."""
@@ -484,7 +506,12 @@ class ControllerCore:
             rejected=dict(self.rejected),
             base=dict(self.base or {}),
             ignored=dict(self.ignored),
+            drift=tuple(alarm.describe() for alarm in self.drift.alarms(now)),
         )
+
+
+DRIFT_REBASE_MOVE = 0.02
+"""A threshold moved this far from the one a tier's acceptance reference was taken under restarts it."""
 
 
 def _near(share: float, published: float | None) -> bool:

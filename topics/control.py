@@ -301,6 +301,7 @@ class ControllerReport(
         "ignored": "ig",
         "signer": "sk",
         "sig": "sg",
+        "drift": "dr",
     },
 ):
     """The controller's state, published periodically (and what a restarted controller resumes from)."""
@@ -325,6 +326,8 @@ class ControllerReport(
     """Records of the control topic this controller ignored since it last started, by ``kind:reason``
     (``reply:unsigned``, ``update:bad_signature``, ``command:unknown_key`` for an accepted command
     whose signature no longer checks at recovery, …): forgeries show up here."""
+    drift: tuple[str, ...] = ()
+    """The tiers drifting now, one sentence each with the window that shows it (``policies/drift.py``)."""
     signer: Name = ""
     """Id of the controller key that signed this record (see :meth:`ControllerKey.sign`)."""
     sig: Name = ""

@@ -90,6 +90,7 @@ def new_core(config: DeploymentSpec, keys: Mapping[str, bytes], trusted: Trusted
         window_s=config.control.window_s,
         params=LawParams(step=config.control.step),
         exploration=config.exploration,
+        drift_config=config.drift,
     )
 
 
@@ -218,6 +219,7 @@ class ControllerLoop:
             await self._send(self.config.layout.dlq, letter.to_wire(), record.key)
             return
         self.labels[label.verdict] += 1
+        self.core.drift.observe_feedback(label, self.clock())
 
     async def _tick(self) -> None:
         control = self.config.control
@@ -227,6 +229,8 @@ class ControllerLoop:
             update = self.core.step(now)
             record_controller_state(self.core.lam, self.core.mu, self.core.thresholds, self.core.version)
             report = self.core.report(now)
+            for alarm in sorted(set(report.drift) - set(last.drift if last else ())):
+                log.warning("controller: drift: %s", alarm)
             due = report_due(report, last, control.report_every_s, control.quiet_report_every_s)
             last = report if due else last
             await self._publish(update, report if due else None)
@@ -299,6 +303,7 @@ class ControllerActor:
             "rejected": dict(core.rejected),
             "ignored": dict(core.ignored),
             "labels": dict(self.loop.labels),
+            "drift": [alarm.as_dict() for alarm in core.drift.alarms(self.loop.clock())],
             "exploration": {
                 "share": core.explore_share,
                 "copies": core.spend.total_copies,

@@ -15,6 +15,7 @@ from typing import Any
 
 from policies.autoscale import AutoscaleConfig, ReplicaBounds, replica_bounds
 from policies.decisions import DEFAULT_MAX_HOPS
+from policies.drift import DriftConfig
 from policies.exploration import ExplorationConfig
 from topics.connection import KafkaConnection
 from topics.errors import ConfigError
@@ -134,6 +135,7 @@ class DeploymentSpec:
     autoscale: Mapping[str, AutoscaleConfig] = field(default_factory=dict)
     """The pools the supervisor sizes, by pool name (the others keep their configured replicas)."""
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     @cached_property
     def layout(self) -> TopicLayout:

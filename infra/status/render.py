@@ -19,7 +19,9 @@ committed nothing on a partition that holds records: their lag counts from its b
 ``observed`` (the report's own window: requests, window_s, rate, cost_per_request,
 cost_per_second, latency_ms, escalation_rate, mean_confidence, visited_share {tier: share
 of the requests whose path went through it; an escalated one counts at every tier},
-tier_latency_ms), ``version``, ``lam``, ``mu``, ``paused``, ``pinned``, ``rejected``
+tier_latency_ms, explore_share, explore_cost_per_request (the exploration copies' cost spread
+over the window's requests, included in cost_per_request), explored_requests), ``drift`` [one
+sentence per drifting tier, with its window], ``version``, ``lam``, ``mu``, ``paused``, ``pinned``, ``rejected``
 {reason: count}, ``ignored`` {kind:reason: control records the controller ignored since it
 started, e.g. ``update:unsigned``, ``reply:bad_signature``: forgeries}, ``at``, ``age_s``,
 ``thresholds`` (of the newest PolicyUpdate, or null), ``base`` (the base thresholds the
@@ -101,7 +103,11 @@ def controller_json(state: ControlState, now: float) -> dict[str, Any] | None:
             "mean_confidence": observed.mean_confidence,
             "visited_share": dict(observed.visited_share),
             "tier_latency_ms": dict(observed.tier_latency_ms),
+            "explore_share": observed.explore_share,
+            "explore_cost_per_request": observed.explore_cost_per_request,
+            "explored_requests": observed.explored_requests,
         },
+        "drift": list(report.drift),
         "version": report.version,
         "lam": report.lam,
         "mu": report.mu,
@@ -289,8 +295,14 @@ def render(snapshot: Snapshot, error: str = "") -> Any:
         if controller["ignored"]:
             ignored = ", ".join(f"{k} {v}" for k, v in controller["ignored"].items())
             extra.append(f"ignored by the controller: {ignored}")
+        if seen["explore_share"] or seen["explored_requests"]:
+            extra.append(
+                f"exploring {seen['explore_share']:.1%} of requests: {seen['explored_requests']} this window, "
+                f"copies {_num(seen['explore_cost_per_request'])}/request"
+            )
         if extra:
             parts.append(Text(" · ".join(extra)))
+        parts.extend(Text(f"drift: {alarm}", style="bold yellow") for alarm in controller["drift"])
     policy = doc["policy"]
     if policy is not None:
         shown = ", ".join(f"{t} {v:.3g}" for t, v in policy["thresholds"].items())

@@ -259,7 +259,9 @@ def test_controller_json() -> None:
         "age_s",
         "thresholds",
         "base",
+        "drift",
     }
+    assert doc["drift"] == [] and doc["observed"]["explore_share"] == 0.0
     assert doc["targets"]["cost_per_request"] == 0.02 and doc["targets"]["latency_ms"] is None
     assert doc["observed"]["requests"] == 3 and doc["observed"]["cost_per_request"] == 0.03
     assert (doc["version"], doc["lam"], doc["mu"], doc["age_s"]) == (3, 0.5, 0.1, 2.0)

@@ -437,3 +437,42 @@ def test_without_exploration_the_observation_is_the_results_alone() -> None:
     c = core()
     assert first_update(c).explore_share is None
     assert c.last_observed.explore_share == 0.0 and c.last_observed.explore_cost_per_request == 0.0
+
+
+def _judged(rid: str, accepted: bool, at: float) -> object:
+    from topics.messages import Decision, Result, Status
+
+    verdict = Decision("verify", "threshold", "accept" if accepted else "escalate", "small", 0.7)
+    return Result(rid, Status.OK, tier="small", path=("small",), completed_at=at, why=(verdict,))
+
+
+def test_the_controller_reports_drift_under_the_same_thresholds_with_its_window() -> None:
+    from policies.drift import DriftConfig
+
+    c = core(drift_config=DriftConfig(window_s=10.0, min_answers=100, buckets=10), pinned=True)
+    rng, now = random.Random(5), NOW
+    for second in range(40):  # the small tier's answers: 80% accepted, then 40% after 20 s
+        rate = 0.8 if second < 20 else 0.4
+        for i in range(50):
+            now += 0.02
+            c.observe(_judged(f"r{second}-{i}", rng.random() < rate, now), now)  # type: ignore[arg-type]
+        c.step(now)
+        if second < 20:
+            assert c.report(now).drift == (), "a stable tier raised an alarm"
+    (alarm,) = c.report(now).drift
+    assert alarm.startswith("tier small: acceptance") and "against 8" in alarm  # the reference's 80%
+
+
+def test_a_threshold_moved_on_purpose_restarts_the_acceptance_reference() -> None:
+    from policies.drift import DriftConfig
+
+    c = core(drift_config=DriftConfig(window_s=10.0, min_answers=100, buckets=10), pinned=True)
+    now = NOW
+    for i in range(1500):  # 15 s of a steady tier: its reference is taken
+        now += 0.01
+        c.observe(_judged(f"r{i}", i % 5 != 0, now), now)  # type: ignore[arg-type]
+    c.step(now)
+    assert c.drift.references["small"].tally() is not None
+    c.thresholds = {"small": 0.5, "medium": 0.8}  # as a pin or the law would set it
+    c.step(now + 0.1)
+    assert c.drift_basis["small"] == 0.5 and c.drift.references["small"].tally() is None
