@@ -18,7 +18,9 @@ def add_parser(subparsers: Subparsers) -> None:
         description="Fit each lab method (--methods) on the train split of a trace, sweep its threshold (or budget), "
         "simulate every setting on the test split with the pipeline's own decision code, and report "
         "accuracy-cost curves, APGR, CPT(50%), CPT(80%), AIQ and the cost at the strongest tier's "
-        "accuracy, next to every single tier, the random mix and the oracle.",
+        "accuracy, next to every single tier, the random mix and the oracle. On a trace built from the stream "
+        "(requests with only the tiers that ran), each method at the setting fit picks and each single tier is "
+        "reported as an off-policy estimate (--estimator) over every test request, with a 95% bootstrap interval.",
     )
     add_trace_arguments(parser)
     methods = parser.add_mutually_exclusive_group()
@@ -34,6 +36,13 @@ def add_parser(subparsers: Subparsers) -> None:
         "--plot", default="", metavar="PATH", help="write the accuracy-cost plot as PNG (default: don't)"
     )
     parser.add_argument("--md", default="", metavar="PATH", help="write the metrics table as Markdown (default: don't)")
+    parser.add_argument(
+        "--estimator",
+        choices=["dr", "ips"],
+        default="dr",
+        help="off-policy estimator for a trace built from the stream, whose requests lack the tiers that did not run "
+        "(default dr: doubly robust; ips: inverse propensity); a complete trace is simulated exactly",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--budget must be comma-separated numbers: {exc}") from exc
     options = LabOptions(args.trace, args.methods, budgets, split_names(args.tiers), args.train_fraction,
-                         embedding=args.embedding, split_seed=args.split_seed)  # fmt: skip
+                         embedding=args.embedding, split_seed=args.split_seed, estimator=args.estimator)  # fmt: skip
     report = evaluate(options, Console(stderr=True))
     print_report(report, stdout_console())
     write_outputs(report, args.json, args.plot, args.md)

@@ -5,30 +5,57 @@ split with the stream's decision code (``simulate``), and report the curve's
 metrics (``metrics``) next to the baselines: every single tier, the random mix of
 the cheapest and the most accurate tier, and the oracle (per item, the cheapest
 tier that is right, else the most accurate one).
+
+A trace built from the stream (some row recorded by chance, ``propensity`` < 1, or a request
+without every tier) is evaluated off-policy instead (:func:`evaluate_stream`): methods are fitted
+on the train split's explored requests, and each one, at the setting ``fit`` would pick, and each
+single tier is reported as an IPS or DR estimate over every test request, with its bootstrap
+interval (:mod:`infra.lab.offpolicy`). A complete trace gives exactly the report it always did.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
 from infra.lab.features import fitted_prefix, query_vectors
-from infra.lab.fitters import Method, check_trace, params_of
-from infra.lab.metrics import COST_SHARES, Point, Reference, best_single_at_cost, summary
+from infra.lab.fitters import Method, Pair, check_trace, params_of
+from infra.lab.metrics import COST_SHARES, Point, Reference, best_at, best_single_at_cost, summary
+from infra.lab.offpolicy import (
+    ESTIMATORS,
+    Estimator,
+    Logged,
+    OutcomeModel,
+    Partial,
+    PolicyEstimate,
+    check_tiers,
+    estimate_partials,
+    exploration_share,
+    explored_rows,
+    is_stream_trace,
+    logged_items,
+    logged_of,
+    query_table,
+    simulate_partial,
+    single_tier,
+    tier_infos,
+)
 from infra.lab.registry import METHODS, make_method, method_names
-from infra.lab.simulate import simulate, summarise
-from infra.lab.table import TraceTable
+from infra.lab.simulate import Summary, simulate, summarise
+from infra.lab.table import TraceTable, in_train
+from policies.base import TierInfo
 from policies.features import DEFAULT_EMBEDDING
 from policies.file import PolicyFile
 from topics.errors import ConfigError, DataError
-from topics.traces import read_trace
+from topics.traces import TraceRow, read_trace
 
 
 @dataclass(frozen=True)
@@ -45,13 +72,38 @@ class LabOptions:
     """The query embedding the routers are fitted on (``policies/features.py``)."""
     split_seed: int = 0
     """0: the standard split; another value draws another train/test split."""
+    estimator: Estimator = "dr"
+    """The off-policy estimator of a stream trace's report (``ips`` or ``dr``); a complete trace is simulated."""
+    bootstrap_seed: int = 0
+    """Seeds the bootstrap intervals of a stream trace's report, so a report is reproducible."""
 
 
-def load_table(options: LabOptions) -> tuple[TraceTable, TraceTable, TraceTable]:
-    """(all, train, test) of the trace, checked."""
+@dataclass(frozen=True)
+class Loaded:
+    rows: list[TraceRow]
+    tiers: tuple[str, ...]
+    """The tiers asked for (``--tiers``), else the trace's in trace order."""
+    stream: bool
+    """Built from the stream: some row recorded by chance, or some request without every tier."""
+
+
+def load_rows(options: LabOptions) -> Loaded:
+    """The trace's rows, its tiers checked, and whether it is a stream trace."""
     if not 0.0 < options.train_fraction < 1.0:
         raise ConfigError("--train-fraction must be between 0 and 1")
-    table = TraceTable.from_rows(read_trace(options.trace), options.tiers or None)
+    if options.estimator not in ESTIMATORS:
+        raise ConfigError(f"--estimator must be one of {', '.join(ESTIMATORS)}")
+    rows = read_trace(options.trace)
+    tiers = check_tiers(rows, options.tiers)
+    return Loaded(rows, tiers, is_stream_trace(rows, tiers))
+
+
+def load_table(options: LabOptions, loaded: Loaded | None = None) -> tuple[TraceTable, TraceTable, TraceTable]:
+    """(all, train, test) of the trace's items that every tier answered, checked; of a stream trace,
+    its explored requests (:func:`~infra.lab.offpolicy.explored_rows`), the ones fit on."""
+    loaded = loaded or load_rows(options)
+    rows = explored_rows(loaded.rows, loaded.tiers) if loaded.stream else loaded.rows
+    table = TraceTable.from_rows(rows, options.tiers or None)
     check_trace(table)
     train, test = table.split(options.train_fraction, options.split_seed)
     return table, train, test
@@ -156,7 +208,10 @@ def compact(value: Any, longest: int = 32) -> Any:
 
 
 def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
-    table, train, test = load_table(options)
+    loaded = load_rows(options)
+    if loaded.stream:
+        return evaluate_stream(options, loaded, console)
+    table, train, test = load_table(options, loaded)
     ref = Reference.of(single_points(test))
     train_strong = max(p.accuracy for p in single_points(train))
     report: dict[str, Any] = {
@@ -199,12 +254,136 @@ def evaluate(options: LabOptions, console: Console) -> dict[str, Any]:
     return report
 
 
+def evaluate_stream(options: LabOptions, loaded: Loaded, console: Console) -> dict[str, Any]:
+    """The report of a stream trace: off-policy estimates over every test request.
+
+    Each method is fitted on the train split's explored requests and swept there as usual; it is
+    reported at the setting ``fit`` would pick (the cheapest reaching the strongest single tier's
+    train accuracy), with an interval, and its ``points`` are the point estimates of every setting
+    (for the plot). DR's outcome model is each candidate's own train outcomes, per live path.
+    """
+    table = TraceTable.from_rows(explored_rows(loaded.rows, loaded.tiers), options.tiers or None)
+    check_trace(table)
+    fraction, seed = options.train_fraction, options.split_seed
+    train = table.subset([i for i, item in enumerate(table.items) if in_train(item, fraction, seed)])
+    if not len(train):
+        raise DataError(f"none of the {len(table)} explored requests is in the train split: the trace needs more")
+    requests = [r for r in logged_items(loaded.rows, table.tiers) if not in_train(r.item, fraction, seed)]
+    if not requests:
+        raise DataError("no request of the trace is in the test split: the trace needs more requests")
+    infos = tier_infos(requests, table.tiers)
+    rng = np.random.default_rng(options.bootstrap_seed)
+    paths = [item.live_path() for item in logged_of(train)]
+    dr = options.estimator == "dr"
+
+    def model(correct: npt.ArrayLike, cost: npt.ArrayLike) -> OutcomeModel | None:
+        return OutcomeModel.fit(paths, correct, cost) if dr else None
+
+    singles = single_points(train)
+    train_strong = max(p.accuracy for p in singles)
+    report: dict[str, Any] = {
+        "trace": options.trace,
+        "kind": "stream",
+        "estimator": options.estimator,
+        "confidence_level": 0.95,
+        "tiers": list(table.tiers),
+        "items": {"train": len(train), "test": len(requests)},
+        "test_explored": sum(any(row.propensity < 1.0 for row in r.rows.values()) for r in requests),
+        "exploration_share": exploration_share(loaded.rows),
+        "budgets": list(options.budgets),
+        "embedding": options.embedding,
+        "baselines": [],
+        "policies": [],
+    }
+    for t, tier in enumerate(table.tiers):
+        found = estimate_partials(requests, single_tier(requests, tier), options.estimator,
+                                  model(train.correct[:, t], train.cost[:, t]), rng)  # fmt: skip
+        report["baselines"].append(
+            _stream_entry(f"single:{tier}", "baseline", None, {}, singles[t], found, [(None, found)], options.budgets)
+        )
+    every = options.policies.strip() == "all"
+    names = method_names(options.policies)
+    embed_first(names, (train, query_table(requests)), options.embedding, console)
+    confident = train.has_confidence and all(r.confidence is not None for q in requests for r in q.rows.values())
+    for name in names:
+        method = make_method(name, options.embedding)
+        try:
+            if method.needs_confidence and not confident:
+                raise DataError(f"{name} decides on the tiers' confidences, and this trace has none")
+            with console.status(f"fitting {name} and estimating its sweep off-policy…"):
+                method.prepare(train)
+                settings = method.settings()
+                swept = [_stream_setting(method.policies(s), train, requests, infos, options, model) for s in settings]
+        except DataError as exc:
+            if not every:
+                raise
+            console.print(f"[yellow]skipped {name}[/]: {exc}")
+            report.setdefault("skipped", {})[name] = str(exc)
+            continue
+        on_train = [(setting, swept_train) for setting, (swept_train, _, _) in zip(settings, swept, strict=True)]
+        train_points = [Point(s.cost, s.accuracy, s.calls, setting) for setting, s in on_train]
+        picked = choose(train_points, None, None, train_strong)
+        assert picked.setting is not None
+        _, partials, fitted = swept[settings.index(picked.setting)]
+        found = estimate_partials(requests, partials, options.estimator, fitted, rng)
+        sweep_points = [(setting, estimate_partials(requests, p, options.estimator, m, None))
+                        for setting, (_, p, m) in zip(settings, swept, strict=True)]  # fmt: skip
+        params = compact(params_of(method.policies(picked.setting)))
+        entry = _stream_entry(name, method.family, picked.setting, params, picked, found, sweep_points, options.budgets)
+        report["policies"].append(entry)
+    return report
+
+
+def _stream_setting(
+    pair: Pair,
+    train: TraceTable,
+    requests: Sequence[Logged],
+    infos: tuple[TierInfo, ...],
+    options: LabOptions,
+    model: Callable[[npt.ArrayLike, npt.ArrayLike], OutcomeModel | None],
+) -> tuple[Summary, list[Partial], OutcomeModel | None]:
+    """One setting: its train summary, its partial outcomes on the test requests, DR's outcome model."""
+    pre, post = pair
+    outcomes = simulate(train, pre, post, options.max_hops)
+    fitted = model([o.correct for o in outcomes], [o.cost for o in outcomes])
+    return summarise(outcomes), simulate_partial(requests, pre, post, infos, options.max_hops), fitted
+
+
+def _stream_entry(
+    name: str,
+    family: str,
+    setting: float | None,
+    params: dict[str, Any],
+    train: Point,
+    found: PolicyEstimate,
+    sweep_points: Sequence[tuple[float | None, PolicyEstimate]],
+    budgets: Sequence[float],
+) -> dict[str, Any]:
+    points = [Point(e.cost.value, e.accuracy.value, setting=s) for s, e in sweep_points]
+    return {
+        "name": name,
+        "family": family,
+        "setting": setting,
+        "params": params,
+        "train": {"accuracy": train.accuracy, "cost": train.cost},
+        "accuracy": found.accuracy.value,
+        "accuracy_interval": found.accuracy.interval,
+        "cost": found.cost.value,
+        "cost_interval": found.cost.interval,
+        "observed": found.observed,
+        "requests": found.requests,
+        "accuracy_at_budget": {str(b): best_at(points, b) for b in budgets},
+        "points": [{"cost": p.cost, "accuracy": p.accuracy, "setting": p.setting} for p in points],
+    }
+
+
 def fit(
     options: LabOptions, name: str, budget: float | None, target: float | None, out: str, console: Console
 ) -> PolicyFile:
     if budget is not None and target is not None:
         raise ConfigError("give --budget or --target-accuracy, not both")
-    table, train, test = load_table(options)
+    loaded = load_rows(options)
+    table, train, test = load_table(options, loaded)
     method = make_method(name, options.embedding)
     embed_first([name], (train, test), options.embedding, console)
     with console.status(f"fitting {name} on {len(train)} train items…"):
@@ -234,6 +413,7 @@ def fit(
             "train": {"accuracy": picked.accuracy, "cost": picked.cost, "calls": picked.calls},
             "test": {"accuracy": held_out.accuracy, "cost": held_out.cost, "calls": held_out.calls},
             "train_curve": [{"setting": p.setting, "cost": p.cost, "accuracy": p.accuracy} for p in result.train],
+            **({"fitted_on": "explored requests of a stream trace"} if loaded.stream else {}),
             **method.describe(),
         },
     )
@@ -292,6 +472,10 @@ def _signed(value: float | None) -> str:
 
 
 def print_report(report: dict[str, Any], console: Console) -> None:
+    if report.get("kind") == "stream":
+        console.print(stream_table(report))
+        console.print(stream_line(report), highlight=False)
+        return
     console.print(metrics_table(report))
     for line in [*highlight_lines(report), affordable_line(report)]:
         console.print(line, highlight=False)
@@ -344,7 +528,57 @@ def metrics_table(report: dict[str, Any]) -> Table:
     return table
 
 
+STREAM_COLUMNS = ("policy", "family", "setting", "accuracy", "interval", "cost/request", "interval", "observed")
+
+
+def _stream_cells(entry: dict[str, Any]) -> list[str]:
+    (alow, ahigh), (clow, chigh) = entry["accuracy_interval"], entry["cost_interval"]
+    return [
+        entry["name"],
+        entry["family"],
+        _fmt(entry["setting"], ".4g"),
+        f"{entry['accuracy']:.1%}",
+        f"{alow:.1%} to {ahigh:.1%}",
+        f"{entry['cost']:.3g}",
+        f"{clow:.3g} to {chigh:.3g}",
+        f"{entry['observed']} of {entry['requests']}",
+    ]
+
+
+def stream_table(report: dict[str, Any]) -> Table:
+    """A stream trace's estimates: each policy at its picked setting, each single tier, with intervals."""
+    level = f"{report['confidence_level']:.0%}"
+    title = (f"{report['trace']}: {report['estimator'].upper()} estimates over {report['items']['test']} test "
+             f"requests, {level} intervals")  # fmt: skip
+    table = Table(title=title)
+    for column in STREAM_COLUMNS:
+        left = column in ("policy", "family")
+        table.add_column(f"{level} {column}" if column == "interval" else column,
+                         justify="left" if left else "right", overflow="fold")  # fmt: skip
+    for entry in [*report["policies"], *report["baselines"]]:
+        table.add_row(*_stream_cells(entry))
+    return table
+
+
+def stream_line(report: dict[str, Any]) -> str:
+    """How the figures of a stream trace's report were made."""
+    share = report["exploration_share"]
+    explored = f"{report['test_explored']} of them explored" + (
+        "" if share is None else f" (exploration share {share:.3g})")  # fmt: skip
+    model = ", outcome model: each candidate's train mean per live path" if report["estimator"] == "dr" else ""
+    return (
+        f"off-policy ({report['estimator'].upper()}{model}) over {report['items']['test']} test requests, "
+        f"{explored}; methods fitted on {report['items']['train']} explored train requests and shown at the "
+        "setting fit would pick; intervals: bootstrap over requests; observed: requests whose outcome the trace shows"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
+    if report.get("kind") == "stream":
+        entries = [*report["policies"], *report["baselines"]]
+        lines = ["| " + " | ".join(STREAM_COLUMNS) + " |", "|" + "---|" * len(STREAM_COLUMNS)]
+        lines.extend("| " + " | ".join(_stream_cells(e)) + " |" for e in entries)
+        return "\n".join(lines) + "\n\n- " + stream_line(report) + "\n"
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines.extend("| " + " | ".join(_cells(e)) + " |" for e in [*report["policies"], *report["baselines"]])
     extra = [*highlight_lines(report), affordable_line(report)]
@@ -385,7 +619,8 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.plot([c for c, _ in points], [a for _, a in points], label=entry["name"], markersize=8, zorder=4, **style)
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per request (log scale)")
-    ax.set_ylabel("accuracy (test split)")
+    estimated = f", {report['estimator'].upper()} estimate" if report.get("kind") == "stream" else ""
+    ax.set_ylabel(f"accuracy (test split{estimated})")
     ax.set_title(Path(report["trace"]).name)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
