@@ -18,6 +18,7 @@ counted in :attr:`ControllerCore.ignored` by ``kind:reason``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -38,6 +39,7 @@ from policies.budget import (
 )
 from policies.drift import DriftConfig, DriftState
 from policies.exploration import ExplorationConfig, ExplorationSpend, bounded_share
+from policies.file import parse_policy
 from policies.window import (
     ResultsWindow,
     ended_latency_ms,
@@ -61,8 +63,9 @@ from topics.control import (
     record_kind,
     verify_record,
 )
-from topics.errors import DecodeError
+from topics.errors import ConfigError, DecodeError
 from topics.messages import Answer, Result
+from topics.rollout import MAX_POLICY_BYTES, Rollout, RolloutMode, policy_digest
 
 CLOCK_SKEW_S = 30.0
 """A command issued up to this far in the future (the operator's clock ahead of ours) is still valid."""
@@ -125,6 +128,27 @@ def check_command(
         return "unknown_version"
     if command.action is CommandAction.SCALE_POOL:
         return scale_refusal(command.pool, command.replicas, pools or {})
+    if command.action is CommandAction.PUSH_POLICY:
+        return rollout_refusal(command.rollout, tiers)
+    return None
+
+
+def rollout_refusal(rollout: Rollout | None, tiers: tuple[str, ...]) -> str | None:
+    """Why a pushed policy cannot run here, or ``None``: the CLI checks the same before sending, so
+    these answer a hand-made command."""
+    if rollout is None:
+        return "no_policy"
+    if len(rollout.policy.encode()) > MAX_POLICY_BYTES:
+        return "policy_too_large"
+    if policy_digest(rollout.policy) != rollout.digest:
+        return "bad_digest"
+    if rollout.mode is RolloutMode.CANARY and not 0.0 < rollout.share < 1.0:
+        return "bad_canary_share"
+    try:
+        policy = parse_policy(json.loads(rollout.policy))
+        policy.check_tiers(tiers)
+    except (ValueError, ConfigError):
+        return "bad_policy"
     return None
 
 
@@ -201,6 +225,12 @@ class ControllerCore:
     """Control records ignored since this start, by ``kind:reason`` (see the module docstring)."""
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     """Thresholds of every version this controller knows, for ``pin_policy``."""
+    rollout: Rollout | None = None
+    """The pushed policy in force (``None``: only the deployment's own)."""
+    rollouts: dict[int, Rollout | None] = field(default_factory=dict)
+    """The pushed policy of every version this controller knows: ``pin_policy`` restores it too."""
+    bases: dict[int, dict[str, float] | None] = field(default_factory=dict)
+    """The base thresholds of every version published since this start (a live push replaces them)."""
     window: ResultsWindow = field(init=False)
     last_observed: Observed = field(default_factory=Observed)
     ended_latency_ms: dict[str, float] = field(default_factory=dict)
@@ -253,10 +283,12 @@ class ControllerCore:
                 continue
             if isinstance(record, PolicyUpdate):
                 self.history[record.version] = dict(record.thresholds)
+                self.rollouts[record.version] = record.rollout
                 if record.version >= self.version:
                     self.version = record.version
                     self.thresholds = dict(record.thresholds)
                     self.explore_share = record.explore_share
+                    self.rollout = record.rollout
             elif isinstance(record, ControllerReport):
                 # a genuine old report copied to the end of the topic must not roll the state back
                 if report is None or (record.processed_offset, record.at) >= (report.processed_offset, report.at):
@@ -332,11 +364,7 @@ class ControllerCore:
             now=now,
             pools=self.pools,
         )
-        if (
-            reason is None
-            and command.action in (CommandAction.SET_THRESHOLDS, CommandAction.PIN_POLICY)
-            and self.base is None
-        ):
+        if reason is None and command.action is CommandAction.SET_THRESHOLDS and self.base is None:
             reason = "policy_not_steerable"
         if reason is not None:
             return self.refuse(offset, reason, now, command), None
@@ -366,14 +394,27 @@ class ControllerCore:
                 self.paused.discard(command.tier)
                 return f"tier {command.tier} resumed by {who}"
             case CommandAction.PIN_POLICY:
+                version = command.policy_version
                 self.pinned = True
-                self.thresholds = dict(self.history[command.policy_version])
-                return f"pinned to v{command.policy_version} by {who}"
+                self.thresholds = dict(self.history[version])
+                self.rollout = self.rollouts.get(version)
+                self.base = self.bases.get(version, self.base)
+                running = self.rollout.describe() if self.rollout else "the deployment's own policy"
+                return f"pinned to v{version} ({running}) by {who}"
             case CommandAction.RELEASE_POLICY:
                 self.pinned = False
                 return f"policy released by {who}"
             case CommandAction.SCALE_POOL:
                 return f"pool {command.pool} to {command.replicas} replicas, by {who}"
+            case CommandAction.PUSH_POLICY:
+                assert command.rollout is not None
+                self.rollout = command.rollout
+                if command.rollout.mode is RolloutMode.LIVE:  # the law steers the policy that runs
+                    _, post = parse_policy(json.loads(command.rollout.policy)).build()
+                    self.base = post.steerable_thresholds(self.tiers)
+                    self.thresholds = dict(self.base or {})
+                    self.pinned = False
+                return f"policy {command.rollout.describe()} pushed by {who}"
 
     # --- observation and control ----------------------------------------------------------------
 
@@ -478,6 +519,8 @@ class ControllerCore:
         self.version += 1
         self.thresholds = thresholds
         self.history[self.version] = dict(thresholds)
+        self.rollouts[self.version] = self.rollout
+        self.bases[self.version] = None if self.base is None else dict(self.base)
         self.explore_share = self._bounded_share()
         return PolicyUpdate(
             version=self.version,
@@ -489,6 +532,7 @@ class ControllerCore:
             mu=self.mu,
             pinned=self.pinned,
             explore_share=self.explore_share,
+            rollout=self.rollout,
         )
 
     def report(self, now: float) -> ControllerReport:

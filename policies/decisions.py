@@ -113,6 +113,8 @@ def final_result(
         why=task.why if decision is None else (*task.why, decision),
         explored=task.explored,
         propensities=task.propensities,
+        canary=task.canary,
+        shadow=task.shadow,
     )
 
 
@@ -209,5 +211,7 @@ def verify_answer(
         why=(*task.why, decision),
         explored=task.explored,
         propensities=task.propensities,
+        canary=task.canary,
+        shadow=task.shadow,
     )
     return Verified(None, escalation=escalation, decision=decision)

@@ -47,6 +47,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from topics.errors import ConfigError, DecodeError
+from topics.rollout import Rollout
 from topics.wire import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     Confidence,
@@ -83,6 +84,8 @@ class CommandAction(StrEnum):
     RELEASE_POLICY = "release_policy"
     SCALE_POOL = "scale_pool"
     """Run ``replicas`` replicas of ``pool``; the controller checks it, the supervisor applies it."""
+    PUSH_POLICY = "push_policy"
+    """Roll a policy file out in shadow, as a canary, or live (``topics/rollout.py``)."""
 
 
 class Targets(
@@ -125,6 +128,7 @@ class ControlCommand(
         "issued_at": "ia",
         "expires_at": "ex",
         "sig": "sig",
+        "rollout": "ro",
     },
 ):
     """An operator's order, signed (see the module docstring)."""
@@ -148,6 +152,8 @@ class ControlCommand(
     """For ``scale_pool``: how many replicas the pool should run."""
     issuer: Name = ""
     sig: str = ""
+    rollout: Rollout | None = None
+    """For ``push_policy``: the policy file and how far it reaches."""
 
     def canonical(self) -> bytes:
         """The signed bytes: this command with an empty signature."""
@@ -210,6 +216,7 @@ class PolicyUpdate(
         "signer": "sk",
         "sig": "sg",
         "explore_share": "xs",
+        "rollout": "ro",
     },
 ):
     """A version of the routing/verifying policy; routers and verifiers apply the newest correctly signed one."""
@@ -232,6 +239,8 @@ class PolicyUpdate(
     """Ed25519 signature over :func:`signed_bytes`, hex; empty: unsigned, ignored by every reader."""
     explore_share: Confidence | None = None
     """The exploration share routers draw at, bounded by the budget (``None``: the configured one)."""
+    rollout: Rollout | None = None
+    """A pushed policy file in force beside or instead of the deployment's own (``None``: only its own)."""
 
 
 class Observed(

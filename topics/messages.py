@@ -128,6 +128,8 @@ class Task(
         "explored": "xd",
         "explore_copy": "xc",
         "propensities": "pp",
+        "canary": "cn",
+        "shadow": "sh",
     },
 ):
     """A request sent to one tier, on ``<ns>.tier.<T>`` or ``<ns>.escalate.<T>``."""
@@ -154,6 +156,10 @@ class Task(
     propensities: dict[Name, Confidence] = {}
     """With exploration configured: the probability with which each allowed tier was sent the request
     at routing (1 for the start tier, the exploration share for the others); empty without."""
+    canary: bool = False
+    """A canary policy decides this request (``topics/rollout.py``)."""
+    shadow: tuple[Decision, ...] = ()
+    """What a shadow policy would have decided so far (it decides nothing)."""
 
 
 class Answer(
@@ -233,6 +239,8 @@ class Result(
         "why": "wy",
         "explored": "xd",
         "propensities": "pp",
+        "canary": "cn",
+        "shadow": "sh",
     },
 ):
     """The final outcome of a request, on ``<ns>.results`` (one delivered per id)."""
@@ -257,6 +265,11 @@ class Result(
     """Copies of the request also ran on every other allowed tier (their answers are on ``<ns>.explored``)."""
     propensities: dict[Name, Confidence] = {}
     """As the request's Task recorded them (:attr:`Task.propensities`)."""
+    canary: bool = False
+    """A canary policy decided it, not the deployment's own (``topics/rollout.py``)."""
+    shadow: tuple[Decision, ...] = ()
+    """What a shadow policy would have decided at each hop (where it would have started, whether
+    it would have accepted each answer); it changed nothing."""
 
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024

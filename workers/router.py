@@ -9,6 +9,10 @@ With ``[exploration]`` configured, every task records its propensities and a dra
 of requests is also sent, as exploration copies, to every other allowed tier
 (``policies/exploration.py``); the share is the controller's bounded one when it has
 published one, else the configured one.
+
+A policy pushed with ``tierflow policy push`` (``topics/rollout.py``) decides the requests
+its rollout reaches (all when live, a hashed share as a canary); in shadow it decides none,
+and the start it would have chosen is recorded in the task's ``shadow``.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
+import msgspec
+
 from policies.base import PreCallPolicy, TierInfo
 from policies.decisions import route_request
 from policies.exploration import explore
 from policies.features import FloatVector, strip_prefix
 from policies.routers import share_threshold
-from topics.messages import Request, Status, Task
+from topics.messages import Decision, Request, Status, Task
+from topics.rollout import RolloutMode
 from workers.context import StageContext
 from workers.policy_feed import FollowsPolicy, PolicyFeed
 from workers.query_features import QueryFeaturizer
+from workers.rollout import rollout_policies, shadowed
 from workers.stage import Inbound, Outbound
 
 
@@ -35,7 +43,8 @@ class Router(FollowsPolicy[Request]):
         self.context = context
         self.policy = policy
         self.feed = feed
-        self.featurizer = QueryFeaturizer(policy.embedding) if policy.needs_features else None
+        self.featurizers: dict[str, QueryFeaturizer] = {}
+        """One per embedding a policy of this replica reads (its own, a pushed one)."""
         self.live = LiveShare(policy.live_window) if policy.live_window else None
 
     def topics(self) -> list[str]:
@@ -49,21 +58,43 @@ class Router(FollowsPolicy[Request]):
         version, tiers = (0, self.context.tiers) if update is None else (update.version, self.context.allowed(update))
         exploring = self.context.deployment.exploration
         share = update.explore_share if update is not None and update.explore_share is not None else exploring.share
-        policy = self.policy
-        vectors: Sequence[FloatVector | None] = [None] * len(batch)
-        if self.featurizer is not None:
-            prefix = policy.query_prefix  # stripped as the lab stripped it when the router was fitted
-            embedded = await self.featurizer.vectors_async(
-                [(i.message.id, strip_prefix(i.message.input, prefix)) for i in batch]
-            )
-            policy = self.live.update(policy, embedded) if self.live is not None else policy
-            vectors = embedded
         explore_at = share if exploring.enabled else None
-        routed = (
-            self._route(policy, inbound, tiers, version, v, explore_at)
-            for inbound, v in zip(batch, vectors, strict=True)
-        )
-        return [out for outs in routed for out in outs]
+        rollout = update.rollout if update is not None else None
+        pushed = rollout_policies(rollout)[0] if rollout is not None else None
+        decided = [rollout is not None and rollout.decides(i.message.id) for i in batch]
+        own, own_vectors = await self._vectors(self.policy, batch, not all(decided), calibrate=True)
+        if pushed is not None:
+            _, pushed_vectors = await self._vectors(pushed, batch, any(decided) or shadowed(rollout))
+        out: list[Outbound] = []
+        for i, inbound in enumerate(batch):
+            shadow: tuple[Decision, ...] = ()
+            if pushed is not None and shadowed(rollout):
+                request = self.context.with_deadline(inbound.message)
+                shadow = route_request(request, pushed, tiers, version, pushed_vectors[i]).task.why
+            if pushed is not None and decided[i]:
+                canary = rollout is not None and rollout.mode is RolloutMode.CANARY
+                out += self._route(pushed, inbound, tiers, version, pushed_vectors[i], explore_at, canary, shadow)
+            else:
+                out += self._route(own, inbound, tiers, version, own_vectors[i], explore_at, False, shadow)
+        return out
+
+    async def _vectors(
+        self, policy: PreCallPolicy, batch: Sequence[Inbound[Request]], needed: bool, calibrate: bool = False
+    ) -> tuple[PreCallPolicy, Sequence[FloatVector | None]]:
+        """The query vectors ``policy`` reads (one featurizer call per batch; none when it reads none or
+        no request of the batch needs it), and the policy re-calibrated on them (``calibrate``: the
+        deployment's own policy, whose live window this replica keeps)."""
+        if not (needed and policy.needs_features):
+            return policy, [None] * len(batch)
+        featurizer = self.featurizers.get(policy.embedding)
+        if featurizer is None:
+            featurizer = self.featurizers[policy.embedding] = QueryFeaturizer(policy.embedding)
+        prefix = policy.query_prefix  # stripped as the lab stripped it when the router was fitted
+        queries = [(i.message.id, strip_prefix(i.message.input, prefix)) for i in batch]
+        embedded = await featurizer.vectors_async(queries)
+        if calibrate and self.live is not None:
+            policy = self.live.update(policy, embedded)
+        return policy, embedded
 
     def _route(
         self,
@@ -73,17 +104,19 @@ class Router(FollowsPolicy[Request]):
         version: int,
         features: FloatVector | None,
         explore_share: float | None,
+        canary: bool,
+        shadow: tuple[Decision, ...],
     ) -> list[Outbound]:
         """The request's first task (and its exploration copies, when drawn), or its final result."""
         ctx = self.context
         request = ctx.with_deadline(inbound.message)
-        task = Task(request=request, tier="", policy_version=version)
+        task = Task(request=request, tier="", policy_version=version, canary=canary, shadow=shadow)
         if ctx.expired(request):
             return [ctx.result(inbound, ctx.final(task, Status.EXPIRED, reason="deadline passed before routing"))]
         routed = route_request(request, policy, tiers, version, features)
+        first: Task = msgspec.structs.replace(routed.task, canary=canary, shadow=shadow)
         if routed.status is not None:
-            return [ctx.result(inbound, ctx.final(routed.task, routed.status, reason=routed.reason))]
-        first: Task = routed.task
+            return [ctx.result(inbound, ctx.final(first, routed.status, reason=routed.reason))]
         copies: tuple[Task, ...] = ()
         if explore_share is not None:
             names = [tier.name for tier in tiers]

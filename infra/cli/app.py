@@ -21,6 +21,7 @@ import infra.cli.down as down
 import infra.cli.eval as eval_
 import infra.cli.feedback as feedback
 import infra.cli.fit as fit
+import infra.cli.policy as policy
 import infra.cli.scale as scale
 import infra.cli.send as send
 import infra.cli.serve as serve
@@ -46,6 +47,7 @@ COMMANDS: dict[str, Command] = {
     "feedback": feedback,
     "serve": serve,
     "budget": budget,
+    "policy": policy,
     "scale": scale,
     "status": status,
     "trace": trace,

@@ -27,7 +27,7 @@ started, e.g. ``update:unsigned``, ``reply:bad_signature``: forgeries}, ``at``, 
 ``thresholds`` (of the newest PolicyUpdate, or null), ``base`` (the base thresholds the
 controller steers from);
 ``policy``: the newest PolicyUpdate {version, thresholds, allowed_tiers, reason,
-issued_at, lam, mu, pinned} or null;
+issued_at, lam, mu, pinned, rollout (a pushed policy: {name, digest, mode, share}, or null)} or null;
 ``replies``: the newest ControlReplies, newest first [{offset (of the command answered),
 accepted, reason, key_id, seq, at}];
 ``pools``: null when no supervisor published a PoolReport, else ``at``, ``age_s``, ``changed``
@@ -59,6 +59,7 @@ import msgspec
 from infra.status.stats import ControlState, Snapshot, cost_vs_target, window_stats
 from policies.window import in_window
 from topics.control import PolicyUpdate, PoolReport, Targets
+from topics.rollout import Rollout
 
 
 def _policy_json(policy: PolicyUpdate) -> dict[str, Any]:
@@ -71,7 +72,15 @@ def _policy_json(policy: PolicyUpdate) -> dict[str, Any]:
         "lam": policy.lam,
         "mu": policy.mu,
         "pinned": policy.pinned,
+        "rollout": rollout_json(policy.rollout),
     }
+
+
+def rollout_json(rollout: Rollout | None) -> dict[str, Any] | None:
+    """A pushed policy as status shows it: its name, digest, mode and share (not the file's text)."""
+    if rollout is None:
+        return None
+    return {"name": rollout.name, "digest": rollout.digest, "mode": str(rollout.mode), "share": rollout.share}
 
 
 def _targets_json(targets: Targets) -> dict[str, Any]:
@@ -170,6 +179,13 @@ def status_json(snapshot: Snapshot) -> dict[str, Any]:
         },
         "truncated": snapshot.truncated,
     }
+
+
+def _pushed(rollout: dict[str, Any] | None) -> str:
+    if rollout is None:
+        return ""
+    reach = f"canary {rollout['share']:.0%}" if rollout["mode"] == "canary" else rollout["mode"]
+    return f"; pushed {rollout['name']} {rollout['digest']} ({reach})"
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -309,7 +325,7 @@ def render(snapshot: Snapshot, error: str = "") -> Any:
         parts.append(
             Text(
                 f"policy v{policy['version']} ({policy['reason']}): thresholds {shown or '-'}; "
-                f"allowed {', '.join(policy['allowed_tiers']) or '-'}"
+                f"allowed {', '.join(policy['allowed_tiers']) or '-'}{_pushed(policy['rollout'])}"
             )
         )
     for reply in doc["replies"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Collection
@@ -11,7 +12,7 @@ from typing import Any
 
 from infra.client import RequestProducer, ResultCollector
 from infra.config import Config
-from topics import Request
+from topics import Request, Result
 
 from .conftest import WAIT_S
 
@@ -74,3 +75,60 @@ async def await_delivered(config: Config, ids: set[str]) -> list[str]:
         if ids <= set(delivered) or time.monotonic() > deadline:
             return delivered
         await asyncio.sleep(0.2)
+
+
+RATE = 250
+"""Requests per second a Load sends by default: enough results per 3 s window for a steady measurement."""
+
+
+class Load:
+    """Sends requests at a steady rate and keeps every result with the time it completed."""
+
+    def __init__(self, config: Config, kafka: dict[str, Any], rate: int = RATE, prefix: str = "q") -> None:
+        self.producer = RequestProducer(kafka, config.layout)
+        self.collector = ResultCollector(kafka, config.layout)
+        self.rate, self.prefix = rate, prefix
+        self.hard = False
+        self._ids = itertools.count()
+        self.sent: set[str] = set()
+        """Ids of every request sent so far."""
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Load:
+        await self.producer.start()
+        await self.collector.start()
+        self._tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._collect())]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.producer.stop()
+        await self.collector.stop()
+
+    async def stop_sending(self) -> None:
+        """Stop the traffic and the background polling: ``collector.wait_for`` reads the rest (one
+        consumer must not be polled from two tasks at once)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _send(self) -> None:
+        tick = 0.05
+        while True:
+            now = time.time()
+            batch = [
+                Request(id=f"{self.prefix}-{i}", input=("hard: " if self.hard else "") + f"q {i}", created_at=now)
+                for i in itertools.islice(self._ids, max(1, int(self.rate * tick)))
+            ]
+            await self.producer.send_many(batch)
+            self.sent.update(r.id for r in batch)
+            await asyncio.sleep(max(0.0, tick - (time.time() - now)))
+
+    async def _collect(self) -> None:
+        while True:
+            await self.collector.poll()
+
+    def window(self, since: float, until: float) -> list[Result]:
+        return [r for r in self.collector.collected.results.values() if since <= r.completed_at < until]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -24,16 +23,16 @@ import numpy as np
 import pytest
 import ray
 
-from infra.client import RequestProducer, ResultCollector
 from infra.config import Config
 from infra.control_client import new_command, send_command, send_raw, trusted_keys
 from infra.pipeline import Pipeline
 from infra.status import collect_status
-from topics import Request, Result
+from topics import Result
 from topics.control import CommandAction, ControlCommand, ControllerKey, Targets
 from workers.backends.simulated import simulated_gold_label
 
 from .conftest import WAIT_S, running, sim_tier, simulated_config
+from .helpers import Load
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
@@ -41,8 +40,6 @@ KEY = "integration-test-key"
 SIGNER = ControllerKey.generate("budget-tests")
 """The controller's Ed25519 key, configured as an operator would (test_control_security covers the ephemeral one)."""
 SIGNING_ENV = "TIERFLOW_TEST_CONTROLLER_KEY"
-RATE = 250
-"""Requests per second the load sends: enough results per 3 s window for a steady measurement."""
 
 
 def ladder(tmp_path: Path, **options: dict[str, Any]) -> Config:
@@ -61,49 +58,6 @@ def ladder(tmp_path: Path, **options: dict[str, Any]) -> Config:
         "public_keys": {SIGNER.key_id: SIGNER.public_key.hex()},
     }
     return simulated_config(tmp_path, tiers=tiers, control=control)
-
-
-class Load:
-    """Sends requests at a steady rate and keeps every result with the time it completed."""
-
-    def __init__(self, config: Config, kafka: dict[str, Any], rate: int = RATE, prefix: str = "q") -> None:
-        self.producer = RequestProducer(kafka, config.layout)
-        self.collector = ResultCollector(kafka, config.layout)
-        self.rate, self.prefix = rate, prefix
-        self.hard = False
-        self._ids = itertools.count()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Load:
-        await self.producer.start()
-        await self.collector.start()
-        self._tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._collect())]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.producer.stop()
-        await self.collector.stop()
-
-    async def _send(self) -> None:
-        tick = 0.05
-        while True:
-            now = time.time()
-            batch = [
-                Request(id=f"{self.prefix}-{i}", input=("hard: " if self.hard else "") + f"q {i}", created_at=now)
-                for i in itertools.islice(self._ids, max(1, int(self.rate * tick)))
-            ]
-            await self.producer.send_many(batch)
-            await asyncio.sleep(max(0.0, tick - (time.time() - now)))
-
-    async def _collect(self) -> None:
-        while True:
-            await self.collector.poll()
-
-    def window(self, since: float, until: float) -> list[Result]:
-        return [r for r in self.collector.collected.results.values() if since <= r.completed_at < until]
 
 
 def cost(results: list[Result]) -> float:

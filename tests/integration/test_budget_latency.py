@@ -18,7 +18,8 @@ import pytest
 from topics.control import CommandAction, Targets
 
 from .conftest import running
-from .test_budget import Load, _has_version, command, control_key, ladder, state, wait_until
+from .helpers import Load
+from .test_budget import _has_version, command, control_key, ladder, state, wait_until
 
 SLOW_MS = 800.0
 """The large tier's latency per batch once it slows down."""

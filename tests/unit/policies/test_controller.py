@@ -476,3 +476,63 @@ def test_a_threshold_moved_on_purpose_restarts_the_acceptance_reference() -> Non
     c.thresholds = {"small": 0.5, "medium": 0.8}  # as a pin or the law would set it
     c.step(now + 0.1)
     assert c.drift_basis["small"] == 0.5 and c.drift.references["small"].tally() is None
+
+
+def _push(mode: str, seq: int, share: float = 1.0, post: str = "threshold", rollout: object = None) -> ControlCommand:
+    import json as json_
+
+    from topics.rollout import Rollout, RolloutMode, policy_digest
+
+    doc = {"format": "tierflow-policy", "version": 1, "name": "threshold", "tiers": list(TIERS),
+           "pre_call": {"name": "cheapest_first"},
+           "post_hoc": {"name": post, "params": {"thresholds": {"small": 0.3, "medium": 0.5}}}}  # fmt: skip
+    text = json_.dumps(doc)
+    made = Rollout(text, policy_digest(text), RolloutMode(mode), share, "threshold")
+    return command(CommandAction.PUSH_POLICY, rollout=rollout or made, seq=seq)
+
+
+def test_a_pushed_policy_rides_in_the_next_version_and_pin_rolls_it_back() -> None:
+    c = core()
+    c.step(NOW)  # v1: the deployment's own policy
+    reply, update = c.handle(3, _push("canary", 20, share=0.1), NOW)
+    assert reply.accepted and update is not None and update.rollout is not None
+    assert update.version == 2 and update.rollout.share == 0.1 and "canary on 10%" in reply.reason
+    reply, update = c.handle(4, _push("live", 21), NOW)  # live: the law now steers the pushed policy's thresholds
+    assert reply.accepted and update is not None and update.rollout is not None
+    assert c.base == {"small": 0.3, "medium": 0.5} and update.thresholds == {"small": 0.3, "medium": 0.5}
+    reply, update = c.handle(5, command(CommandAction.PIN_POLICY, policy_version=1, seq=22), NOW)
+    assert reply.accepted and update is not None and update.rollout is None and update.pinned
+    assert c.base == {"small": 0.8, "medium": 0.8} and "the deployment's own policy" in reply.reason
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: _push("canary", 20, share=1.0), "bad_canary_share"),
+        (lambda: _push("live", 20, post="no_such_policy"), "bad_policy"),
+        (lambda: command(CommandAction.PUSH_POLICY, seq=20), "no_policy"),
+    ],
+)
+def test_a_push_that_cannot_run_is_refused(make: Callable[[], ControlCommand], reason: str) -> None:
+    c = core()
+    c.step(NOW)
+    reply, update = c.handle(3, make(), NOW)
+    assert (reply.accepted, reply.reason, update) == (False, reason, None)
+
+
+def test_a_push_whose_text_does_not_match_its_digest_is_refused() -> None:
+    import msgspec as msgspec_
+
+    forged = msgspec_.structs.replace(_push("live", 20).rollout, policy="{}")  # type: ignore[type-var]
+    assert check(_push("live", 20, rollout=forged)) == "bad_digest"
+
+
+def test_recovery_restores_the_pushed_policy_from_the_newest_update() -> None:
+    c = core()
+    records: list[tuple[int, ControlRecord | DecodeError]] = [(0, published(c.step(NOW)))]  # type: ignore[list-item]
+    push = _push("shadow", 20)
+    reply, update = c.handle(1, push, NOW)
+    records += [(1, push), (2, published(update)), (3, published(reply))]  # type: ignore[list-item]
+    fresh = core()
+    assert fresh.recover(records) == []
+    assert fresh.rollout == c.rollout and fresh.rollout is not None and fresh.rollouts[2] == c.rollout

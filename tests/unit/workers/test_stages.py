@@ -226,3 +226,57 @@ async def test_the_result_of_an_explored_request_says_so_with_its_propensities()
     (out,) = await _verifier().process([inbound(answer)])
     result = Result.from_wire(out.value)
     assert result.explored and result.propensities == {"small": 1.0, "large": 0.2}
+
+
+PUSHED = (
+    '{"format": "tierflow-policy", "version": 1, "name": "threshold", "tiers": ["small", "large"], '
+    '"pre_call": {"name": "cheapest_first"}, '
+    '"post_hoc": {"name": "threshold", "params": {"thresholds": {"small": 0.1}}}}'
+)
+
+
+def _pushed(mode: str, share: float = 1.0) -> PolicyFeed:
+    from topics.rollout import Rollout, RolloutMode, policy_digest
+
+    rollout = Rollout(PUSHED, policy_digest(PUSHED), RolloutMode(mode), share, "threshold")
+    update = PolicyUpdate(5, {}, ("small", "large"), reason="", issued_at=0, rollout=rollout)
+    return _following(update)
+
+
+async def test_a_live_pushed_policy_decides_at_the_version_boundary() -> None:
+    verifier = Verifier(_ctx(), ConfidenceThreshold(thresholds={"small": 0.8}), _pushed("live"))
+    (out,) = await verifier.process([inbound(_answer("small", 0.5))])  # own policy escalates 0.5; pushed accepts
+    result = Result.from_wire(out.value)
+    assert result.status is Status.OK and result.policy_version == 5 and not result.canary and result.shadow == ()
+
+
+async def test_a_shadow_policy_is_logged_at_each_hop_and_changes_nothing() -> None:
+    feed = _pushed("shadow")
+    (routed,) = await Router(_ctx(), CheapestFirst(), feed).process([inbound(_request())])
+    task = Task.from_wire(routed.value)
+    assert [(d.stage, d.action, d.tier) for d in task.shadow] == [("route", "start", "small")]
+    verifier = Verifier(_ctx(), ConfidenceThreshold(thresholds={"small": 0.8}), feed)
+    answer = Answer(task=task, model="m", output="x", confidence=0.5)
+    (out,) = await verifier.process([inbound(answer)])
+    escalated = Task.from_wire(out.value)  # the own policy decided: 0.5 < 0.8 escalates
+    assert out.topic == "unit.escalate.large" and not escalated.canary
+    assert [(d.stage, d.action, d.tier) for d in escalated.shadow] == [
+        ("route", "start", "small"),
+        ("verify", "accept", "small"),  # what the shadow would have done with the same answer
+    ]
+
+
+async def test_a_canary_decides_its_share_and_its_results_say_so() -> None:
+    from topics.rollout import Rollout
+
+    feed = _pushed("canary", 0.5)
+    assert feed.current is not None and isinstance(feed.current.rollout, Rollout)
+    requests = [_request(f"c{i}") for i in range(40)]
+    routed = [Task.from_wire(o.value) for o in await Router(_ctx(), CheapestFirst(), feed).process(
+        [inbound(r) for r in requests])]  # fmt: skip
+    canaries = {t.request.id for t in routed if t.canary}
+    assert canaries == {r.id for r in requests if feed.current.rollout.decides(r.id)} and 0 < len(canaries) < 40
+    verifier = Verifier(_ctx(), ConfidenceThreshold(thresholds={"small": 0.8}), feed)
+    outs = await verifier.process([inbound(Answer(task=t, model="m", output="x", confidence=0.5)) for t in routed])
+    finished = {Result.from_wire(o.value).request_id for o in outs if o.topic == "unit.results"}
+    assert finished == canaries  # only the canary's policy accepts 0.5; the rest escalate
