@@ -43,6 +43,14 @@ def add_parser(subparsers: Subparsers) -> None:
         help="off-policy estimator for a trace built from the stream, whose requests lack the tiers that did not run "
         "(default dr: doubly robust; ips: inverse propensity); a complete trace is simulated exactly",
     )
+    shadow = parser.add_argument_group(
+        "shadow",
+        "--shadow CANDIDATE --live LIVE: instead of fitting methods, run two policy files over every request "
+        "of the trace and report the candidate's estimated accuracy and cost against the live policy's, with "
+        "95%% intervals (the live policy's figures are measured on its own path, the candidate's estimated).",
+    )
+    shadow.add_argument("--shadow", default="", metavar="CANDIDATE.json", help="the candidate policy file")
+    shadow.add_argument("--live", default="", metavar="LIVE.json", help="the policy file that ran (with --shadow)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from infra.lab.evaluate import LabOptions, evaluate, print_report, write_outputs
     from topics.errors import ConfigError
 
+    if args.shadow or args.live:
+        return _shadow(args)
     try:
         budgets = tuple(float(b) for b in split_names(args.budget))
     except ValueError as exc:
@@ -61,4 +71,34 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(options, Console(stderr=True))
     print_report(report, stdout_console())
     write_outputs(report, args.json, args.plot, args.md)
+    return 0
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    """The candidate against the live policy: a table on stdout, and the JSON when asked."""
+    import json
+
+    from rich.table import Table
+
+    from infra.lab.shadow import shadow_report
+    from topics.errors import ConfigError
+
+    if not (args.shadow and args.live):
+        raise ConfigError("--shadow CANDIDATE.json and --live LIVE.json go together")
+    report = shadow_report(args.trace, args.shadow, args.live, args.estimator)
+    doc = report.as_dict()
+    table = Table(title=f"{args.trace}: {report.requests} requests, {report.explored} explored ({report.estimator})")
+    for column in ("", "policy", "accuracy", "95% interval", "cost/request", "95% interval", "observed"):
+        table.add_column(column, justify="left" if column in ("", "policy") else "right")
+    for role in ("live", "candidate"):
+        p = doc[role]
+        low, high = p["accuracy_ci"]
+        c_low, c_high = p["cost_ci"]
+        accuracy = (f"{p['accuracy']:.1%}", f"{low:.1%} to {high:.1%}")
+        cost = (f"{p['cost_per_request']:.4g}", f"{c_low:.4g} to {c_high:.4g}")
+        table.add_row(role, p["name"], *accuracy, *cost, f"{p['observed']} of {report.requests}")
+    stdout_console().print(table)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(doc, handle, indent=2)
     return 0
