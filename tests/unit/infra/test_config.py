@@ -13,6 +13,14 @@ from topics import ConfigError
 TIER = {"name": "small", "backend": "simulated"}
 
 
+def test_exploration_is_off_and_drift_watched_by_default() -> None:
+    config = parse_config({"tiers": [TIER]})
+    assert config.exploration.share == 0.0 and not config.exploration.enabled
+    assert config.drift.acceptance_bound == 0.15 and config.runtime("h:1").drift == config.drift
+    explored = parse_config({"tiers": [TIER], "exploration": {"share": 0.02, "max_cost_share": 0.2, "salt": "x"}})
+    assert (explored.exploration.share, explored.runtime("h:1").exploration.salt) == (0.02, "x")
+
+
 def test_minimal_config_gets_laptop_defaults() -> None:
     config = parse_config({"tiers": [TIER]})
     assert config.broker.provider == "embedded"
@@ -54,6 +62,11 @@ def test_the_hop_limit_follows_a_long_ladder_unless_configured() -> None:
             {"tiers": [{**TIER, "autoscale": {"min_replicas": -1, "target_lag": 1}}]},
             "tiers[0].autoscale.min_replicas must be in [0, 256]",
         ),
+        ({"tiers": [TIER], "exploration": {"share": 1.5}}, "exploration.share must be in [0.0, 1.0]"),
+        ({"tiers": [TIER], "exploration": {"share": float("nan")}}, "exploration.share must be a finite number"),
+        ({"tiers": [TIER], "exploration": {"rate": 0.1}}, "unknown key 'exploration.rate'"),
+        ({"tiers": [TIER], "drift": {"acceptance_bound": 0}}, "drift.acceptance_bound must be in"),
+        ({"tiers": [TIER], "drift": {"min_labels": 0}}, "drift.min_labels must be in"),
     ],
 )
 def test_errors_name_the_key(doc: dict[str, Any], message: str) -> None:
