@@ -145,9 +145,11 @@ def rollout_refusal(rollout: Rollout | None, tiers: tuple[str, ...]) -> str | No
     if rollout.mode is RolloutMode.CANARY and not 0.0 < rollout.share < 1.0:
         return "bad_canary_share"
     try:
-        policy = parse_policy(json.loads(rollout.policy))
-        policy.check_tiers(tiers)
-    except (ValueError, ConfigError):
+        doc = json.loads(rollout.policy)
+        if not isinstance(doc, dict):
+            return "bad_policy"
+        parse_policy(doc).check_tiers(tiers)
+    except (ValueError, TypeError, AttributeError, ConfigError):
         return "bad_policy"
     return None
 
@@ -225,12 +227,18 @@ class ControllerCore:
     """Control records ignored since this start, by ``kind:reason`` (see the module docstring)."""
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     """Thresholds of every version this controller knows, for ``pin_policy``."""
+    live: Rollout | None = None
+    """The pushed policy running live (``None``: the config's own)."""
     rollout: Rollout | None = None
-    """The pushed policy in force (``None``: only the deployment's own)."""
-    rollouts: dict[int, Rollout | None] = field(default_factory=dict)
-    """The pushed policy of every version this controller knows: ``pin_policy`` restores it too."""
-    bases: dict[int, dict[str, float] | None] = field(default_factory=dict)
-    """The base thresholds of every version published since this start (a live push replaces them)."""
+    """A pushed candidate in shadow or as a canary (``None``: none)."""
+    rollouts: dict[int, tuple[Rollout | None, Rollout | None]] = field(default_factory=dict)
+    """(live, candidate) of every version this controller knows: ``pin_policy`` restores them too."""
+    texts: dict[str, str] = field(default_factory=dict)
+    """Pushed policy texts by digest: each is published once, later updates name it by digest."""
+    published: set[str] = field(default_factory=set)
+    """Digests whose text an update on the control topic already carries."""
+    own_base: dict[str, float] | None = None
+    """The config's own policy's base thresholds (what a rollback to it steers from again)."""
     window: ResultsWindow = field(init=False)
     last_observed: Observed = field(default_factory=Observed)
     ended_latency_ms: dict[str, float] = field(default_factory=dict)
@@ -248,8 +256,9 @@ class ControllerCore:
     """The thresholds each tier's acceptance reference was taken under (see :meth:`_rebase_moved`)."""
 
     def __post_init__(self) -> None:
+        self.own_base = None if self.base is None else dict(self.base)
         self.window = ResultsWindow(self.window_s)
-        self.spend = ExplorationSpend(self.window_s)
+        self.spend = ExplorationSpend(max(self.window_s, SPEND_WINDOW_S))
         self.drift = DriftState(self.drift_config)
         if not self.thresholds and self.base is not None:
             self.thresholds = dict(self.base)
@@ -283,12 +292,15 @@ class ControllerCore:
                 continue
             if isinstance(record, PolicyUpdate):
                 self.history[record.version] = dict(record.thresholds)
-                self.rollouts[record.version] = record.rollout
+                self.rollouts[record.version] = (record.live_policy, record.rollout)
+                carried = {r.digest: r.policy for r in (record.live_policy, record.rollout) if r and r.policy}
+                self.texts |= carried
+                self.published |= carried.keys()
                 if record.version >= self.version:
                     self.version = record.version
                     self.thresholds = dict(record.thresholds)
                     self.explore_share = record.explore_share
-                    self.rollout = record.rollout
+                    self.live, self.rollout = record.live_policy, record.rollout
             elif isinstance(record, ControllerReport):
                 # a genuine old report copied to the end of the topic must not roll the state back
                 if report is None or (record.processed_offset, record.at) >= (report.processed_offset, report.at):
@@ -306,6 +318,8 @@ class ControllerCore:
             self.rejected = Counter(report.rejected)
             if report.base:
                 self.base = dict(report.base)
+            elif self.live is not None:  # a pushed policy without steerable thresholds runs live
+                self.base = self._base_of(self.live)
         pending: list[tuple[int, ControlCommand | DecodeError]] = []
         for offset, record in records:
             if offset <= self.processed_offset or not isinstance(record, ControlCommand | DecodeError):
@@ -397,24 +411,30 @@ class ControllerCore:
                 version = command.policy_version
                 self.pinned = True
                 self.thresholds = dict(self.history[version])
-                self.rollout = self.rollouts.get(version)
-                self.base = self.bases.get(version, self.base)
-                running = self.rollout.describe() if self.rollout else "the deployment's own policy"
-                return f"pinned to v{version} ({running}) by {who}"
+                self.live, self.rollout = self.rollouts.get(version, (None, None))
+                self.base = self._base_of(self.live)
+                self.drift.rebase()
+                running = self.live.describe() if self.live else "the config's own policy"
+                beside = f", {self.rollout.describe()}" if self.rollout else ""
+                return f"pinned to v{version} ({running}{beside}) by {who}"
             case CommandAction.RELEASE_POLICY:
                 self.pinned = False
                 return f"policy released by {who}"
             case CommandAction.SCALE_POOL:
                 return f"pool {command.pool} to {command.replicas} replicas, by {who}"
             case CommandAction.PUSH_POLICY:
-                assert command.rollout is not None
-                self.rollout = command.rollout
-                if command.rollout.mode is RolloutMode.LIVE:  # the law steers the policy that runs
-                    _, post = parse_policy(json.loads(command.rollout.policy)).build()
-                    self.base = post.steerable_thresholds(self.tiers)
-                    self.thresholds = dict(self.base or {})
-                    self.pinned = False
-                return f"policy {command.rollout.describe()} pushed by {who}"
+                pushed = command.rollout
+                assert pushed is not None
+                self.texts[pushed.digest] = pushed.policy
+                self.drift.rebase()  # acceptance changes on purpose
+                if pushed.mode is not RolloutMode.LIVE:
+                    self.rollout = pushed  # beside whichever policy runs live
+                    return f"policy {pushed.describe()} pushed by {who}"
+                self.live, self.rollout = pushed, None
+                self.base = self._base_of(pushed)  # the law steers the policy that runs
+                self.thresholds = dict(self.base or {})
+                self.pinned = False
+                return f"policy {pushed.describe()} pushed by {who}"
 
     # --- observation and control ----------------------------------------------------------------
 
@@ -492,10 +512,14 @@ class ControllerCore:
         )
 
     def _bounded_share(self) -> float | None:
-        """The share routers should explore at now (``None``: exploration is off)."""
+        """The share routers should explore at now (``None``: exploration is off); with no explored
+        request in the window (a small share, a quiet minute) the share in force stands."""
         if not self.exploration.enabled:
             return None
-        return bounded_share(self.exploration, self.targets.cost_per_request, self.spend.per_explored())
+        spent = self.spend.per_explored()
+        if spent <= 0.0 and self.explore_share is not None:
+            return self.explore_share
+        return bounded_share(self.exploration, self.targets.cost_per_request, spent)
 
     def _share_reason(self, share: float) -> str:
         if share >= self.exploration.share:
@@ -511,6 +535,22 @@ class ControllerCore:
         weights = latency_weights(self.tiers, self.ended_latency_ms)
         return steer_thresholds(self.base, self.lam, self.mu, weights)
 
+    def _base_of(self, live: Rollout | None) -> dict[str, float] | None:
+        """The base thresholds of the policy that runs live: the config's own, or a pushed one's."""
+        if live is None:
+            return None if self.own_base is None else dict(self.own_base)
+        _, post = parse_policy(json.loads(self.texts[live.digest])).build()
+        return post.steerable_thresholds(self.tiers)
+
+    def _on_wire(self, rollout: Rollout | None) -> Rollout | None:
+        """``rollout`` as the next update carries it: with its text the first time, by digest after."""
+        if rollout is None:
+            return None
+        if rollout.digest in self.published:
+            return rollout.by_digest()
+        self.published.add(rollout.digest)
+        return msgspec.structs.replace(rollout, policy=self.texts[rollout.digest])
+
     def _publish(self, reason: str, now: float, force: bool = False) -> PolicyUpdate | None:
         thresholds = self._steered()
         moved = any(abs(v - self.thresholds.get(k, math.inf)) >= THRESHOLD_CHANGE for k, v in thresholds.items())
@@ -519,8 +559,7 @@ class ControllerCore:
         self.version += 1
         self.thresholds = thresholds
         self.history[self.version] = dict(thresholds)
-        self.rollouts[self.version] = self.rollout
-        self.bases[self.version] = None if self.base is None else dict(self.base)
+        self.rollouts[self.version] = (self.live, self.rollout)
         self.explore_share = self._bounded_share()
         return PolicyUpdate(
             version=self.version,
@@ -532,7 +571,8 @@ class ControllerCore:
             mu=self.mu,
             pinned=self.pinned,
             explore_share=self.explore_share,
-            rollout=self.rollout,
+            rollout=self._on_wire(self.rollout),
+            live_policy=self._on_wire(self.live),
         )
 
     def report(self, now: float) -> ControllerReport:
@@ -554,6 +594,9 @@ class ControllerCore:
         )
 
 
+SPEND_WINDOW_S = 60.0
+"""The least window the copies' cost per explored request is measured over: at a small share the
+control window holds too few explored requests to measure it steadily."""
 DRIFT_REBASE_MOVE = 0.02
 """A threshold moved this far from the one a tier's acceptance reference was taken under restarts it."""
 

@@ -70,6 +70,14 @@ def best(history: list[HistoryEntry]) -> HistoryEntry | None:
     return max(reversed(history), key=lambda entry: entry.confidence)
 
 
+CARRIED = ("explored", "propensities", "canary", "shadow")
+"""What a request's tasks record from routing on, and its Result keeps (same names on both)."""
+
+
+def carried(task: Task) -> dict[str, Any]:
+    return {name: getattr(task, name) for name in CARRIED}
+
+
 def final_result(
     task: Task,
     status: Status,
@@ -111,10 +119,7 @@ def final_result(
         reason=reason,
         completed_at=now,
         why=task.why if decision is None else (*task.why, decision),
-        explored=task.explored,
-        propensities=task.propensities,
-        canary=task.canary,
-        shadow=task.shadow,
+        **carried(task),
     )
 
 
@@ -209,9 +214,6 @@ def verify_answer(
         allowed=task.allowed,
         estimates=task.estimates if verdict.estimates is None else dict(verdict.estimates),
         why=(*task.why, decision),
-        explored=task.explored,
-        propensities=task.propensities,
-        canary=task.canary,
-        shadow=task.shadow,
+        **carried(task),
     )
     return Verified(None, escalation=escalation, decision=decision)

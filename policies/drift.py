@@ -526,7 +526,7 @@ class DriftState:
         if correct is None:
             self.dropped["label_not_correctness"] += 1
             return
-        self.observe_label(feedback.request_id, correct, at, getattr(feedback, "tier", ""))
+        self.observe_label(feedback.request_id, correct, at, feedback.tier)
 
     def _forget(self, now: float) -> None:
         """Drop the answers awaiting a label past their horizon (the oldest come first)."""

@@ -21,13 +21,13 @@ the cost per request the budget allows.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
+from topics.draws import drawn
 from topics.messages import Task
 
 _DRAW_SALT = b"tierflow-explore-v1\x00"
@@ -59,10 +59,7 @@ class ExplorationConfig:
 def explores(request_id: str, share: float, salt: str = "") -> bool:
     """Whether the request is drawn for exploration at ``share``: a hash of its id, so a redone
     request is drawn the same way, and the draws are uniform over ids."""
-    if share <= 0.0:
-        return False
-    digest = hashlib.blake2b(_DRAW_SALT + salt.encode() + b"\x00" + request_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < share * 2**64
+    return drawn(_DRAW_SALT + salt.encode() + b"\x00", request_id, share)
 
 
 def propensities(start: str, allowed: Sequence[str], share: float) -> dict[str, float]:

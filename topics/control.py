@@ -217,6 +217,7 @@ class PolicyUpdate(
         "sig": "sg",
         "explore_share": "xs",
         "rollout": "ro",
+        "live_policy": "lp",
     },
 ):
     """A version of the routing/verifying policy; routers and verifiers apply the newest correctly signed one."""
@@ -240,7 +241,9 @@ class PolicyUpdate(
     explore_share: Confidence | None = None
     """The exploration share routers draw at, bounded by the budget (``None``: the configured one)."""
     rollout: Rollout | None = None
-    """A pushed policy file in force beside or instead of the deployment's own (``None``: only its own)."""
+    """A pushed candidate in shadow or as a canary beside the policy that runs live (``None``: none)."""
+    live_policy: Rollout | None = None
+    """A pushed policy running live instead of the config's own (``None``: the config's own runs)."""
 
 
 class Observed(

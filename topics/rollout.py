@@ -13,7 +13,13 @@ back to whatever that version ran. Three modes:
 * ``live`` — it decides every request.
 
 The policy travels as text, not as a path: every replica gets the same bytes, whatever
-machine it runs on, and the digest names the very text that decided a request.
+machine it runs on, and the digest names the very text that decided a request. The text rides
+only in the first update that carries its digest; later ones carry the digest alone
+(:meth:`Rollout.by_digest`), and readers keep the texts they saw (every reader replays the
+control topic, which is never trimmed, from its beginning).
+
+An update holds up to two: the pushed policy running ``live`` (instead of the config's own),
+and a candidate in ``shadow`` or as a ``canary`` beside whichever runs live.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
+import msgspec
+
+from topics.draws import drawn
 from topics.wire import Confidence, Part
 
 MAX_POLICY_BYTES = 256 * 1024
@@ -44,7 +53,7 @@ class Rollout(Part, frozen=True, rename={"policy": "p", "digest": "d", "mode": "
     """A pushed policy file and how far it reaches (see the module docstring)."""
 
     policy: str
-    """The policy file, as JSON text (``policies/file.py``)."""
+    """The policy file, as JSON text (``policies/file.py``); "" after the update that first carried it."""
     digest: str
     """:func:`policy_digest` of ``policy``."""
     mode: RolloutMode
@@ -59,8 +68,11 @@ class Rollout(Part, frozen=True, rename={"policy": "p", "digest": "d", "mode": "
             return True
         if self.mode is RolloutMode.SHADOW:
             return False
-        digest = hashlib.blake2b(_CANARY_SALT + request_id.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") < self.share * 2**64
+        return drawn(_CANARY_SALT, request_id, self.share)
+
+    def by_digest(self) -> Rollout:
+        """This rollout without its text, for updates after the one that carried it."""
+        return msgspec.structs.replace(self, policy="")
 
     def describe(self) -> str:
         reach = {"shadow": "in shadow", "live": "live"}.get(self.mode, f"canary on {self.share:.0%} of requests")

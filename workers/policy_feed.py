@@ -26,6 +26,7 @@ from topics.control import PolicyUpdate, TrustedKeys, decode_control, verify_rec
 from topics.errors import DecodeError
 from topics.reader import Record, TopicReader
 from workers.context import StageContext
+from workers.rollout import PolicyTexts
 from workers.spec import DeploymentSpec
 from workers.stage import Handler
 
@@ -57,6 +58,8 @@ class PolicyFeed:
 
     def __init__(self, kafka: dict[str, Any], topic: str, trusted: TrustedKeys | None = None) -> None:
         self.current: PolicyUpdate | None = None
+        self.texts = PolicyTexts()
+        """The pushed policy texts of every signed update read (later updates name them by digest)."""
         self.trusted = trusted
         self.ignored: Counter[str] = Counter()
         """Updates ignored since the feed started, by reason (see :func:`update_verdict`)."""
@@ -92,6 +95,8 @@ class PolicyFeed:
             if not isinstance(message, PolicyUpdate):
                 continue
             reason = update_verdict(message, self.current, trusted)
+            if reason in (None, "stale"):  # signed by the controller: its texts count even when old
+                self.texts.remember(message)
             if reason is None:
                 self.current = message
                 continue

@@ -10,9 +10,9 @@ of requests is also sent, as exploration copies, to every other allowed tier
 (``policies/exploration.py``); the share is the controller's bounded one when it has
 published one, else the configured one.
 
-A policy pushed with ``tierflow policy push`` (``topics/rollout.py``) decides the requests
-its rollout reaches (all when live, a hashed share as a canary); in shadow it decides none,
-and the start it would have chosen is recorded in the task's ``shadow``.
+A policy pushed live with ``tierflow policy push`` (``topics/rollout.py``) replaces the
+config's own; a candidate pushed as a canary decides the hashed share of requests it reaches,
+and one in shadow decides none: the start it would have chosen is recorded in ``shadow``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from topics.rollout import RolloutMode
 from workers.context import StageContext
 from workers.policy_feed import FollowsPolicy, PolicyFeed
 from workers.query_features import QueryFeaturizer
-from workers.rollout import rollout_policies, shadowed
+from workers.rollout import shadowed
 from workers.stage import Inbound, Outbound
 
 
@@ -43,8 +43,8 @@ class Router(FollowsPolicy[Request]):
         self.context = context
         self.policy = policy
         self.feed = feed
-        self.featurizers: dict[str, QueryFeaturizer] = {}
-        """One per embedding a policy of this replica reads (its own, a pushed one)."""
+        self.featurizers: dict[tuple[str, str], QueryFeaturizer] = {}
+        """One per (embedding, query prefix) a policy of this replica reads (its own, a pushed one)."""
         self.live = LiveShare(policy.live_window) if policy.live_window else None
 
     def topics(self) -> list[str]:
@@ -60,9 +60,12 @@ class Router(FollowsPolicy[Request]):
         share = update.explore_share if update is not None and update.explore_share is not None else exploring.share
         explore_at = share if exploring.enabled else None
         rollout = update.rollout if update is not None else None
-        pushed = rollout_policies(rollout)[0] if rollout is not None else None
-        decided = [rollout is not None and rollout.decides(i.message.id) for i in batch]
-        own, own_vectors = await self._vectors(self.policy, batch, not all(decided), calibrate=True)
+        texts = self.feed.texts if self.feed is not None else None
+        pushed = texts.policies(rollout)[0] if rollout is not None and texts is not None else None
+        decided = [pushed is not None and rollout is not None and rollout.decides(i.message.id) for i in batch]
+        live = update.live_policy if update is not None else None
+        runs_live = texts.policies(live)[0] if live is not None and texts is not None else self.policy
+        own, own_vectors = await self._vectors(runs_live, batch, not all(decided), calibrate=live is None)
         if pushed is not None:
             _, pushed_vectors = await self._vectors(pushed, batch, any(decided) or shadowed(rollout))
         out: list[Outbound] = []
@@ -86,9 +89,10 @@ class Router(FollowsPolicy[Request]):
         deployment's own policy, whose live window this replica keeps)."""
         if not (needed and policy.needs_features):
             return policy, [None] * len(batch)
-        featurizer = self.featurizers.get(policy.embedding)
+        key = (policy.embedding, policy.query_prefix)  # its cache is by request id: one per text it embeds
+        featurizer = self.featurizers.get(key)
         if featurizer is None:
-            featurizer = self.featurizers[policy.embedding] = QueryFeaturizer(policy.embedding)
+            featurizer = self.featurizers[key] = QueryFeaturizer(policy.embedding)
         prefix = policy.query_prefix  # stripped as the lab stripped it when the router was fitted
         queries = [(i.message.id, strip_prefix(i.message.input, prefix)) for i in batch]
         embedded = await featurizer.vectors_async(queries)

@@ -4,8 +4,10 @@ With a policy feed it applies the newest PolicyUpdate: the controller's threshol
 replace the policy's own (for policies with steerable thresholds) and paused tiers
 are skipped when escalating. Every escalation and result records the version.
 
-A pushed policy (``topics/rollout.py``) judges the answers of the requests it decides (all
-when live, its canary's); in shadow its verdict on every answer is recorded in ``shadow``.
+A policy pushed live (``topics/rollout.py``) replaces the config's own from the version that
+carries it on: the answers of a request routed before are judged by it too (one boundary for
+every decision, not per request). A canary judges the answers of the requests the router
+marked; a shadow's verdict on every answer is recorded in ``shadow``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from topics.messages import Answer, Task
 from topics.rollout import Rollout, RolloutMode
 from workers.context import StageContext
 from workers.policy_feed import FollowsPolicy, PolicyFeed
-from workers.rollout import rollout_policies, shadowed
+from workers.rollout import shadowed
 from workers.stage import Inbound, Outbound
 
 
@@ -32,18 +34,17 @@ class Applied:
 
     version: int
     own: PostHocPolicy
-    """The deployment's own policy, with the update's thresholds where it has steerable ones."""
+    """The policy that runs live (the config's own or a pushed one), with the update's thresholds
+    where it has steerable ones: the controller steers what runs."""
     allowed: tuple[TierInfo, ...]
     rollout: Rollout | None = None
     pushed: PostHocPolicy | None = None
-    """The rollout's policy: steered like ``own`` when live (the controller steers what runs),
-    with its own fitted parameters as a canary or in shadow."""
+    """A candidate's policy (canary or shadow), with its own fitted parameters."""
 
     def deciding(self, task: Task) -> PostHocPolicy:
-        mode = self.rollout.mode if self.rollout is not None else None
-        if self.pushed is not None and (mode is RolloutMode.LIVE or (mode is RolloutMode.CANARY and task.canary)):
-            return self.pushed
-        return self.own
+        """A canary's requests (the router marked them) by the candidate, the rest by the live policy."""
+        canary = self.rollout is not None and self.rollout.mode is RolloutMode.CANARY
+        return self.pushed if self.pushed is not None and canary and task.canary else self.own
 
 
 class Verifier(FollowsPolicy[Answer]):
@@ -64,14 +65,15 @@ class Verifier(FollowsPolicy[Answer]):
         return answer
 
     def _current(self) -> Applied:
-        """The policies of the newest update, built once per version."""
+        """The policies of the newest update, built once per version: the one that runs live (the
+        config's own or a pushed one, steered by the update's thresholds) and a candidate beside it."""
         update = self.feed.current if self.feed is not None else None
-        if update is not None and update.version != self._applied.version:
-            rollout, pushed = update.rollout, None
-            if rollout is not None:
-                pushed = rollout_policies(rollout)[1]
-                pushed = self._steered(pushed, update) if rollout.mode is RolloutMode.LIVE else pushed
-            own = self._steered(self.base_policy, update)
+        if self.feed is not None and update is not None and update.version != self._applied.version:
+            texts = self.feed.texts
+            live = self.base_policy if update.live_policy is None else texts.policies(update.live_policy)[1]
+            rollout = update.rollout
+            pushed = texts.policies(rollout)[1] if rollout is not None else None
+            own = self._steered(live, update)
             self._applied = Applied(update.version, own, self.context.allowed(update), rollout, pushed)
         return self._applied
 

@@ -47,7 +47,7 @@ def add_parser(subparsers: Subparsers) -> None:
         "shadow",
         "--shadow CANDIDATE --live LIVE: instead of fitting methods, run two policy files over every request "
         "of the trace and report the candidate's estimated accuracy and cost against the live policy's, with "
-        "95%% intervals (the live policy's figures are measured on its own path, the candidate's estimated).",
+        "95% intervals (the live policy's figures are measured on its own path, the candidate's estimated).",
     )
     shadow.add_argument("--shadow", default="", metavar="CANDIDATE.json", help="the candidate policy file")
     shadow.add_argument("--live", default="", metavar="LIVE.json", help="the policy file that ran (with --shadow)")

@@ -46,7 +46,13 @@ def add_parser(subparsers: Subparsers) -> None:
         "--canary", type=float, default=None, metavar="SHARE", help="decide only this share of requests, in (0, 1)"
     )
     reach.add_argument("--shadow", action="store_true", help="decide nothing; log what it would have decided")
-    show = actions.add_parser("show", parents=[common], help="the policy version in force and its rollout")
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="the policy version in force and its rollout",
+        description="Read the latest signed policy update: its version, the live policy and any canary or "
+        "shadow candidate beside it.",
+    )
     show.add_argument("--json", action="store_true", help="print JSON (default: one line)")
 
 

@@ -183,7 +183,7 @@ def _from_kafka(args: argparse.Namespace) -> int:
     since = parse_since(args.since, time.time())
     kafka = kafka_options(config.broker, bootstrap_servers(config, args.bootstrap))
     note(f"reading {config.layout.namespace}'s results, answers, exploration copies and labels")
-    join = asyncio.run(read_stream(kafka, config.layout, config.partitions()))
+    join = asyncio.run(read_stream(kafka, config.layout, config.partitions(), config.broker.replication_factor))
     trace = stream_trace(join, since, args.one_right_answer)
     if not trace.rows:
         raise DataError(

@@ -30,7 +30,6 @@ share ε of the second, so the items a method is fitted on are again a uniform s
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from infra.lab.simulate import Outcome, run_request
 from infra.lab.table import TraceTable
 from policies.base import PostHocPolicy, PreCallPolicy, TierInfo
 from policies.decisions import hop_limit
+from topics.draws import drawn
 from topics.errors import DataError
 from topics.messages import Status
 from topics.traces import TraceRow, models_of
@@ -192,8 +192,7 @@ def exploration_share(rows: Iterable[TraceRow]) -> float | None:
 
 
 def _kept(item: str, share: float) -> bool:
-    digest = hashlib.blake2b(_KEEP_SALT + item.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < share * 2**64
+    return drawn(_KEEP_SALT, item, share)
 
 
 def explored_rows(rows: Sequence[TraceRow], tiers: Sequence[str]) -> list[TraceRow]:
@@ -339,7 +338,7 @@ def estimate_partials(
     estimates only (the interval is the value), for the settings of a sweep nobody reads bounds of."""
     fitted = [model(item) for item in items] if model is not None else None
     parts = []
-    for k, value in ((0, _correct), (1, _cost)):
+    for k, value in ((0, correct_of), (1, cost_of)):
         m = None if fitted is None else [f[k] for f in fitted]
         t = terms(partials, value, estimator, m)
         if rng is None:
@@ -369,9 +368,9 @@ def estimate_policy(
     return estimate_partials(items, partials, estimator, model, rng, confidence)
 
 
-def _correct(outcome: Outcome) -> float:
+def correct_of(outcome: Outcome) -> float:
     return float(outcome.correct)
 
 
-def _cost(outcome: Outcome) -> float:
+def cost_of(outcome: Outcome) -> float:
     return outcome.cost

@@ -9,8 +9,8 @@ much the figures owe to this sample of traffic.
 
 Doubly robust here is cross-fitted: the requests are split in two halves by a hash of their
 id, and each half's outcome model (the candidate's mean outcome per live path, over that
-half's explored requests) serves the *other* half, so no request's own outcome enters its
-own m̂. Nothing is fitted on the trace: both policies come as files.
+half's requests that ran on every tier) serves the *other* half, so no request's own outcome
+enters its own m̂. Nothing is fitted on the trace: both policies come as files.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from infra.lab.offpolicy import (
     PolicyEstimate,
     bootstrap_mean,
     check_tiers,
+    correct_of,
+    cost_of,
     logged_items,
     simulate_partial,
     terms,
     tier_infos,
 )
-from infra.lab.simulate import Outcome
 from infra.lab.table import in_train
 from policies.file import PolicyFile, load_policy
 from topics.errors import DataError
@@ -71,15 +72,7 @@ class ShadowReport:
         }
 
 
-def _correct(outcome: Outcome) -> float:
-    return float(outcome.correct)
-
-
-def _cost(outcome: Outcome) -> float:
-    return outcome.cost
-
-
-MEASURES = (_correct, _cost)
+MEASURES = (correct_of, cost_of)
 """What is estimated per request, in :class:`PolicyEstimate`'s order: accuracy, then cost."""
 
 
@@ -95,7 +88,7 @@ def _cross_fitted(items: Sequence[Logged], policy: PolicyFile, tiers: Any) -> li
         paths = [items[i].live_path() for i in complete if halves[i] is not half and outcomes[i].observed]
         if not seen:
             raise DataError("doubly robust needs explored requests in both halves of the trace: use --estimator ips")
-        models[half] = OutcomeModel.fit(paths, [_correct(o) for o in seen], [_cost(o) for o in seen])
+        models[half] = OutcomeModel.fit(paths, [correct_of(o) for o in seen], [cost_of(o) for o in seen])
     return [models[half](item) for item, half in zip(items, halves, strict=True)]
 
 

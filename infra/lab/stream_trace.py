@@ -10,7 +10,11 @@ the tier it names; since correctness is a function of the query and the output, 
 carries over to every other tier's answer with the same output. With ``one_right_answer``
 (classification, multiple choice: one output is right) an answer known right also makes
 every different output wrong. An answer whose verdict stays unknown gets no row, like a
-tier that never ran, so the lab treats it as unobserved.
+tier that never ran, so the lab treats it as unobserved. That is where the estimates lean on
+the labels: rows missing because no label decided them are not missing by chance (a tier
+whose output differed from a wrong delivered one, say), so label every answer of the requests
+you label — explored ones above all — or use ``one_right_answer`` where it holds. A copy that
+expired before its tier answered leaves no row either (it is dropped, never a result).
 
 Each row's ``propensity`` is the probability it was going to be recorded: 1 for a tier on
 the request's live path, the request's exploration share for a tier only a copy ran.
@@ -89,9 +93,12 @@ def verdicts(
     by_output: dict[str, bool] = {}
     for label in sorted(labels, key=lambda lb: lb.at):  # a later label on the same answer wins
         verdict = _label_verdict(label)
-        judged = answers.get(label.tier or result.tier)
-        if verdict is not None and judged is not None:
-            by_output[judged.output] = verdict
+        output: str | None = result.output  # a label without a tier judges what was delivered
+        if label.tier:
+            judged = answers.get(label.tier)
+            output = judged.output if judged is not None else None
+        if verdict is not None and output is not None:
+            by_output[output] = verdict
     right = next((output for output, ok in by_output.items() if ok), None)
     decided = {}
     for tier, answer in answers.items():
@@ -134,7 +141,9 @@ def stream_trace(join: StreamJoin, since: float = 0.0, one_right_answer: bool = 
         if result.completed_at < since:
             continue
         path = {t: a for t, a in join.answers.get(request_id, {}).items() if t in result.path}
-        copies = {t: a for t, a in join.copies.get(request_id, {}).items() if t not in path}
+        # Copies count only for a request its result says was explored (a redelivery drawn again
+        # at another share may have left some), each at the propensity its own task recorded.
+        copies = {t: a for t, a in join.copies.get(request_id, {}).items() if t not in path and result.explored}
         everything = path | copies
         decided = verdicts(result, everything, join.labels.get(request_id, ()), one_right_answer)
         if not decided:
@@ -143,7 +152,7 @@ def stream_trace(join: StreamJoin, since: float = 0.0, one_right_answer: bool = 
         requests += 1
         explored += result.explored
         for tier, correct in decided.items():
-            propensity = 1.0 if tier in path else result.propensities.get(tier, 0.0)
+            propensity = 1.0 if tier in path else copies[tier].task.propensities.get(tier, 0.0)
             if propensity > 0.0:
                 rows.append(_row(everything[tier], correct, propensity, join.layout.namespace))
     # Tier by tier, in ladder order: a trace's tiers are in the order they first appear (``models_of``).
@@ -151,12 +160,17 @@ def stream_trace(join: StreamJoin, since: float = 0.0, one_right_answer: bool = 
     return StreamTrace(rows, requests, explored, unlabelled)
 
 
-async def read_stream(kafka: Mapping[str, Any], layout: TopicLayout, partitions: Mapping[str, int]) -> StreamJoin:
+async def read_stream(
+    kafka: Mapping[str, Any], layout: TopicLayout, partitions: Mapping[str, int], replication: int = 1
+) -> StreamJoin:
     """Every record of the four topics, from their beginning to their end as it was when reading began."""
+    from topics.admin import ensure_topics
     from topics.reader import TopicReader
 
     join = StreamJoin(layout)
     topics = [layout.results, layout.answers, layout.explored, layout.feedback]
+    # A deployment from before exploration and labels lacks the last two: empty ones read as nothing.
+    await ensure_topics(kafka, {t: partitions[t] for t in (layout.explored, layout.feedback)}, replication)
     async with TopicReader(kafka, topics, partitions={t: partitions[t] for t in topics}) as reader:
         async for batch in reader.read_to_end():
             for record in batch:

@@ -334,6 +334,7 @@ def test_status_json_shape() -> None:
         "lam": 0.0,
         "mu": 0.0,
         "pinned": False,
+        "rollout": None,
     }
     assert doc["replies"] == [
         {"offset": 8, "accepted": False, "reason": "bad_signature", "key_id": "ops", "seq": 4, "at": 0.0}

@@ -498,11 +498,16 @@ def test_a_pushed_policy_rides_in_the_next_version_and_pin_rolls_it_back() -> No
     assert reply.accepted and update is not None and update.rollout is not None
     assert update.version == 2 and update.rollout.share == 0.1 and "canary on 10%" in reply.reason
     reply, update = c.handle(4, _push("live", 21), NOW)  # live: the law now steers the pushed policy's thresholds
-    assert reply.accepted and update is not None and update.rollout is not None
+    assert reply.accepted and update is not None and update.live_policy is not None and update.rollout is None
+    assert update.live_policy.policy == ""  # its text rode in v2 already: named by digest
     assert c.base == {"small": 0.3, "medium": 0.5} and update.thresholds == {"small": 0.3, "medium": 0.5}
-    reply, update = c.handle(5, command(CommandAction.PIN_POLICY, policy_version=1, seq=22), NOW)
-    assert reply.accepted and update is not None and update.rollout is None and update.pinned
-    assert c.base == {"small": 0.8, "medium": 0.8} and "the deployment's own policy" in reply.reason
+    reply, update = c.handle(5, _push("shadow", 22, post="threshold"), NOW)  # beside the pushed live one
+    assert update is not None and update.live_policy is not None and update.rollout is not None
+    assert c.base == {"small": 0.3, "medium": 0.5}
+    reply, update = c.handle(6, command(CommandAction.PIN_POLICY, policy_version=1, seq=23), NOW)
+    assert reply.accepted and update is not None and update.pinned
+    assert update.rollout is None and update.live_policy is None
+    assert c.base == {"small": 0.8, "medium": 0.8} and "the config's own policy" in reply.reason
 
 
 @pytest.mark.parametrize(
@@ -535,4 +540,5 @@ def test_recovery_restores_the_pushed_policy_from_the_newest_update() -> None:
     records += [(1, push), (2, published(update)), (3, published(reply))]  # type: ignore[list-item]
     fresh = core()
     assert fresh.recover(records) == []
-    assert fresh.rollout == c.rollout and fresh.rollout is not None and fresh.rollouts[2] == c.rollout
+    assert fresh.rollout is not None and fresh.rollout == c.rollout and fresh.rollouts[2] == (None, c.rollout)
+    assert fresh.texts == c.texts and fresh.published == {fresh.rollout.digest}

@@ -239,8 +239,8 @@ def _pushed(mode: str, share: float = 1.0) -> PolicyFeed:
     from topics.rollout import Rollout, RolloutMode, policy_digest
 
     rollout = Rollout(PUSHED, policy_digest(PUSHED), RolloutMode(mode), share, "threshold")
-    update = PolicyUpdate(5, {}, ("small", "large"), reason="", issued_at=0, rollout=rollout)
-    return _following(update)
+    slot = {"live_policy": rollout} if mode == "live" else {"rollout": rollout}
+    return _following(PolicyUpdate(5, {}, ("small", "large"), reason="", issued_at=0, **slot))  # type: ignore[arg-type]
 
 
 async def test_a_live_pushed_policy_decides_at_the_version_boundary() -> None:

@@ -16,8 +16,8 @@ def _answer(rid: str, tier: str, output: str, copy: bool = False) -> Answer:
     return Answer(task, f"model-{tier}", output, 0.7, features={"max_prob": 0.7}, cost={"small": 1.0}.get(tier, 9.0))
 
 
-def _result(rid: str, path: tuple[str, ...], explored: bool, at: float = 100.0) -> Result:
-    return Result(rid, Status.OK, tier=path[-1], path=path, completed_at=at, explored=explored,
+def _result(rid: str, path: tuple[str, ...], explored: bool, output: str, at: float = 100.0) -> Result:
+    return Result(rid, Status.OK, output=output, tier=path[-1], path=path, completed_at=at, explored=explored,
                   propensities=PROPENSITIES)  # fmt: skip
 
 
@@ -28,17 +28,17 @@ def _label(rid: str, correct: bool, tier: str = "", at: float = 200.0) -> Feedba
 def _join() -> StreamJoin:
     join = StreamJoin(LAYOUT)
     records = [
-        (LAYOUT.results, _result("a", ("small",), explored=True)),
+        (LAYOUT.results, _result("a", ("small",), explored=True, output="yes")),
         (LAYOUT.answers, _answer("a", "small", "yes")),
         (LAYOUT.answers, _answer("a", "small", "yes")),  # a redone hop: the first answer stands
         (LAYOUT.explored, _answer("a", "medium", "yes", copy=True)),
         (LAYOUT.explored, _answer("a", "large", "no", copy=True)),
         (LAYOUT.feedback, _label("a", True)),
-        (LAYOUT.results, _result("b", ("small", "large"), explored=False)),
+        (LAYOUT.results, _result("b", ("small", "large"), explored=False, output="yes")),
         (LAYOUT.answers, _answer("b", "small", "no")),
         (LAYOUT.answers, _answer("b", "large", "yes")),
         (LAYOUT.feedback, _label("b", False, tier="small")),
-        (LAYOUT.results, _result("c", ("small",), explored=False)),  # never labelled
+        (LAYOUT.results, _result("c", ("small",), explored=False, output="yes")),  # never labelled
         (LAYOUT.answers, _answer("c", "small", "yes")),
     ]
     for topic, message in records:
@@ -67,7 +67,19 @@ def test_with_one_right_answer_a_correct_label_makes_every_other_output_wrong() 
 
 
 def test_a_later_label_on_the_same_answer_wins_and_since_filters_by_completion() -> None:
-    result = _result("d", ("small",), explored=False)
+    result = _result("d", ("small",), explored=False, output="x")
     answers = {"small": _answer("d", "small", "x")}
     assert verdicts(result, answers, [_label("d", True, at=5.0), _label("d", False, at=9.0)], False) == {"small": False}
     assert stream_trace(_join(), since=150.0).rows == []
+
+
+def test_copies_of_a_request_whose_result_says_it_was_not_explored_are_left_out() -> None:
+    join = StreamJoin(LAYOUT)
+    for topic, message in (
+        (LAYOUT.results, _result("e", ("small",), explored=False, output="yes")),
+        (LAYOUT.answers, _answer("e", "small", "yes")),
+        (LAYOUT.explored, _answer("e", "large", "yes", copy=True)),  # left by an earlier, redelivered draw
+        (LAYOUT.feedback, _label("e", True)),
+    ):
+        join.add(topic, message.to_wire())
+    assert [(r.tier, r.propensity) for r in stream_trace(join).rows] == [("small", 1.0)]
