@@ -193,3 +193,41 @@ async def test_a_stage_with_partial_batches_polls_at_most_every_poll_interval(ka
     assert stats.consumed == stats.produced == 40
     assert stats.batches <= 6, f"{stats.batches} batches for 0.8 s of traffic at one poll per 0.4 s"
     await delete_topics(kafka, [source, out])
+
+
+async def test_offsets_read_from_another_broker_are_never_committed_into_this_one(kafka: dict[str, Any]) -> None:
+    """A replica that has not yet noticed a restarted broker must not commit its old offsets into the new one."""
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    source, out = f"{ns}.in", f"{ns}.out"
+    await ensure_topics(kafka, {source: 1, out: 1})  # one partition, one produced batch: one fetch reads all
+    layout = TopicLayout(ns, ("small",))
+    group = f"{ns}.echo"
+    loop = StageLoop(
+        Echo(source, out),
+        kafka,
+        layout.dlq,
+        group_id=group,
+        layout=layout,
+        session_timeout_ms=2000,
+        fetch_max_wait_ms=BUSY_MS,
+    )
+    producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1000)
+    await producer.start()
+    running = asyncio.create_task(loop.run())
+    try:
+        await _wait_until(lambda: loop.stats.assigned and not loop._check_broker, "an assignment, checked")
+        # as if the positions it is about to read came from a broker that has since been replaced by this one
+        loop._broker_id = "a-broker-that-restarted"
+        for i in range(20):
+            await producer.send(source, f"v{i}".encode())
+        await producer.flush()
+        await _wait_until(lambda: loop.stats.consumed >= 40, "the records read again from the start")
+        await _wait_until(lambda: not loop._pending_commit, "the second reading committed")
+    finally:
+        loop.request_stop()
+        async with asyncio.timeout(WAIT_S):
+            stats = await running
+        await producer.stop()
+    assert stats.consumed == 40, "the first reading was not committed: the rewind read every record again"
+    assert await _committed(kafka, group, source) == 20
+    await delete_topics(kafka, [source, out])
