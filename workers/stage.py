@@ -280,6 +280,13 @@ class StageLoop(Generic[M]):
             self._check_broker = True  # unreachable now: look again before a later fetch
             self._assigned_since_check |= at_assignment
             return False
+        # A rebuilt topic may have more partitions than before (Tansu creates one a client asked for
+        # with 4); only the group's leader watches partition counts, on its metadata, which ages for
+        # 5 minutes: until it is refreshed, the new partitions have no reader. Every member refreshes
+        # at every check (the watchdog asks after it rebuilt the topics), so the leader rejoins the
+        # group over the partitions there are now.
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(self._consumer._client.force_metadata_update(), timeout=self.drain_timeout_s)
         if not self._broker_id or not current:
             self._broker_id = self._broker_id or current
             return False
