@@ -50,6 +50,26 @@ async def _wait_until(condition: Any, what: str) -> None:
     raise AssertionError(f"no {what} within {WAIT_S:.0f} s")
 
 
+async def _echo_stage(kafka: dict[str, Any], partitions: int, **options: Any) -> tuple[StageLoop[bytes], str, str, str]:
+    """An echo stage on fresh topics of ``partitions`` each: (loop, source, out, group)."""
+    ns = f"t-{uuid.uuid4().hex[:10]}"
+    source, out = f"{ns}.in", f"{ns}.out"
+    await ensure_topics(kafka, {source: partitions, out: partitions})
+    layout = TopicLayout(ns, ("small",))
+    group = f"{ns}.echo"
+    loop = StageLoop(
+        Echo(source, out),
+        kafka,
+        layout.dlq,
+        group_id=group,
+        layout=layout,
+        session_timeout_ms=2000,
+        fetch_max_wait_ms=BUSY_MS,
+        **options,
+    )
+    return loop, source, out, group
+
+
 async def _committed(kafka: dict[str, Any], group: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(**kafka, group_id=group, enable_auto_commit=False)
     await consumer.start()
@@ -62,21 +82,7 @@ async def _committed(kafka: dict[str, Any], group: str, topic: str) -> int:
 async def test_coalesced_commits_cover_every_acknowledged_batch_and_pacing_idles_and_wakes(
     kafka: dict[str, Any],
 ) -> None:
-    ns = f"t-{uuid.uuid4().hex[:10]}"
-    source, out = f"{ns}.in", f"{ns}.out"
-    await ensure_topics(kafka, {source: 2, out: 2})
-    layout = TopicLayout(ns, ("small",))
-    group = f"{ns}.echo"
-    loop = StageLoop(
-        Echo(source, out),
-        kafka,
-        layout.dlq,
-        group_id=group,
-        layout=layout,
-        session_timeout_ms=2000,
-        fetch_max_wait_ms=BUSY_MS,
-        commit_interval_ms=60_000,
-    )
+    loop, source, out, group = await _echo_stage(kafka, 2, commit_interval_ms=60_000)
     loop.pacer = FetchPacer(BUSY_MS, IDLE_MS, idle_after_s=0.5)
     producer = AIOKafkaProducer(**kafka, acks="all")
     await producer.start()
@@ -162,20 +168,7 @@ async def test_concurrent_callers_share_produces_and_each_returns_after_its_ack(
 
 
 async def test_a_stage_with_partial_batches_polls_at_most_every_poll_interval(kafka: dict[str, Any]) -> None:
-    ns = f"t-{uuid.uuid4().hex[:10]}"
-    source, out = f"{ns}.in", f"{ns}.out"
-    await ensure_topics(kafka, {source: 1, out: 1})
-    layout = TopicLayout(ns, ("small",))
-    loop = StageLoop(
-        Echo(source, out),
-        kafka,
-        layout.dlq,
-        group_id=f"{ns}.echo",
-        layout=layout,
-        session_timeout_ms=2000,
-        fetch_max_wait_ms=BUSY_MS,
-        poll_interval_ms=400,
-    )
+    loop, source, out, _ = await _echo_stage(kafka, 1, poll_interval_ms=400)
     producer = AIOKafkaProducer(**kafka, acks="all")
     await producer.start()
     running = asyncio.create_task(loop.run())
@@ -197,20 +190,7 @@ async def test_a_stage_with_partial_batches_polls_at_most_every_poll_interval(ka
 
 async def test_offsets_read_from_another_broker_are_never_committed_into_this_one(kafka: dict[str, Any]) -> None:
     """A replica that has not yet noticed a restarted broker must not commit its old offsets into the new one."""
-    ns = f"t-{uuid.uuid4().hex[:10]}"
-    source, out = f"{ns}.in", f"{ns}.out"
-    await ensure_topics(kafka, {source: 1, out: 1})  # one partition, one produced batch: one fetch reads all
-    layout = TopicLayout(ns, ("small",))
-    group = f"{ns}.echo"
-    loop = StageLoop(
-        Echo(source, out),
-        kafka,
-        layout.dlq,
-        group_id=group,
-        layout=layout,
-        session_timeout_ms=2000,
-        fetch_max_wait_ms=BUSY_MS,
-    )
+    loop, source, out, group = await _echo_stage(kafka, 1)  # one partition, one produced batch: one fetch reads all
     producer = AIOKafkaProducer(**kafka, acks="all", linger_ms=1000)
     await producer.start()
     running = asyncio.create_task(loop.run())
