@@ -1,7 +1,8 @@
 """A pushed policy on the wire: which policy file, in which mode, for which requests.
 
 ``tierflow policy push FILE`` sends the file's text in a signed command; the controller
-checks it and carries it in every PolicyUpdate from then on (:attr:`PolicyUpdate.rollout`),
+checks it and carries it in every PolicyUpdate from then on (:attr:`PolicyUpdate.live_policy`,
+or :attr:`PolicyUpdate.rollout` for a candidate),
 so routers and verifiers switch at one version boundary, and ``budget pin VERSION`` rolls
 back to whatever that version ran. Three modes:
 
@@ -63,7 +64,7 @@ class Rollout(Part, frozen=True, rename={"policy": "p", "digest": "d", "mode": "
     """The policy's own name (``frugalgpt``…), for people reading status."""
 
     def decides(self, request_id: str) -> bool:
-        """Whether this policy, not the deployment's own, decides ``request_id``."""
+        """Whether this policy, not the one running live beside it, decides ``request_id``."""
         if self.mode is RolloutMode.LIVE:
             return True
         if self.mode is RolloutMode.SHADOW:
