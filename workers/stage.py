@@ -275,7 +275,7 @@ class StageLoop(Generic[M]):
         assert self._consumer is not None
         at_assignment, self._assigned_since_check = self._assigned_since_check, False
         try:
-            current = await asyncio.wait_for(cluster_id(self._consumer._client), timeout=self.drain_timeout_s)
+            current = await self._cluster_id()
         except (KafkaError, BrokerError, TimeoutError):
             self._check_broker = True  # unreachable now: look again before a later fetch
             self._assigned_since_check |= at_assignment
@@ -314,6 +314,11 @@ class StageLoop(Generic[M]):
             await self._consumer.commit({tp: await self._consumer.position(tp) for tp in assigned})
         return True
 
+    async def _cluster_id(self) -> str:
+        """The broker's cluster id, within the drain timeout (raises as :func:`cluster_id` or TimeoutError)."""
+        assert self._consumer is not None
+        return await asyncio.wait_for(cluster_id(self._consumer._client), timeout=self.drain_timeout_s)
+
     async def _broker_unchanged(self) -> bool:
         """Whether the broker is still the one whose offsets this replica is about to commit.
 
@@ -324,11 +329,10 @@ class StageLoop(Generic[M]):
         the restart test under load. One metadata round trip per commit interval rules it out;
         offsets not committed are redone, as after any failed commit.
         """
-        assert self._consumer is not None
         if not self._broker_id:
             return True
         try:
-            current = await asyncio.wait_for(cluster_id(self._consumer._client), timeout=self.drain_timeout_s)
+            current = await self._cluster_id()
         except (KafkaError, BrokerError, TimeoutError):
             return False  # unreachable: the commit would fail as well
         if current and current != self._broker_id:
